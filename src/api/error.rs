@@ -1,0 +1,85 @@
+//! The API's one error type: a status, a machine-readable code, a message,
+//! and optional details, returned as `{ "error": { ... } }`.
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::{json, Value};
+
+use crate::handle::NodeError;
+use crate::model::DenyReason;
+
+/// An API error response.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Option<Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn unknown_allocation(id: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_allocation",
+            format!("no allocation {id} is held or granted by this node"),
+        )
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        let message = e.to_string();
+        match e {
+            NodeError::Stopped => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopped", message)
+            }
+            NodeError::BadRequest(m) => ApiError::bad_request(m),
+            NodeError::UnknownAllocation(id) => ApiError::unknown_allocation(&id),
+            NodeError::NoCapacity { refusals, excluded } => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "no_capacity",
+                message,
+                details: Some(json!({ "refusals": refusals, "excluded": excluded })),
+            },
+            NodeError::Denied(d) => {
+                let status = match d.reason {
+                    DenyReason::Forbidden => StatusCode::FORBIDDEN,
+                    DenyReason::BadRequest => StatusCode::BAD_REQUEST,
+                    DenyReason::UnknownLease => StatusCode::NOT_FOUND,
+                    _ => StatusCode::CONFLICT,
+                };
+                ApiError::new(status, d.reason.code(), d.message)
+            }
+            NodeError::Storage(m) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", m)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut err = json!({ "code": self.code, "message": self.message });
+        if let (Some(Value::Object(details)), Some(obj)) = (self.details, err.as_object_mut()) {
+            obj.extend(details);
+        }
+        (self.status, Json(json!({ "error": err }))).into_response()
+    }
+}

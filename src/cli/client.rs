@@ -1,0 +1,95 @@
+//! A small HTTP client for a node's API, used by the CLI subcommands.
+
+use reqwest::{Method, StatusCode};
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
+
+/// An error talking to a node.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the node at {url}: {source} (is `lanswarm run` running? set --api or LANSWARM_API)")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{message} ({code}, HTTP {status})")]
+    Api {
+        status: StatusCode,
+        code: String,
+        message: String,
+        body: Value,
+    },
+    #[error("unexpected answer from {url}: {message}")]
+    Protocol { url: String, message: String },
+}
+
+/// A client for one node's API.
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        Client {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Send a request and decode the JSON answer, or the API's error.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+                url,
+                message: e.to_string(),
+            });
+        }
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let err = &body["error"];
+        Err(ClientError::Api {
+            status,
+            code: err["code"].as_str().unwrap_or("unknown").to_owned(),
+            message: err["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
+            body,
+        })
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::GET, path, None::<&()>).await
+    }
+}

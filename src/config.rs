@@ -1,0 +1,1769 @@
+//! The node's TOML configuration: what it lends, how it talks to peers,
+//! and how it chooses where work goes.
+//!
+//! Every section is optional, and an empty file is a valid config: each
+//! key has a default, listed in `swarm-config/default.toml`. Unknown keys
+//! are errors, so a typo (`memroy = ...`) is reported instead of silently
+//! ignored. Sizes are written `"12GiB"` and durations `"30s"` (see
+//! [`crate::units`]).
+//!
+//! Loading happens once, at start-up: [`Config::load`] reads the file,
+//! [`Config::from_toml_str`] parses it, and [`Config::validate`] checks what
+//! the types alone cannot (ranges, lease bounds, that a non-loopback API has
+//! a token). Every error names the file, the dotted key and the problem,
+//! with a line and column when the key is in the file:
+//!
+//! ```text
+//! swarm-config/bad.toml:7:10: lend.memory: expected "all", a percentage like "75%" or a size like "12GiB", got "lots"
+//! ```
+//!
+//! Precedence is CLI flag > environment (`LANSWARM_*`) > file > default; the
+//! binary applies flags and environment on top of the loaded `Config` and
+//! validates again.
+//!
+//! What the machine has and what that means the node lends is worked out by
+//! [`crate::hw::lendable`] from this config and the probed hardware.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use libp2p::multiaddr::Protocol;
+use libp2p::Multiaddr;
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use toml::de::{DeTable, DeValue};
+
+use crate::model::Location;
+use crate::units::{self, format_mb, parse_size_mb};
+
+/// Names accepted by `strategy.default`. The placement strategies
+/// themselves live in [`crate::core`].
+pub const STRATEGY_NAMES: &[&str] = &[
+    "round-robin",
+    "least-loaded",
+    "weighted",
+    "geographic",
+    "random",
+    "best-fit",
+];
+
+/// Longest node name accepted, in characters.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Largest weight accepted in `lend.weight` and `strategy.weights`.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// Port of the HTTP API by default.
+pub const DEFAULT_API_PORT: u16 = 7700;
+
+/// The whole configuration of one node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Human-readable node name shown to peers and in the dashboard, at
+    /// most 64 characters. Default: the machine's host name (see
+    /// [`Config::node_name`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Where the node keeps its key, leases and state. `~` is expanded.
+    /// Default: `$XDG_DATA_HOME/lanswarm`, else `~/.local/share/lanswarm`,
+    /// else `./lanswarm-data` (see [`Config::data_dir`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `[api]`: the local HTTP API.
+    pub api: ApiConfig,
+    /// `[network]`: libp2p listen addresses, discovery and announcements.
+    pub network: NetworkConfig,
+    /// `[lend]`: how much of this machine peers may use.
+    pub lend: LendConfig,
+    /// `[resources]`: overrides of what the machine has, synthetic GPUs and
+    /// custom resources.
+    pub resources: ResourcesConfig,
+    /// `[location]`: where this node is, for the `geographic` strategy.
+    pub location: LocationConfig,
+    /// `[models]`: AI models this node serves.
+    pub models: ModelsConfig,
+    /// `[leases]`: lease lengths and limits this node grants.
+    pub leases: LeasesConfig,
+    /// `[strategy]`: how this node chooses peers for its own requests.
+    pub strategy: StrategyConfig,
+    /// `[log]`: logging.
+    pub log: LogConfig,
+    /// Where this config came from (a file path, or a label such as
+    /// `"<defaults>"`), used to name the source in errors. Not a key of the
+    /// file; set by [`Config::load`] and [`Config::from_toml_str`].
+    #[serde(skip)]
+    pub origin: Option<String>,
+}
+
+/// `[api]`: the HTTP API that the CLI and dashboard talk to.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address the API listens on. Default `127.0.0.1:7700`, reachable only
+    /// from this machine. Any non-loopback address requires `token`.
+    #[serde(with = "socket_addr")]
+    pub listen: SocketAddr,
+    /// Bearer token that API clients must send
+    /// (`Authorization: Bearer <token>`). Optional on loopback, required
+    /// otherwise. Never printed by `Debug`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_API_PORT)),
+            token: None,
+        }
+    }
+}
+
+impl fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// `[network]`: the peer-to-peer side.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// libp2p addresses to listen on. Port 0 picks a free port. Default:
+    /// TCP and QUIC on every IPv4 interface.
+    #[serde(with = "multiaddr_list")]
+    pub listen: Vec<Multiaddr>,
+    /// Find peers on the local network with mDNS (multicast). Turn it off
+    /// where multicast does not work (VPNs, some Wi-Fi) and use `bootstrap`.
+    pub mdns: bool,
+    /// Peers to dial at start-up, for networks without multicast. With or
+    /// without a trailing `/p2p/<peer id>`.
+    #[serde(with = "multiaddr_list")]
+    pub bootstrap: Vec<Multiaddr>,
+    /// How often the node re-announces its capacity even when nothing
+    /// changed (the heartbeat). Default 10s.
+    #[serde(with = "units::serde_duration")]
+    pub announce_interval: Duration,
+    /// How long to wait after a change before announcing it, so a burst of
+    /// changes makes one announcement. Default 20ms.
+    #[serde(with = "units::serde_duration")]
+    pub announce_debounce: Duration,
+    /// How long mDNS records live. Short, so a peer that restarts on a new
+    /// port is found again within seconds. Default 6s.
+    #[serde(with = "units::serde_duration")]
+    pub mdns_ttl: Duration,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr"),
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .expect("valid multiaddr"),
+            ],
+            mdns: true,
+            bootstrap: Vec::new(),
+            announce_interval: Duration::from_secs(10),
+            announce_debounce: Duration::from_millis(20),
+            mdns_ttl: Duration::from_secs(6),
+        }
+    }
+}
+
+/// `[lend]`: how much of the machine (after `[resources]` overrides) is
+/// offered to peers. Requests are admitted against these amounts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LendConfig {
+    /// CPU cores to lend: `"auto"` (all but one, at least one), `"all"`, a
+    /// percentage like `"50%"`, or a number. Default `"auto"`.
+    pub cpu_cores: CpuAmount,
+    /// Memory to lend: `"all"`, a percentage of the machine's memory like
+    /// `"75%"`, or a size like `"12GiB"`. Default `"75%"`.
+    pub memory: Amount,
+    /// Disk to lend, from the disk holding `data_dir`: `"all"` or a
+    /// percentage of its *free* space at start-up, or a size. Default
+    /// `"25%"`.
+    pub disk: Amount,
+    /// GPUs to lend: `"all"`, `"none"`, or a list of GPU indices like
+    /// `[0, 1]`. Default `"all"`.
+    pub gpus: GpuSelection,
+    /// Memory to lend on each lent GPU: `"all"`, a percentage of its total
+    /// like `"90%"`, or a size. Default `"all"`.
+    pub gpu_memory: Amount,
+    /// Whether peers may allocate here at all. With `false` the node still
+    /// joins the swarm and borrows, but lends nothing to others.
+    pub allow_remote: bool,
+    /// This node's self-declared weight for the `weighted` strategy,
+    /// 1..=1000; a bigger machine might say 10, a laptop 1. Peers may
+    /// override it in their own `[strategy.weights]`. Default 1.
+    pub weight: u32,
+}
+
+impl Default for LendConfig {
+    fn default() -> Self {
+        LendConfig {
+            cpu_cores: CpuAmount::Auto,
+            memory: Amount::Percent(75.0),
+            disk: Amount::Percent(25.0),
+            gpus: GpuSelection::All,
+            gpu_memory: Amount::All,
+            allow_remote: true,
+            weight: 1,
+        }
+    }
+}
+
+/// `[resources]`: what the machine has, when it should not be probed
+/// (tests, simulations) or when something extra is offered. Every key is
+/// optional.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResourcesConfig {
+    /// Number of CPU cores, instead of the probed count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_cores: Option<u32>,
+    /// Memory size, instead of the probed total.
+    #[serde(
+        with = "units::serde_size_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory: Option<u64>,
+    /// Free disk space, instead of the probed free space of `data_dir`'s
+    /// disk.
+    #[serde(
+        with = "units::serde_size_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub disk: Option<u64>,
+    /// Whether to look for real GPUs with NVML. Set to `false` to use only
+    /// the `[[resources.gpus]]` declared here. Default `true`.
+    pub detect_gpus: bool,
+    /// Synthetic GPUs, appended after the detected ones (`[[resources.gpus]]`).
+    pub gpus: Vec<SyntheticGpu>,
+    /// Named countable resources, lent as declared, e.g.
+    /// `db-connections = 20`. Names use `a-z`, `0-9`, `_` and `-`.
+    pub custom: BTreeMap<String, u64>,
+}
+
+impl Default for ResourcesConfig {
+    fn default() -> Self {
+        ResourcesConfig {
+            cpu_cores: None,
+            memory: None,
+            disk: None,
+            detect_gpus: true,
+            gpus: Vec::new(),
+            custom: BTreeMap::new(),
+        }
+    }
+}
+
+/// A GPU declared in the config rather than detected (`[[resources.gpus]]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticGpu {
+    /// Display name. Default `"Synthetic GPU"`.
+    #[serde(default = "default_synthetic_gpu_name")]
+    pub name: String,
+    /// Device memory, e.g. `"40GiB"`. Required.
+    #[serde(with = "units::serde_size")]
+    pub memory: u64,
+}
+
+fn default_synthetic_gpu_name() -> String {
+    "Synthetic GPU".to_owned()
+}
+
+/// `[location]`: where the node is, for the `geographic` strategy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocationConfig {
+    /// Free-form zone label such as `"office"` or `"rack-2"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Latitude in degrees, -90..=90. Set together with `longitude`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latitude: Option<f64>,
+    /// Longitude in degrees, -180..=180. Set together with `latitude`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub longitude: Option<f64>,
+}
+
+impl LocationConfig {
+    /// The location as announced to peers.
+    pub fn to_location(&self) -> Location {
+        Location {
+            zone: self.zone.clone(),
+            latitude: self.latitude,
+            longitude: self.longitude,
+        }
+    }
+}
+
+/// `[models]`: AI models this node serves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// Model names, e.g. `["llama3", "mistral"]`. Requests that prefer a
+    /// model only go to nodes that serve it.
+    pub served: Vec<String>,
+}
+
+/// `[leases]`: how long grants last.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeasesConfig {
+    /// Lease length when a request names none. Default 5m.
+    #[serde(with = "units::serde_duration")]
+    pub default: Duration,
+    /// Shortest lease granted; shorter requests are raised to it. Default 1s.
+    #[serde(with = "units::serde_duration")]
+    pub min: Duration,
+    /// Longest lease granted; longer requests are cut to it. Default 1h.
+    #[serde(with = "units::serde_duration")]
+    pub max: Duration,
+    /// Most leases active at once on this node. Default 10000.
+    pub max_leases: u32,
+}
+
+impl Default for LeasesConfig {
+    fn default() -> Self {
+        LeasesConfig {
+            default: Duration::from_secs(5 * 60),
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(60 * 60),
+            max_leases: 10_000,
+        }
+    }
+}
+
+/// `[strategy]`: how this node ranks peers for its own requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StrategyConfig {
+    /// Strategy used when a request names none; one of
+    /// [`STRATEGY_NAMES`]. Default `"least-loaded"`.
+    pub default: String,
+    /// Weights for the `weighted` strategy by peer id or node name,
+    /// 0..=1000. They override what peers declare in their own
+    /// `lend.weight`; 0 means "never pick this node" under `weighted`.
+    pub weights: BTreeMap<String, u32>,
+}
+
+impl Default for StrategyConfig {
+    fn default() -> Self {
+        StrategyConfig {
+            default: "least-loaded".to_owned(),
+            weights: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[log]`: logging.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: `"info"`, `"debug"`, or per-module directives
+    /// like `"info,lanswarm::net=debug"`. `RUST_LOG` overrides it.
+    /// Default `"info"`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: None,
+            data_dir: None,
+            api: ApiConfig::default(),
+            network: NetworkConfig::default(),
+            lend: LendConfig::default(),
+            resources: ResourcesConfig::default(),
+            location: LocationConfig::default(),
+            models: ModelsConfig::default(),
+            leases: LeasesConfig::default(),
+            strategy: StrategyConfig::default(),
+            log: LogConfig::default(),
+            origin: None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Value types
+
+const AMOUNT_EXPECTED: &str =
+    "expected \"all\", a percentage like \"75%\" or a size like \"12GiB\"";
+
+/// An amount of memory or disk: everything, a share of the total, or a
+/// size in MiB.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Amount {
+    /// All of it (`"all"`).
+    All,
+    /// A percentage of the total, 0..=100 (`"75%"`).
+    Percent(f64),
+    /// A size in MiB (`"12GiB"`, or an integer of MiB).
+    Absolute(u64),
+}
+
+impl Amount {
+    /// How much of `total` this amounts to, rounded down. An absolute
+    /// amount is returned as is, even above `total`: clamping (and warning
+    /// about it) is the caller's business.
+    pub fn resolve(self, total: u64) -> u64 {
+        match self {
+            Amount::All => total,
+            Amount::Percent(p) => percent_of(total, p),
+            Amount::Absolute(mb) => mb,
+        }
+    }
+}
+
+/// `p` percent of `total`, rounded down; `p` is clamped to 0..=100.
+fn percent_of(total: u64, p: f64) -> u64 {
+    let p = if p.is_finite() {
+        p.clamp(0.0, 100.0)
+    } else {
+        0.0
+    };
+    // f64 has 53 bits of mantissa: exact for any realistic MiB count.
+    ((total as f64) * p / 100.0).floor() as u64
+}
+
+/// Parses `"75%"` (and only that shape) into `Some(75.0)`.
+fn parse_percent(s: &str) -> Option<f64> {
+    let n = s.trim().strip_suffix('%')?.trim();
+    if n.is_empty() {
+        return None;
+    }
+    n.parse::<f64>().ok().filter(|p| p.is_finite())
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Amount::All => f.write_str("all"),
+            Amount::Percent(p) => write!(f, "{p}%"),
+            Amount::Absolute(mb) => f.write_str(&format_mb(*mb)),
+        }
+    }
+}
+
+impl Serialize for Amount {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Amount;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&AMOUNT_EXPECTED["expected ".len()..])
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Amount, E> {
+                Ok(Amount::Absolute(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Amount, E> {
+                u64::try_from(v)
+                    .map(Amount::Absolute)
+                    .map_err(|_| E::custom(format!("{AMOUNT_EXPECTED}, got {v}")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Amount, E> {
+                Err(E::custom(format!("{AMOUNT_EXPECTED}, got {v}")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Amount, E> {
+                if v.trim().eq_ignore_ascii_case("all") {
+                    return Ok(Amount::All);
+                }
+                if v.trim().ends_with('%') {
+                    return parse_percent(v)
+                        .map(Amount::Percent)
+                        .ok_or_else(|| E::custom(format!("{AMOUNT_EXPECTED}, got {v:?}")));
+                }
+                parse_size_mb(v)
+                    .map(Amount::Absolute)
+                    .map_err(|_| E::custom(format!("{AMOUNT_EXPECTED}, got {v:?}")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+const CPU_EXPECTED: &str =
+    "expected \"auto\", \"all\", a percentage like \"50%\" or a number of cores";
+
+/// How many CPU cores to lend.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CpuAmount {
+    /// All cores but one, and at least one (`"auto"`, the default).
+    Auto,
+    /// Every core (`"all"`).
+    All,
+    /// A percentage of the cores, rounded down but at least one when the
+    /// percentage is above zero (`"50%"`).
+    Percent(f64),
+    /// A number of cores (`4`).
+    Count(u32),
+}
+
+impl CpuAmount {
+    /// How many of `cores` this amounts to. A count is returned as is, even
+    /// above `cores`: clamping is the caller's business.
+    pub fn resolve(self, cores: u32) -> u32 {
+        match self {
+            CpuAmount::Auto => cores.saturating_sub(1).max(cores.min(1)),
+            CpuAmount::All => cores,
+            CpuAmount::Percent(p) => {
+                let n = percent_of(u64::from(cores), p) as u32;
+                if p > 0.0 {
+                    n.max(cores.min(1))
+                } else {
+                    n
+                }
+            }
+            CpuAmount::Count(n) => n,
+        }
+    }
+}
+
+impl fmt::Display for CpuAmount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CpuAmount::Auto => f.write_str("auto"),
+            CpuAmount::All => f.write_str("all"),
+            CpuAmount::Percent(p) => write!(f, "{p}%"),
+            CpuAmount::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl Serialize for CpuAmount {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            CpuAmount::Count(n) => s.serialize_u32(*n),
+            other => s.collect_str(other),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CpuAmount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = CpuAmount;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&CPU_EXPECTED["expected ".len()..])
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<CpuAmount, E> {
+                u32::try_from(v)
+                    .map(CpuAmount::Count)
+                    .map_err(|_| E::custom(format!("{CPU_EXPECTED}, got {v}")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<CpuAmount, E> {
+                u32::try_from(v)
+                    .map(CpuAmount::Count)
+                    .map_err(|_| E::custom(format!("{CPU_EXPECTED}, got {v}")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<CpuAmount, E> {
+                Err(E::custom(format!("{CPU_EXPECTED}, got {v}")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<CpuAmount, E> {
+                let t = v.trim();
+                if t.eq_ignore_ascii_case("auto") {
+                    Ok(CpuAmount::Auto)
+                } else if t.eq_ignore_ascii_case("all") {
+                    Ok(CpuAmount::All)
+                } else if let Some(p) = parse_percent(t) {
+                    Ok(CpuAmount::Percent(p))
+                } else if let Ok(n) = t.parse::<u32>() {
+                    Ok(CpuAmount::Count(n))
+                } else {
+                    Err(E::custom(format!("{CPU_EXPECTED}, got {v:?}")))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+const GPUS_EXPECTED: &str = "expected \"all\", \"none\" or a list of GPU indices like [0, 1]";
+
+/// Which GPUs to lend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GpuSelection {
+    /// Every GPU, detected or declared (`"all"`).
+    All,
+    /// None (`"none"`, or `[]`).
+    None,
+    /// These GPU indices (`[0, 1]`): NVML indices for detected GPUs, and the
+    /// indices after them for synthetic ones.
+    Only(Vec<u32>),
+}
+
+impl GpuSelection {
+    /// Whether the GPU with this index is lent.
+    pub fn includes(&self, index: u32) -> bool {
+        match self {
+            GpuSelection::All => true,
+            GpuSelection::None => false,
+            GpuSelection::Only(list) => list.contains(&index),
+        }
+    }
+}
+
+impl Serialize for GpuSelection {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            GpuSelection::All => s.serialize_str("all"),
+            GpuSelection::None => s.serialize_str("none"),
+            GpuSelection::Only(list) => list.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for GpuSelection {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = GpuSelection;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&GPUS_EXPECTED["expected ".len()..])
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<GpuSelection, E> {
+                match v.trim().to_ascii_lowercase().as_str() {
+                    "all" => Ok(GpuSelection::All),
+                    "none" => Ok(GpuSelection::None),
+                    _ => Err(E::custom(format!("{GPUS_EXPECTED}, got {v:?}"))),
+                }
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<GpuSelection, A::Error> {
+                let mut list = Vec::new();
+                while let Some(i) = seq.next_element::<u32>()? {
+                    list.push(i);
+                }
+                Ok(if list.is_empty() {
+                    GpuSelection::None
+                } else {
+                    GpuSelection::Only(list)
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `SocketAddr` with an error message that shows what was expected. The
+/// address is parsed inside the visitor, so the error carries the value's
+/// position.
+mod socket_addr {
+    use std::fmt;
+    use std::net::SocketAddr;
+
+    use serde::de::{self, Deserializer, Visitor};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(a)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = SocketAddr;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an IP address and port like \"127.0.0.1:7700\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SocketAddr, E> {
+                v.trim().parse().map_err(|_| {
+                    E::custom(format!(
+                        "expected an IP address and port like \"127.0.0.1:7700\" or \"[::1]:7700\", got {v:?}"
+                    ))
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A list of multiaddrs written as strings. Each element is parsed inside
+/// its own visitor, so an error points at the bad element
+/// (`network.listen[1]`).
+mod multiaddr_list {
+    use std::fmt;
+
+    use libp2p::Multiaddr;
+    use serde::de::{self, Deserializer, Visitor};
+    use serde::{Deserialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[Multiaddr], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|a| a.to_string()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Multiaddr>, D::Error> {
+        let v = Vec::<Addr>::deserialize(d)?;
+        Ok(v.into_iter().map(|a| a.0).collect())
+    }
+
+    struct Addr(Multiaddr);
+
+    impl<'de> Deserialize<'de> for Addr {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = Addr;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a multiaddr like \"/ip4/0.0.0.0/tcp/0\"")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Addr, E> {
+                    v.trim().parse().map(Addr).map_err(|e| {
+                        E::custom(format!(
+                            "expected a multiaddr like \"/ip4/0.0.0.0/tcp/0\", got {v:?} ({e})"
+                        ))
+                    })
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// Why a config could not be loaded. Each variant names the source (file)
+/// and, where there is one, the dotted key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read config file", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text is not valid TOML, has an unknown key, or a value of the
+    /// wrong type or form.
+    #[error("{}", located(origin, Some((*line, *column)), key.as_deref(), message))]
+    Parse {
+        /// The file or other source.
+        origin: String,
+        /// Dotted key of the offending entry, when known (`lend.memory`).
+        key: Option<String>,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column, in characters.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The values parsed but are not allowed (out of range, inconsistent).
+    #[error("{}", located(origin, *position, Some(key.as_str()), message))]
+    Invalid {
+        /// The file or other source.
+        origin: String,
+        /// Dotted key of the offending value (`location.latitude`).
+        key: String,
+        /// 1-based line and column of the key in the file, when it is there.
+        position: Option<(usize, usize)>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The dotted key the error is about, if known.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Parse { key, .. } => key.as_deref(),
+            ConfigError::Invalid { key, .. } => Some(key),
+        }
+    }
+}
+
+fn located(
+    origin: &str,
+    position: Option<(usize, usize)>,
+    key: Option<&str>,
+    message: &str,
+) -> String {
+    let mut s = origin.to_owned();
+    if let Some((line, column)) = position {
+        s.push_str(&format!(":{line}:{column}"));
+    }
+    if let Some(key) = key {
+        s.push_str(": ");
+        s.push_str(key);
+    }
+    s.push_str(": ");
+    s.push_str(message);
+    s
+}
+
+/// One segment of a key path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// A key path like `resources.gpus[1].memory`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct KeyPath(Vec<Seg>);
+
+impl KeyPath {
+    fn parse(dotted: &str) -> KeyPath {
+        // Only used on paths built by `validate`, whose keys are bare.
+        let mut segs = Vec::new();
+        for part in dotted.split('.') {
+            let (name, mut rest) = part.split_once('[').map_or((part, ""), |(n, r)| (n, r));
+            if !name.is_empty() {
+                segs.push(Seg::Key(name.to_owned()));
+            }
+            while let Some((idx, after)) = rest.split_once(']') {
+                if let Ok(i) = idx.parse() {
+                    segs.push(Seg::Index(i));
+                }
+                rest = after.strip_prefix('[').unwrap_or(after);
+            }
+        }
+        KeyPath(segs)
+    }
+
+    fn child(&self, seg: Seg) -> KeyPath {
+        let mut v = self.0.clone();
+        v.push(seg);
+        KeyPath(v)
+    }
+}
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, seg) in self.0.iter().enumerate() {
+            match seg {
+                Seg::Key(k) => {
+                    if i > 0 {
+                        f.write_str(".")?;
+                    }
+                    if !k.is_empty()
+                        && k.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    {
+                        f.write_str(k)?;
+                    } else {
+                        write!(f, "{k:?}")?;
+                    }
+                }
+                Seg::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column (in characters) of byte offset `pos`.
+fn line_col(text: &str, pos: usize) -> (usize, usize) {
+    let mut pos = pos.min(text.len());
+    while !text.is_char_boundary(pos) {
+        pos -= 1;
+    }
+    let before = &text[..pos];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, text[line_start..pos].chars().count() + 1)
+}
+
+fn span_contains(span: &Range<usize>, pos: usize) -> bool {
+    span.start <= pos && (pos < span.end || span.start == span.end)
+}
+
+/// The most specific key whose name or value covers byte offset `pos`.
+fn key_at(root: &DeTable<'_>, pos: usize) -> Option<KeyPath> {
+    fn walk_value(
+        v: &toml::Spanned<DeValue<'_>>,
+        path: &KeyPath,
+        pos: usize,
+        best: &mut Option<(usize, usize, KeyPath)>,
+    ) {
+        let span = v.span();
+        if span_contains(&span, pos) {
+            consider(span.len(), path, best);
+        }
+        match v.get_ref() {
+            DeValue::Table(t) => walk_table(t, path, pos, best),
+            DeValue::Array(a) => {
+                for (i, item) in a.iter().enumerate() {
+                    walk_value(item, &path.child(Seg::Index(i)), pos, best);
+                }
+            }
+            _ => {}
+        }
+    }
+    fn walk_table(
+        t: &DeTable<'_>,
+        path: &KeyPath,
+        pos: usize,
+        best: &mut Option<(usize, usize, KeyPath)>,
+    ) {
+        for (k, v) in t.iter() {
+            let p = path.child(Seg::Key(k.get_ref().to_string()));
+            if span_contains(&k.span(), pos) {
+                consider(k.span().len(), &p, best);
+            }
+            walk_value(v, &p, pos, best);
+        }
+    }
+    fn consider(len: usize, path: &KeyPath, best: &mut Option<(usize, usize, KeyPath)>) {
+        let depth = path.0.len();
+        let better = match best {
+            None => true,
+            Some((l, d, _)) => len < *l || (len == *l && depth > *d),
+        };
+        if better {
+            *best = Some((len, depth, path.clone()));
+        }
+    }
+    let mut best = None;
+    walk_table(root, &KeyPath::default(), pos, &mut best);
+    best.map(|(_, _, p)| p)
+}
+
+/// Byte span of the deepest part of `path` present in the document.
+fn span_of(root: &DeTable<'_>, path: &KeyPath) -> Option<Range<usize>> {
+    let mut table = root;
+    let mut array: Option<&toml::de::DeArray<'_>> = None;
+    let mut found = None;
+    for seg in &path.0 {
+        let value = match (seg, array) {
+            (Seg::Key(name), _) => {
+                let Some((k, v)) = table.iter().find(|(k, _)| k.get_ref() == name) else {
+                    return found;
+                };
+                // A key's own span points at its line even for `[table]`
+                // headers, whose value spans can cover the whole section.
+                found = Some(k.span());
+                v
+            }
+            (Seg::Index(i), Some(a)) => {
+                let Some(v) = a.get(*i) else {
+                    return found;
+                };
+                found = Some(v.span());
+                v
+            }
+            (Seg::Index(_), None) => return found,
+        };
+        array = None;
+        match value.get_ref() {
+            DeValue::Table(t) => table = t,
+            DeValue::Array(a) => array = Some(a),
+            _ => {}
+        }
+    }
+    found
+}
+
+fn parse_error(text: &str, origin: &str, e: &toml::de::Error, root: &DeTable<'_>) -> ConfigError {
+    let pos = e.span().map_or(0, |s| s.start);
+    let (line, column) = line_col(text, pos);
+    let key = e
+        .span()
+        .and_then(|s| key_at(root, s.start))
+        .map(|p| p.to_string());
+    let message = e.message().trim().replace('\n', "; ");
+    ConfigError::Parse {
+        origin: origin.to_owned(),
+        key,
+        line,
+        column,
+        message,
+    }
+}
+
+/// A validation problem before it is tied to a source.
+#[derive(Debug)]
+struct Problem {
+    key: KeyPath,
+    message: String,
+}
+
+fn problem(key: impl Into<KeyPath>, message: impl Into<String>) -> Problem {
+    Problem {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl From<&str> for KeyPath {
+    fn from(dotted: &str) -> Self {
+        KeyPath::parse(dotted)
+    }
+}
+
+impl From<String> for KeyPath {
+    fn from(dotted: String) -> Self {
+        KeyPath::parse(&dotted)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading and validation
+
+impl Config {
+    /// Loads and validates the config.
+    ///
+    /// With `Some(path)`, reads that file. With `None`, reads the per-user
+    /// file ([`Config::default_path`]) if it exists, and otherwise uses the
+    /// defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = match path {
+            Some(p) => p.to_owned(),
+            None => match Self::default_path().filter(|p| p.is_file()) {
+                Some(p) => p,
+                None => {
+                    tracing::debug!("no config file, using defaults");
+                    let config = Config {
+                        origin: Some("<defaults>".to_owned()),
+                        ..Config::default()
+                    };
+                    config.validate()?;
+                    return Ok(config);
+                }
+            },
+        };
+        tracing::debug!(path = %path.display(), "loading config");
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates a config from TOML text. `origin` names the
+    /// source in errors (usually the file path).
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let root = match DeTable::parse(text) {
+            Ok(root) => root,
+            Err(e) => {
+                let (partial, _) = DeTable::parse_recoverable(text);
+                return Err(parse_error(text, origin, &e, partial.get_ref()));
+            }
+        };
+        let mut config = Config::deserialize(toml::de::Deserializer::from(root.clone()))
+            .map_err(|e| parse_error(text, origin, &e, root.get_ref()))?;
+        config.origin = Some(origin.to_owned());
+        if let Err(p) = config.check() {
+            let position = span_of(root.get_ref(), &p.key).map(|s| line_col(text, s.start));
+            return Err(ConfigError::Invalid {
+                origin: origin.to_owned(),
+                key: p.key.to_string(),
+                position,
+                message: p.message,
+            });
+        }
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot: ranges, consistency between keys,
+    /// names. [`Config::load`] calls it; call it again after changing a
+    /// loaded config (for example with CLI flags).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(|p| ConfigError::Invalid {
+            origin: self.origin.clone().unwrap_or_else(|| "<config>".to_owned()),
+            key: p.key.to_string(),
+            position: None,
+            message: p.message,
+        })
+    }
+
+    /// The per-user config file looked for when no path is given:
+    /// `$XDG_CONFIG_HOME/lanswarm/config.toml`, else
+    /// `~/.config/lanswarm/config.toml`.
+    pub fn default_path() -> Option<PathBuf> {
+        let xdg = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute());
+        let base = match xdg {
+            Some(p) => p,
+            None => PathBuf::from(non_empty(std::env::var_os("HOME"))?).join(".config"),
+        };
+        Some(base.join("lanswarm").join("config.toml"))
+    }
+
+    /// The data directory: `data_dir` with `~` expanded, or the per-user
+    /// default `$XDG_DATA_HOME/lanswarm`, else `~/.local/share/lanswarm`,
+    /// else (no `HOME`) `./lanswarm-data`.
+    pub fn data_dir(&self) -> PathBuf {
+        resolve_data_dir(
+            self.data_dir.as_deref(),
+            std::env::var_os("HOME").as_deref(),
+            std::env::var_os("XDG_DATA_HOME").as_deref(),
+        )
+    }
+
+    /// The node name: `name`, or else the host name (cut to 64 characters),
+    /// or `"lanswarm-node"` if there is none.
+    pub fn node_name(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.trim().to_owned();
+        }
+        let host = crate::hw::probe::hostname();
+        let host: String = host.trim().chars().take(MAX_NAME_LEN).collect();
+        if host.is_empty() {
+            "lanswarm-node".to_owned()
+        } else {
+            host
+        }
+    }
+
+    fn check(&self) -> Result<(), Problem> {
+        self.check_top()?;
+        self.check_api()?;
+        self.check_network()?;
+        self.check_lend()?;
+        self.check_resources()?;
+        self.check_location()?;
+        self.check_models()?;
+        self.check_leases()?;
+        self.check_strategy()?;
+        self.check_log()
+    }
+
+    fn check_top(&self) -> Result<(), Problem> {
+        if let Some(name) = &self.name {
+            let trimmed = name.trim();
+            if trimmed.is_empty() {
+                return Err(problem("name", "must not be empty"));
+            }
+            let n = trimmed.chars().count();
+            if n > MAX_NAME_LEN {
+                return Err(problem(
+                    "name",
+                    format!("must be at most {MAX_NAME_LEN} characters, got {n}"),
+                ));
+            }
+            if trimmed.chars().any(char::is_control) {
+                return Err(problem("name", "must not contain control characters"));
+            }
+        }
+        if let Some(dir) = &self.data_dir {
+            if dir.as_os_str().is_empty() {
+                return Err(problem("data_dir", "must not be empty"));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_api(&self) -> Result<(), Problem> {
+        match &self.api.token {
+            Some(t) if t.is_empty() => Err(problem("api.token", "must not be empty")),
+            Some(t) if t.chars().any(|c| c.is_whitespace() || c.is_control()) => Err(problem(
+                "api.token",
+                "must not contain whitespace or control characters",
+            )),
+            Some(_) => Ok(()),
+            None if !self.api.listen.ip().is_loopback() => Err(problem(
+                "api.token",
+                format!(
+                    "required because api.listen ({}) is not a loopback address; set a token or listen on 127.0.0.1",
+                    self.api.listen
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn check_network(&self) -> Result<(), Problem> {
+        let n = &self.network;
+        if n.listen.is_empty() {
+            return Err(problem(
+                "network.listen",
+                "needs at least one address, e.g. \"/ip4/0.0.0.0/tcp/0\"",
+            ));
+        }
+        for (i, addr) in n.listen.iter().enumerate() {
+            if addr.iter().any(|p| matches!(p, Protocol::P2p(_))) {
+                return Err(problem(
+                    format!("network.listen[{i}]"),
+                    format!("a listen address must not name a peer (/p2p/...), got \"{addr}\""),
+                ));
+            }
+        }
+        for (i, addr) in n.bootstrap.iter().enumerate() {
+            if addr.iter().next().is_none() {
+                return Err(problem(
+                    format!("network.bootstrap[{i}]"),
+                    "must not be empty",
+                ));
+            }
+        }
+        if n.announce_interval.is_zero() {
+            return Err(problem("network.announce_interval", "must be more than 0s"));
+        }
+        if n.announce_debounce >= n.announce_interval {
+            return Err(problem(
+                "network.announce_debounce",
+                format!(
+                    "must be shorter than network.announce_interval ({}), got {}",
+                    units::format_duration(n.announce_interval),
+                    units::format_duration(n.announce_debounce)
+                ),
+            ));
+        }
+        if n.mdns_ttl.is_zero() {
+            return Err(problem("network.mdns_ttl", "must be more than 0s"));
+        }
+        Ok(())
+    }
+
+    fn check_lend(&self) -> Result<(), Problem> {
+        let l = &self.lend;
+        if let CpuAmount::Percent(p) = l.cpu_cores {
+            check_percent("lend.cpu_cores", p)?;
+        }
+        for (key, amount) in [
+            ("lend.memory", l.memory),
+            ("lend.disk", l.disk),
+            ("lend.gpu_memory", l.gpu_memory),
+        ] {
+            if let Amount::Percent(p) = amount {
+                check_percent(key, p)?;
+            }
+        }
+        if let GpuSelection::Only(list) = &l.gpus {
+            let mut seen = BTreeSet::new();
+            for (i, g) in list.iter().enumerate() {
+                if !seen.insert(g) {
+                    return Err(problem(
+                        format!("lend.gpus[{i}]"),
+                        format!("GPU {g} is listed twice"),
+                    ));
+                }
+            }
+        }
+        if !(1..=MAX_WEIGHT).contains(&l.weight) {
+            return Err(problem(
+                "lend.weight",
+                format!("must be between 1 and {MAX_WEIGHT}, got {}", l.weight),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_resources(&self) -> Result<(), Problem> {
+        let r = &self.resources;
+        for (i, g) in r.gpus.iter().enumerate() {
+            if g.name.trim().is_empty() {
+                return Err(problem(
+                    format!("resources.gpus[{i}].name"),
+                    "must not be empty",
+                ));
+            }
+            if g.memory == 0 {
+                return Err(problem(
+                    format!("resources.gpus[{i}].memory"),
+                    "must be more than 0",
+                ));
+            }
+        }
+        for name in r.custom.keys() {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+            {
+                return Err(problem(
+                    KeyPath::parse("resources.custom").child(Seg::Key(name.clone())),
+                    format!(
+                        "custom resource names may only use a-z, 0-9, '_' and '-', got {name:?}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_location(&self) -> Result<(), Problem> {
+        let l = &self.location;
+        if let Some(zone) = &l.zone {
+            if zone.trim().is_empty() {
+                return Err(problem("location.zone", "must not be empty"));
+            }
+        }
+        if let Some(lat) = l.latitude {
+            if !(-90.0..=90.0).contains(&lat) {
+                return Err(problem(
+                    "location.latitude",
+                    format!("must be between -90 and 90 degrees, got {lat}"),
+                ));
+            }
+        }
+        if let Some(lon) = l.longitude {
+            if !(-180.0..=180.0).contains(&lon) {
+                return Err(problem(
+                    "location.longitude",
+                    format!("must be between -180 and 180 degrees, got {lon}"),
+                ));
+            }
+        }
+        match (l.latitude, l.longitude) {
+            (Some(_), None) => Err(problem(
+                "location.longitude",
+                "must be set together with location.latitude",
+            )),
+            (None, Some(_)) => Err(problem(
+                "location.latitude",
+                "must be set together with location.longitude",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_models(&self) -> Result<(), Problem> {
+        let mut seen = BTreeSet::new();
+        for (i, m) in self.models.served.iter().enumerate() {
+            let key = format!("models.served[{i}]");
+            if m.trim().is_empty() {
+                return Err(problem(key, "model names must not be empty"));
+            }
+            if !seen.insert(m.trim()) {
+                return Err(problem(key, format!("model {m:?} is listed twice")));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_leases(&self) -> Result<(), Problem> {
+        let l = &self.leases;
+        let f = |d: Duration| units::format_duration(d);
+        if l.min.is_zero() {
+            return Err(problem("leases.min", "must be more than 0s"));
+        }
+        if l.default < l.min {
+            return Err(problem(
+                "leases.default",
+                format!(
+                    "must be at least leases.min ({}), got {}",
+                    f(l.min),
+                    f(l.default)
+                ),
+            ));
+        }
+        if l.default > l.max {
+            return Err(problem(
+                "leases.default",
+                format!(
+                    "must be at most leases.max ({}), got {}",
+                    f(l.max),
+                    f(l.default)
+                ),
+            ));
+        }
+        if l.max_leases == 0 {
+            return Err(problem("leases.max_leases", "must be more than 0"));
+        }
+        Ok(())
+    }
+
+    fn check_strategy(&self) -> Result<(), Problem> {
+        let s = &self.strategy;
+        if !STRATEGY_NAMES.contains(&s.default.as_str()) {
+            return Err(problem(
+                "strategy.default",
+                format!(
+                    "unknown strategy {:?}; expected one of {}",
+                    s.default,
+                    STRATEGY_NAMES.join(", ")
+                ),
+            ));
+        }
+        for (node, w) in &s.weights {
+            let key = KeyPath::parse("strategy.weights").child(Seg::Key(node.clone()));
+            if node.trim().is_empty() {
+                return Err(problem(key, "node names must not be empty"));
+            }
+            if *w > MAX_WEIGHT {
+                return Err(problem(
+                    key,
+                    format!("weights must be between 0 and {MAX_WEIGHT}, got {w}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_log(&self) -> Result<(), Problem> {
+        let level = self.log.level.trim();
+        if level.is_empty() {
+            return Err(problem("log.level", "must not be empty, e.g. \"info\""));
+        }
+        tracing_subscriber::EnvFilter::builder()
+            .parse(level)
+            .map(|_| ())
+            .map_err(|e| problem("log.level", format!("invalid filter {level:?}: {e}")))
+    }
+}
+
+fn check_percent(key: &str, p: f64) -> Result<(), Problem> {
+    if (0.0..=100.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(problem(
+            key,
+            format!("percentage must be between 0% and 100%, got {p}%"),
+        ))
+    }
+}
+
+fn non_empty(v: Option<std::ffi::OsString>) -> Option<std::ffi::OsString> {
+    v.filter(|s| !s.is_empty())
+}
+
+/// The data directory from the configured value and the environment.
+/// Pure, so it can be tested without touching the process environment.
+fn resolve_data_dir(
+    configured: Option<&Path>,
+    home: Option<&OsStr>,
+    xdg: Option<&OsStr>,
+) -> PathBuf {
+    let home = home.filter(|h| !h.is_empty()).map(Path::new);
+    if let Some(dir) = configured {
+        return expand_tilde(dir, home);
+    }
+    if let Some(xdg) = xdg.map(Path::new).filter(|p| p.is_absolute()) {
+        return xdg.join("lanswarm");
+    }
+    match home {
+        Some(home) => home.join(".local").join("share").join("lanswarm"),
+        None => PathBuf::from("lanswarm-data"),
+    }
+}
+
+/// Replaces a leading `~` (alone or followed by a separator) with `home`.
+fn expand_tilde(p: &Path, home: Option<&Path>) -> PathBuf {
+    let Some(home) = home else {
+        return p.to_owned();
+    };
+    match p.strip_prefix("~") {
+        Ok(rest) => home.join(rest),
+        Err(_) => p.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, "test.toml")
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_file_is_the_default_config() {
+        let c = parse("").unwrap();
+        assert_eq!(
+            c,
+            Config {
+                origin: Some("test.toml".to_owned()),
+                ..Config::default()
+            }
+        );
+        Config::default().validate().unwrap();
+        assert_eq!(c.lend.memory, Amount::Percent(75.0));
+        assert_eq!(c.network.mdns_ttl, Duration::from_secs(6));
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:7700");
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let mut c = Config::default();
+        c.name = Some("n1".into());
+        c.lend.memory = Amount::Absolute(12 * 1024);
+        c.lend.cpu_cores = CpuAmount::Count(3);
+        c.lend.gpus = GpuSelection::Only(vec![0, 2]);
+        c.resources.gpus.push(SyntheticGpu {
+            name: "A100".into(),
+            memory: 40 * 1024,
+        });
+        c.resources.custom.insert("db-connections".into(), 20);
+        c.resources.memory = Some(32 * 1024);
+        c.location.latitude = Some(52.52);
+        c.location.longitude = Some(13.4);
+        c.strategy.weights.insert("peer.with.dots".into(), 3);
+        let text = toml::to_string(&c).unwrap();
+        let back = parse(&text).unwrap();
+        assert_eq!(
+            back,
+            Config {
+                origin: Some("test.toml".into()),
+                ..c
+            },
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn amounts_parse() {
+        let c = parse(
+            "[lend]\ncpu_cores = \"all\"\nmemory = \"12GiB\"\ndisk = 2048\ngpu_memory = \"90%\"\ngpus = [0, 1]",
+        )
+        .unwrap();
+        assert_eq!(c.lend.cpu_cores, CpuAmount::All);
+        assert_eq!(c.lend.memory, Amount::Absolute(12 * 1024));
+        assert_eq!(c.lend.disk, Amount::Absolute(2048));
+        assert_eq!(c.lend.gpu_memory, Amount::Percent(90.0));
+        assert_eq!(c.lend.gpus, GpuSelection::Only(vec![0, 1]));
+        let c = parse("[lend]\ncpu_cores = 2\ngpus = \"none\"\nmemory = \"all\"").unwrap();
+        assert_eq!(c.lend.cpu_cores, CpuAmount::Count(2));
+        assert_eq!(c.lend.gpus, GpuSelection::None);
+        assert_eq!(c.lend.memory, Amount::All);
+        assert_eq!(
+            parse("[lend]\ngpus = []").unwrap().lend.gpus,
+            GpuSelection::None
+        );
+    }
+
+    #[test]
+    fn amounts_resolve() {
+        assert_eq!(Amount::Percent(75.0).resolve(1000), 750);
+        assert_eq!(Amount::Percent(33.3).resolve(10), 3);
+        assert_eq!(Amount::All.resolve(7), 7);
+        assert_eq!(Amount::Absolute(9).resolve(7), 9);
+        assert_eq!(CpuAmount::Auto.resolve(8), 7);
+        assert_eq!(CpuAmount::Auto.resolve(1), 1);
+        assert_eq!(CpuAmount::Auto.resolve(0), 0);
+        assert_eq!(CpuAmount::Percent(10.0).resolve(4), 1);
+        assert_eq!(CpuAmount::Percent(0.0).resolve(4), 0);
+        assert_eq!(CpuAmount::Percent(50.0).resolve(8), 4);
+    }
+
+    #[test]
+    fn bad_amount_names_file_key_and_problem() {
+        let e = err("name = \"x\"\n\n[lend]\nmemory = \"lots\"\n");
+        assert_eq!(
+            e,
+            "test.toml:4:10: lend.memory: expected \"all\", a percentage like \"75%\" or a size like \"12GiB\", got \"lots\""
+        );
+        let e = err("[lend]\ncpu_cores = \"many\"");
+        assert!(e.contains("lend.cpu_cores: expected \"auto\""), "{e}");
+        let e = err("[lend]\ngpus = \"some\"");
+        assert!(e.contains("lend.gpus: expected \"all\", \"none\""), "{e}");
+        let e = err("[lend]\ngpus = [0, \"x\"]");
+        assert!(e.contains("lend.gpus"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_its_path() {
+        let e = err("[lend]\nmemroy = \"1GiB\"\n");
+        assert!(
+            e.starts_with("test.toml:2:1: lend.memroy: unknown field `memroy`"),
+            "{e}"
+        );
+        let e = err("nmae = \"x\"");
+        assert!(e.starts_with("test.toml:1:1: nmae: unknown field"), "{e}");
+        let e = err("[[resources.gpus]]\nmemory = \"1GiB\"\n[[resources.gpus]]\nmemory = \"2GiB\"\nbogus = 1\n");
+        assert!(
+            e.contains(":5:1: resources.gpus[1].bogus: unknown field"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_have_a_position() {
+        let e = parse("[api]\nlisten = \"127.0.0.1:7700\n").unwrap_err();
+        match &e {
+            ConfigError::Parse { line, .. } => assert_eq!(*line, 2, "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(e.to_string().starts_with("test.toml:2:"), "{e}");
+        let e = err("[lend\n");
+        assert!(e.starts_with("test.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn type_errors_name_the_key() {
+        let e = err("[network]\nmdns = \"yes\"");
+        assert!(
+            e.contains("test.toml:2:8: network.mdns: invalid type"),
+            "{e}"
+        );
+        let e = err("[network]\nlisten = [\"/ip4/0.0.0.0/tcp/0\", \"nonsense\"]");
+        assert!(e.contains("network.listen[1]: expected a multiaddr"), "{e}");
+        let e = err("[api]\nlisten = \"localhost\"");
+        assert!(
+            e.contains("api.listen: expected an IP address and port"),
+            "{e}"
+        );
+        let e = err("[leases]\ndefault = \"5 minutes-ish\"");
+        assert!(e.contains("leases.default: invalid duration"), "{e}");
+        let e = err("[resources]\nmemory = \"32XB\"");
+        assert!(e.contains("resources.memory: invalid size \"32XB\""), "{e}");
+        let e = err("[[resources.gpus]]\nname = \"x\"");
+        assert!(
+            e.contains("resources.gpus[0]: missing field `memory`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn validation_errors_name_file_key_and_problem() {
+        let cases = [
+            ("[location]\nlatitude = 91.0\nlongitude = 0.0", "test.toml:2:1: location.latitude: must be between -90 and 90"),
+            ("[location]\nlatitude = 1.0\nlongitude = -181", "location.longitude: must be between -180 and 180"),
+            ("[location]\nlatitude = 1.0", "location.longitude: must be set together"),
+            ("[lend]\nmemory = \"150%\"", "test.toml:2:1: lend.memory: percentage must be between 0% and 100%, got 150%"),
+            ("[lend]\ngpu_memory = \"-5%\"", "lend.gpu_memory: percentage"),
+            ("[lend]\ngpus = [1, 1]", "lend.gpus[1]: GPU 1 is listed twice"),
+            ("[api]\nlisten = \"0.0.0.0:7700\"", "test.toml:1:2: api.token: required because api.listen (0.0.0.0:7700) is not a loopback"),
+            ("[api]\ntoken = \"\"", "api.token: must not be empty"),
+            ("[leases]\nmin = \"0s\"", "leases.min: must be more than 0s"),
+            ("[leases]\ndefault = \"2h\"", "leases.default: must be at most leases.max (1h), got 2h"),
+            ("[leases]\nmin = \"10m\"", "leases.default: must be at least leases.min (10m), got 5m"),
+            ("[leases]\nmax_leases = 0", "leases.max_leases"),
+            ("[network]\nlisten = []", "network.listen: needs at least one address"),
+            ("name = \"\"", "test.toml:1:1: name: must not be empty"),
+            (&format!("name = \"{}\"", "x".repeat(65)), "name: must be at most 64 characters, got 65"),
+            ("[models]\nserved = [\"llama3\", \" \"]", "test.toml:2:21: models.served[1]: model names must not be empty"),
+            ("[resources.custom]\n\"DB conns\" = 3", "test.toml:2:1: resources.custom.\"DB conns\": custom resource names"),
+            ("[strategy]\ndefault = \"fastest\"", "strategy.default: unknown strategy \"fastest\"; expected one of round-robin"),
+            ("[strategy.weights]\nnode-a = 0", "test.toml:2:1: strategy.weights.node-a: weights must be between 1 and 1000, got 0"),
+            ("[log]\nlevel = \"\"", "log.level: must not be empty"),
+            ("[network]\nannounce_debounce = \"10s\"", "network.announce_debounce: must be shorter"),
+            ("[network]\nlisten = [\"/ip4/0.0.0.0/tcp/0/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA\"]", "network.listen[0]: a listen address must not name a peer"),
+            ("[[resources.gpus]]\nmemory = 0", "resources.gpus[0].memory: must be more than 0"),
+            ("[lend]\nweight = 0", "lend.weight: must be between 1 and 1000"),
+        ];
+        for (text, want) in cases {
+            let e = parse(text).unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid { .. }), "{text}: {e:?}");
+            assert!(
+                e.to_string().contains(want),
+                "{text}:\n got  {e}\n want {want}"
+            );
+            assert!(e.to_string().starts_with("test.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn validate_uses_the_origin() {
+        let mut c = parse("").unwrap();
+        c.location.latitude = Some(-100.0);
+        c.location.longitude = Some(0.0);
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key(), Some("location.latitude"));
+        assert!(
+            e.to_string()
+                .starts_with("test.toml: location.latitude: must be"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn non_loopback_api_with_token_is_fine() {
+        let c = parse("[api]\nlisten = \"0.0.0.0:7700\"\ntoken = \"s3cret-token\"").unwrap();
+        assert!(format!("{c:?}").contains("<redacted>"));
+        assert!(!format!("{c:?}").contains("s3cret"));
+        parse("[api]\nlisten = \"[::1]:7700\"").unwrap();
+    }
+
+    #[test]
+    fn bootstrap_with_and_without_peer_id() {
+        let c = parse(
+            "[network]\nbootstrap = [\"/ip4/10.0.0.2/tcp/4001\", \"/ip4/10.0.0.3/udp/4001/quic-v1/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA\"]",
+        )
+        .unwrap();
+        assert_eq!(c.network.bootstrap.len(), 2);
+    }
+
+    #[test]
+    fn data_dir_resolution() {
+        let home = Some(OsStr::new("/home/u"));
+        assert_eq!(
+            resolve_data_dir(None, home, None),
+            PathBuf::from("/home/u/.local/share/lanswarm")
+        );
+        assert_eq!(
+            resolve_data_dir(None, home, Some(OsStr::new("/xdg"))),
+            PathBuf::from("/xdg/lanswarm")
+        );
+        assert_eq!(
+            resolve_data_dir(None, home, Some(OsStr::new("relative"))),
+            PathBuf::from("/home/u/.local/share/lanswarm")
+        );
+        assert_eq!(
+            resolve_data_dir(None, None, None),
+            PathBuf::from("lanswarm-data")
+        );
+        assert_eq!(
+            resolve_data_dir(Some(Path::new("~/swarm")), home, None),
+            PathBuf::from("/home/u/swarm")
+        );
+        assert_eq!(
+            resolve_data_dir(Some(Path::new("~")), home, None),
+            PathBuf::from("/home/u")
+        );
+        assert_eq!(
+            resolve_data_dir(Some(Path::new("/srv/x")), home, None),
+            PathBuf::from("/srv/x")
+        );
+        assert_eq!(
+            resolve_data_dir(Some(Path::new("~other/x")), home, None),
+            PathBuf::from("~other/x")
+        );
+    }
+
+    #[test]
+    fn key_paths_display_and_parse() {
+        let p = KeyPath(vec![
+            Seg::Key("resources".into()),
+            Seg::Key("gpus".into()),
+            Seg::Index(1),
+            Seg::Key("memory".into()),
+        ]);
+        assert_eq!(p.to_string(), "resources.gpus[1].memory");
+        assert_eq!(KeyPath::parse("resources.gpus[1].memory"), p);
+        assert_eq!(KeyPath(vec![Seg::Key("a b".into())]).to_string(), "\"a b\"");
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        let text = "a = 1\nbé = \"x\"\n";
+        assert_eq!(line_col(text, 0), (1, 1));
+        assert_eq!(line_col(text, 6), (2, 1));
+        assert_eq!(line_col(text, text.find('=').unwrap()), (1, 3));
+        assert_eq!(line_col(text, text.rfind('=').unwrap()), (2, 4));
+        assert_eq!(line_col(text, 999), (3, 1));
+    }
+}

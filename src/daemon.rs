@@ -1,0 +1,190 @@
+//! `lanswarm run`: load the config, apply CLI overrides, set up logging,
+//! the identity and the hardware probe, then run the node and its HTTP API
+//! until SIGINT or SIGTERM, and shut down in order.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cli::RunArgs;
+use crate::config::Config;
+use crate::core::ledger::LeaseLimits;
+use crate::core::placement::{Strategy, StrategyConfig};
+use crate::net::node::{self, NodeConfig};
+
+/// How long shutdown waits for the node task before giving up.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Load the config file (if any) and apply the flags of `lanswarm run`.
+/// Precedence: flag (or its `LANSWARM_*` variable) > file > default.
+pub fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(args.config.as_deref())?;
+    if let Some(d) = &args.data_dir {
+        cfg.data_dir = Some(d.clone());
+    }
+    if let Some(n) = &args.name {
+        cfg.name = Some(n.clone());
+    }
+    if !args.listen.is_empty() {
+        cfg.network.listen = args
+            .listen
+            .iter()
+            .map(|a| {
+                a.parse()
+                    .with_context(|| format!("--listen {a}: not a multiaddr"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+    }
+    for b in &args.bootstrap {
+        cfg.network.bootstrap.push(
+            b.parse()
+                .with_context(|| format!("--bootstrap {b}: not a multiaddr"))?,
+        );
+    }
+    if args.no_mdns {
+        cfg.network.mdns = false;
+    }
+    if let Some(a) = &args.api_listen {
+        cfg.api.listen = a
+            .parse()
+            .with_context(|| format!("--api-listen {a}: not an address like 127.0.0.1:7700"))?;
+    }
+    if let Some(l) = &args.log {
+        cfg.log.level = l.clone();
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Build the node's settings from a validated config.
+pub fn node_config(cfg: &Config, keypair: libp2p::identity::Keypair) -> anyhow::Result<NodeConfig> {
+    let data_dir = cfg.data_dir();
+    let machine = crate::hw::probe::probe(&data_dir);
+    let detected = if cfg.resources.detect_gpus {
+        crate::hw::gpu::detect_gpus()
+    } else {
+        Vec::new()
+    };
+    let (capacity, gpus) = crate::hw::lendable(cfg, &machine, &detected);
+    let strategy = Strategy::from_str(&cfg.strategy.default)
+        .map_err(|e| anyhow::anyhow!("strategy.default: {e}"))?;
+    Ok(NodeConfig {
+        name: cfg.node_name(),
+        keypair,
+        listen: cfg.network.listen.clone(),
+        bootstrap: cfg.network.bootstrap.clone(),
+        mdns: cfg.network.mdns,
+        mdns_ttl: cfg.network.mdns_ttl,
+        announce_interval: cfg.network.announce_interval,
+        announce_debounce: cfg.network.announce_debounce,
+        capacity,
+        gpus,
+        machine_cpu_cores: cfg.resources.cpu_cores.unwrap_or(machine.cpu_cores),
+        machine_memory_mb: cfg.resources.memory.unwrap_or(machine.memory_mb),
+        models: cfg.models.served.clone(),
+        location: cfg.location.to_location(),
+        weight: cfg.lend.weight,
+        allow_remote: cfg.lend.allow_remote,
+        limits: LeaseLimits {
+            min_lease_ms: cfg.leases.min.as_millis() as u64,
+            max_lease_ms: cfg.leases.max.as_millis() as u64,
+            max_leases: cfg.leases.max_leases as usize,
+        },
+        default_lease: cfg.leases.default,
+        strategy: StrategyConfig {
+            strategy,
+            weights: cfg.strategy.weights.clone(),
+        },
+        store_path: data_dir.join("state.redb"),
+        api_addr: Some(cfg.api.listen.to_string()),
+        max_tries: 8,
+    })
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new("info"))
+        .unwrap_or_default();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Run a node in the foreground until SIGINT or SIGTERM.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let cfg = load_config(&args)?;
+    init_logging(&cfg.log.level);
+    let data_dir = cfg.data_dir();
+    let (keypair, created) = crate::identity::load_or_create(&data_dir)?;
+    info!(
+        peer_id = %keypair.public().to_peer_id(),
+        data_dir = %data_dir.display(),
+        config = cfg.origin.as_deref().unwrap_or("<defaults>"),
+        new_identity = created,
+        "starting lanswarm {}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let ncfg = node_config(&cfg, keypair)?;
+    info!(
+        cores = ncfg.capacity.cpu_cores,
+        memory_mb = ncfg.capacity.memory_mb,
+        disk_mb = ncfg.capacity.disk_mb,
+        gpus = ncfg.capacity.gpus.len(),
+        custom = ncfg.capacity.custom.len(),
+        "lending"
+    );
+    let listener = crate::api::bind(cfg.api.listen).await?;
+    let shutdown = CancellationToken::new();
+    let (node, task) = node::start(ncfg, shutdown.clone())
+        .await
+        .context("starting the node")?;
+    info!(api = %cfg.api.listen, "HTTP API listening");
+    let api = tokio::spawn(crate::api::serve(
+        listener,
+        node.clone(),
+        cfg.api.token.clone(),
+        shutdown.clone(),
+    ));
+    let signal = tokio::select! {
+        s = wait_for_signal() => Some(s?),
+        _ = shutdown.cancelled() => None,
+    };
+    if let Some(s) = signal {
+        info!(signal = s, "shutting down");
+    }
+    shutdown.cancel();
+    match tokio::time::timeout(JOIN_TIMEOUT, async {
+        let _ = api.await;
+        let _ = task.await;
+    })
+    .await
+    {
+        Ok(()) => info!("bye"),
+        Err(_) => warn!("shutdown took longer than {JOIN_TIMEOUT:?}; exiting anyway"),
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    Ok("Ctrl-C")
+}

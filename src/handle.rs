@@ -1,0 +1,327 @@
+//! `Node`: the cloneable async handle to a running node.
+//!
+//! The HTTP API, the CLI (through the API) and the tests all use it. Each
+//! method sends a command to the node's event loop over a bounded channel,
+//! with a oneshot for the answer. Nothing else touches the swarm or the core
+//! state, so nothing needs a lock. A stopped node answers every call with
+//! [`NodeError::Stopped`].
+//!
+//! The JSON shapes follow seed 004's `NodeInfo`, `ResourceRequest` and
+//! `ResourceAllocation`, extended; `docs/api.md` documents every field.
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::core::placement::{Strategy, StrategyConfig};
+use crate::model::{
+    Capacity, DenyReason, GpuInfo, GpuSlot, Lease, Location, NodeId, NodeStatus, Priority,
+    ResourceRequirements,
+};
+
+/// Capacity of the command channel into the event loop.
+pub const COMMAND_QUEUE: usize = 1024;
+
+/// A request for resources (seed 004's `ResourceRequest`, extended).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AllocationRequest {
+    /// The requester's own id for this request; a UUID is made if absent.
+    pub request_id: Option<String>,
+    /// Accepted for seed compatibility and ignored: the requester is always
+    /// the node that asks, identified by its key.
+    pub requester_id: Option<String>,
+    /// What is needed.
+    pub required_resources: ResourceRequirements,
+    /// Free-form task type, recorded on the lease.
+    pub task_type: String,
+    /// Priority of the request.
+    pub priority: Priority,
+    /// Lease term in seconds: the holder renews about every third of it,
+    /// and the owner takes the resources back if it stops. Default from the
+    /// config (`leases.default`).
+    pub timeout_secs: Option<u64>,
+    /// Hold the allocation this long, then release it. Absent: until
+    /// released.
+    pub duration_secs: Option<u64>,
+    /// Strategy for this request only; default is the node's current one.
+    pub strategy: Option<Strategy>,
+    /// Only consider this node (a node id or a node name).
+    pub node_id: Option<String>,
+}
+
+/// What an allocation holds (seed 004's `AllocatedResources`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocatedResources {
+    pub cpu_cores: u32,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+    pub gpu_count: u32,
+    /// Total GPU memory over all assigned GPUs, MiB.
+    pub gpu_memory_mb: u64,
+    /// The assigned GPUs: index on the owner and memory taken, MiB.
+    pub gpus: Vec<GpuSlot>,
+    pub custom: std::collections::BTreeMap<String, u64>,
+}
+
+/// State of an allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocationStatus {
+    /// Granted and not expired.
+    Active,
+}
+
+/// One refusal on the way to a grant (late binding) or to a failure.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub node_id: NodeId,
+    pub node_name: String,
+    pub reason: DenyReason,
+    pub message: String,
+}
+
+/// A node that was not asked at all, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Excluded {
+    pub node_id: NodeId,
+    pub node_name: String,
+    pub why: String,
+}
+
+/// A lease as the API shows it (seed 004's `ResourceAllocation`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub allocation_id: String,
+    /// The owner: where the resources are.
+    pub node_id: NodeId,
+    pub node_name: String,
+    /// The node that holds (and renews) the lease.
+    pub holder: NodeId,
+    pub request_id: String,
+    pub allocated_resources: AllocatedResources,
+    pub models: Vec<String>,
+    pub task_type: String,
+    pub priority: Priority,
+    pub status: AllocationStatus,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// Lease term, seconds (fractions for sub-second test leases).
+    pub lease_secs: f64,
+    /// When the holder will release it by itself, if ever.
+    pub release_at: Option<DateTime<Utc>>,
+    /// Nodes asked before this one that refused (empty for a first-try
+    /// grant, and for leases listed later).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refusals: Vec<Refusal>,
+}
+
+/// Time in ms since the epoch as a UTC timestamp.
+pub fn ms_to_utc(ms: u64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms.min(i64::MAX as u64) as i64)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+impl Allocation {
+    /// The API view of a lease.
+    pub fn from_lease(lease: &Lease, node_name: &str, release_at_ms: Option<u64>) -> Self {
+        Allocation {
+            allocation_id: lease.lease_id.0.clone(),
+            node_id: lease.node_id.clone(),
+            node_name: node_name.to_owned(),
+            holder: lease.holder.clone(),
+            request_id: lease.request_id.clone(),
+            allocated_resources: AllocatedResources {
+                cpu_cores: lease.cpu_cores,
+                memory_mb: lease.memory_mb,
+                disk_mb: lease.disk_mb,
+                gpu_count: lease.gpus.len() as u32,
+                gpu_memory_mb: lease.gpus.iter().map(|g| g.memory_mb).sum(),
+                gpus: lease.gpus.clone(),
+                custom: lease.custom.clone(),
+            },
+            models: lease.models.clone(),
+            task_type: lease.task_type.clone(),
+            priority: lease.priority,
+            status: AllocationStatus::Active,
+            created_at: ms_to_utc(lease.created_at_ms),
+            expires_at: ms_to_utc(lease.expires_at_ms),
+            lease_secs: lease.lease_ms as f64 / 1000.0,
+            release_at: release_at_ms.map(ms_to_utc),
+            refusals: Vec::new(),
+        }
+    }
+}
+
+/// Leases this node holds elsewhere, and leases it granted.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Allocations {
+    pub held: Vec<Allocation>,
+    pub granted: Vec<Allocation>,
+}
+
+/// The answer to a release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseOutcome {
+    pub allocation_id: String,
+    /// True when the owner confirmed (or is this node). False when the
+    /// owner could not be reached: the lease then simply runs out.
+    pub owner_confirmed: bool,
+}
+
+/// Resources of a node (seed 004's `NodeResources`, extended).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeResources {
+    /// What the node lends in total.
+    pub lendable: Capacity,
+    /// What is free of that.
+    pub free: Capacity,
+    /// GPUs, as detected or declared.
+    pub gpus: Vec<GpuInfo>,
+    /// The whole machine, not only the lent part.
+    pub machine_cpu_cores: u32,
+    pub machine_memory_mb: u64,
+    pub cpu_usage_pct: f32,
+}
+
+/// A node as seen from here (seed 004's `NodeInfo`, extended).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node's `PeerId`.
+    pub id: NodeId,
+    pub name: String,
+    /// Whether this is the node answering.
+    pub is_local: bool,
+    pub version: String,
+    /// libp2p multiaddrs the node listens on.
+    pub addresses: Vec<String>,
+    pub resources: NodeResources,
+    pub models: Vec<String>,
+    pub location: Location,
+    pub weight: u32,
+    pub allow_remote_access: bool,
+    pub active_allocations: u32,
+    pub status: NodeStatus,
+    pub last_seen: DateTime<Utc>,
+    /// Smoothed round-trip time, ms (None until measured, or for self).
+    pub rtt_ms: Option<f64>,
+    /// Sequence number of the announcement this is built from.
+    pub seq: u64,
+    /// Set (on this node only) when another node was seen using this
+    /// node's identity: a copied data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_identity: Option<String>,
+}
+
+/// An error of a call on the node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("the node is stopped")]
+    Stopped,
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("no node could grant the request ({} refused, {} not eligible)", refusals.len(), excluded.len())]
+    NoCapacity {
+        refusals: Vec<Refusal>,
+        excluded: Vec<Excluded>,
+    },
+    #[error("unknown allocation {0}")]
+    UnknownAllocation(String),
+    #[error("denied: {0}")]
+    Denied(crate::model::Denial),
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+/// Commands into the event loop.
+pub(crate) enum Command {
+    LocalNode(oneshot::Sender<NodeInfo>),
+    Nodes(oneshot::Sender<Vec<NodeInfo>>),
+    Request(
+        Box<AllocationRequest>,
+        oneshot::Sender<Result<Allocation, NodeError>>,
+    ),
+    Release(String, oneshot::Sender<Result<ReleaseOutcome, NodeError>>),
+    Allocations(oneshot::Sender<Allocations>),
+    GetStrategy(oneshot::Sender<StrategyConfig>),
+    SetStrategy(StrategyConfig, oneshot::Sender<()>),
+    ListenAddrs(oneshot::Sender<Vec<String>>),
+    Dial(String, oneshot::Sender<Result<(), NodeError>>),
+}
+
+/// A cloneable handle to a running node.
+#[derive(Clone, Debug)]
+pub struct Node {
+    tx: mpsc::Sender<Command>,
+    id: NodeId,
+}
+
+impl Node {
+    pub(crate) fn new(tx: mpsc::Sender<Command>, id: NodeId) -> Self {
+        Node { tx, id }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &NodeId {
+        &self.id
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// This node, as peers see it.
+    pub async fn local_node(&self) -> Result<NodeInfo, NodeError> {
+        self.call(Command::LocalNode).await
+    }
+
+    /// Every known node, this one first, then by id.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, NodeError> {
+        self.call(Command::Nodes).await
+    }
+
+    /// Place a request on whichever node the strategy picks.
+    pub async fn request(&self, req: AllocationRequest) -> Result<Allocation, NodeError> {
+        self.call(|tx| Command::Request(Box::new(req), tx)).await?
+    }
+
+    /// Release an allocation this node holds, or one it granted.
+    pub async fn release(&self, allocation_id: &str) -> Result<ReleaseOutcome, NodeError> {
+        self.call(|tx| Command::Release(allocation_id.to_owned(), tx))
+            .await?
+    }
+
+    /// Leases held and granted.
+    pub async fn allocations(&self) -> Result<Allocations, NodeError> {
+        self.call(Command::Allocations).await
+    }
+
+    /// The current balancing strategy.
+    pub async fn strategy(&self) -> Result<StrategyConfig, NodeError> {
+        self.call(Command::GetStrategy).await
+    }
+
+    /// Change the balancing strategy.
+    pub async fn set_strategy(&self, cfg: StrategyConfig) -> Result<(), NodeError> {
+        self.call(|tx| Command::SetStrategy(cfg, tx)).await
+    }
+
+    /// The addresses the swarm listens on (with `/p2p/<id>`).
+    pub async fn listen_addrs(&self) -> Result<Vec<String>, NodeError> {
+        self.call(Command::ListenAddrs).await
+    }
+
+    /// Dial a peer by multiaddr.
+    pub async fn dial(&self, addr: &str) -> Result<(), NodeError> {
+        self.call(|tx| Command::Dial(addr.to_owned(), tx)).await?
+    }
+}

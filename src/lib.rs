@@ -1,0 +1,17 @@
+//! lanswarm: a decentralized, peer-to-peer resource-sharing swarm for local
+//! networks.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod core;
+pub mod daemon;
+pub mod handle;
+pub mod hw;
+pub mod identity;
+pub mod model;
+pub mod net;
+pub mod store;
+pub mod units;
+
+pub use handle::{Node, NodeError};

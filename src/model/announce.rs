@@ -1,0 +1,83 @@
+//! What a node tells the swarm about itself.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Capacity, GpuInfo, NodeId};
+
+/// Where a node is. Used by the `geographic` strategy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Location {
+    /// A free-form zone label, e.g. "office" or "rack-2". Nodes in the same
+    /// zone as the requester count as nearest when no coordinates are known.
+    pub zone: Option<String>,
+    /// Latitude in degrees, -90..=90.
+    pub latitude: Option<f64>,
+    /// Longitude in degrees, -180..=180.
+    pub longitude: Option<f64>,
+}
+
+impl Location {
+    /// Both coordinates, if set.
+    pub fn coords(&self) -> Option<(f64, f64)> {
+        Some((self.latitude?, self.longitude?))
+    }
+}
+
+/// A node's view of itself, gossiped on `lanswarm/capacity/1` and swapped
+/// on connect. The network layer signs and verifies it; the core only sees
+/// announcements whose signature and origin have been checked.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// The announcing node. Must match the signing key.
+    pub node_id: NodeId,
+    /// Strictly increasing per node, across restarts (the announcer uses
+    /// `max(previous + 1, now_ms)`). Older or equal sequence numbers are
+    /// replays and are ignored.
+    pub seq: u64,
+    /// When it was issued, ms since the epoch (the announcer's clock).
+    pub issued_at_ms: u64,
+    /// Human-readable node name.
+    pub name: String,
+    /// Software version.
+    pub version: String,
+    /// Addresses the node listens on (multiaddrs, text form).
+    pub addrs: Vec<String>,
+    /// HTTP API address, if the node wants to share it.
+    pub api: Option<String>,
+    /// What the node lends in total.
+    pub capacity: Capacity,
+    /// What is free of that right now.
+    pub free: Capacity,
+    /// GPUs as detected (name, total and free memory, utilization).
+    pub gpus: Vec<GpuInfo>,
+    /// Total cores/memory of the machine (not only the lendable part).
+    pub machine_cpu_cores: u32,
+    pub machine_memory_mb: u64,
+    /// Host CPU utilization, percent.
+    pub cpu_usage_pct: f32,
+    /// AI models this node serves.
+    pub models: Vec<String>,
+    /// Where the node is.
+    pub location: Location,
+    /// Self-declared weight for the `weighted` strategy (requesters may
+    /// override it in their own config).
+    pub weight: u32,
+    /// Number of active leases granted by this node.
+    pub active_leases: u32,
+    /// Whether remote peers may allocate here at all.
+    pub allow_remote: bool,
+    /// Set in the last announcement a node sends when it shuts down.
+    pub leaving: bool,
+}
+
+/// How a node looks from here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    /// Heard from recently.
+    Online,
+    /// Not heard from for a while; not asked for new leases.
+    Stale,
+    /// Said it was leaving, or silent for too long.
+    Offline,
+}

@@ -1,0 +1,126 @@
+//! The libp2p behaviour: mDNS, gossipsub, the allocation and sync
+//! request-response protocols, identify and ping, combined with
+//! `#[derive(NetworkBehaviour)]`.
+
+use std::time::Duration;
+
+use libp2p::{
+    gossipsub, identify, identity::Keypair, mdns, ping, request_response,
+    swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour,
+};
+
+use super::protocol::{
+    AllocCodec, SyncCodec, ALLOC_PROTOCOL, MAX_ALLOC_MESSAGE, MAX_ANNOUNCEMENT, MAX_SYNC_MESSAGE,
+    SYNC_PROTOCOL,
+};
+
+/// The error type libp2p's builder takes from a behaviour constructor.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long an allocation or sync request may take before it fails.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most concurrent inbound/outbound streams per connection, per protocol.
+pub const MAX_CONCURRENT_STREAMS: usize = 256;
+
+/// Every protocol a lanswarm node speaks.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub gossipsub: gossipsub::Behaviour,
+    pub alloc: request_response::Behaviour<AllocCodec>,
+    pub sync: request_response::Behaviour<SyncCodec>,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// Settings the behaviour is built from.
+#[derive(Clone, Debug)]
+pub struct BehaviourConfig {
+    pub mdns: bool,
+    pub mdns_ttl: Duration,
+    pub ping_interval: Duration,
+}
+
+impl Behaviour {
+    /// Build the behaviour for `key`.
+    pub fn new(key: &Keypair, cfg: &BehaviourConfig) -> Result<Self, BoxError> {
+        let peer_id = key.public().to_peer_id();
+        let gossip_cfg = gossipsub::ConfigBuilder::default()
+            .heartbeat_interval(Duration::from_millis(700))
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .validate_messages()
+            .max_transmit_size(MAX_ANNOUNCEMENT + 1024)
+            // A LAN is small: keep the mesh small so every node is reached
+            // in one or two hops, and flood our own messages.
+            .mesh_n_low(2)
+            .mesh_n(4)
+            .mesh_n_high(8)
+            .mesh_outbound_min(1)
+            .flood_publish(true)
+            .build()
+            .map_err(|e| format!("gossipsub config: {e}"))?;
+        let mut gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossip_cfg,
+        )
+        .map_err(|e| format!("gossipsub: {e}"))?;
+        // Score peers so that a rejected (invalid) message penalises its
+        // sender; below the graylist threshold it is ignored altogether.
+        let topic = gossipsub::IdentTopic::new(super::protocol::CAPACITY_TOPIC);
+        let mut params = gossipsub::PeerScoreParams::default();
+        params.topics.insert(
+            topic.hash(),
+            gossipsub::TopicScoreParams {
+                invalid_message_deliveries_weight: -100.0,
+                invalid_message_deliveries_decay: 0.9,
+                ..Default::default()
+            },
+        );
+        let thresholds = gossipsub::PeerScoreThresholds {
+            gossip_threshold: -50.0,
+            publish_threshold: -100.0,
+            graylist_threshold: -200.0,
+            ..Default::default()
+        };
+        gossipsub
+            .with_peer_score(params, thresholds)
+            .map_err(|e| format!("gossipsub scoring: {e}"))?;
+
+        let rr_cfg = request_response::Config::default()
+            .with_request_timeout(REQUEST_TIMEOUT)
+            .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+        let alloc = request_response::Behaviour::with_codec(
+            AllocCodec::new(MAX_ALLOC_MESSAGE, MAX_ALLOC_MESSAGE),
+            [(ALLOC_PROTOCOL, request_response::ProtocolSupport::Full)],
+            rr_cfg.clone(),
+        );
+        let sync = request_response::Behaviour::with_codec(
+            SyncCodec::new(MAX_SYNC_MESSAGE, MAX_SYNC_MESSAGE),
+            [(SYNC_PROTOCOL, request_response::ProtocolSupport::Full)],
+            rr_cfg,
+        );
+        let identify = identify::Behaviour::new(
+            identify::Config::new("/lanswarm/id/1".into(), key.public())
+                .with_agent_version(format!("lanswarm/{}", env!("CARGO_PKG_VERSION"))),
+        );
+        let ping = ping::Behaviour::new(ping::Config::new().with_interval(cfg.ping_interval));
+        let mdns = if cfg.mdns {
+            let mcfg = mdns::Config {
+                ttl: cfg.mdns_ttl,
+                query_interval: (cfg.mdns_ttl / 2).max(Duration::from_secs(1)),
+                enable_ipv6: false,
+            };
+            Some(mdns::tokio::Behaviour::new(mcfg, peer_id).map_err(|e| format!("mdns: {e}"))?)
+        } else {
+            None
+        };
+        Ok(Behaviour {
+            gossipsub,
+            alloc,
+            sync,
+            identify,
+            ping,
+            mdns: mdns.into(),
+        })
+    }
+}

@@ -1,0 +1,410 @@
+//! Wire messages, their postcard codec, size limits and protocol names.
+//!
+//! Every message is serde + postcard. postcard has a stable, documented wire
+//! format; the protocol version lives in the protocol name. Every read is
+//! bounded: a frame larger than its limit is refused before it is decoded,
+//! and a frame with trailing bytes is refused too, so one message has
+//! exactly one encoding. See `docs/protocol.md` for every field.
+
+use std::io;
+
+use futures::prelude::*;
+use libp2p::identity::{Keypair, PublicKey};
+use libp2p::{PeerId, StreamProtocol};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::model::{Announcement, Denial, Lease, LeaseId, NodeId, Priority, ResourceRequirements};
+
+/// Allocation protocol: allocate, renew, release.
+pub const ALLOC_PROTOCOL: StreamProtocol = StreamProtocol::new("/lanswarm/alloc/1");
+/// Sync-on-connect protocol: two peers swap every announcement they hold.
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/lanswarm/sync/1");
+/// Gossipsub topic for signed capacity announcements.
+pub const CAPACITY_TOPIC: &str = "lanswarm/capacity/1";
+
+/// Largest allocation request or response, bytes.
+pub const MAX_ALLOC_MESSAGE: usize = 16 * 1024;
+/// Largest signed announcement (payload + key + signature), bytes.
+pub const MAX_ANNOUNCEMENT: usize = 32 * 1024;
+/// Largest sync message, bytes (a full view of a large LAN).
+pub const MAX_SYNC_MESSAGE: usize = 4 * 1024 * 1024;
+/// Most announcements accepted in one sync message.
+pub const MAX_SYNC_ANNOUNCEMENTS: usize = 1024;
+
+/// Domain separation for announcement signatures, so a signature made for
+/// anything else can never pass as an announcement.
+const ANNOUNCE_SIGNING_DOMAIN: &[u8] = b"lanswarm/announcement/1:";
+
+/// A request on `/lanswarm/alloc/1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AllocRequest {
+    /// Ask for a new lease. The owner chooses the lease id.
+    Allocate {
+        request_id: String,
+        req: ResourceRequirements,
+        task_type: String,
+        priority: Priority,
+        lease_ms: u64,
+    },
+    /// Extend a lease this peer holds.
+    Renew { lease_id: LeaseId, lease_ms: u64 },
+    /// Give a lease back. Idempotent.
+    Release { lease_id: LeaseId },
+}
+
+/// The answer on `/lanswarm/alloc/1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AllocResponse {
+    /// A new lease, already written to the owner's store.
+    Granted(Lease),
+    /// The renewed lease, with its new `expires_at_ms`.
+    Renewed(Lease),
+    /// The lease is gone; `existed` says whether this call removed it.
+    Released { lease_id: LeaseId, existed: bool },
+    /// Refused, with a machine-readable reason.
+    Denied(Denial),
+}
+
+/// An announcement with its signature, as gossiped and synced.
+///
+/// `payload` is the postcard encoding of an [`Announcement`], `public_key`
+/// the protobuf encoding of the announcer's libp2p public key, and
+/// `signature` that key's signature over the domain tag followed by the
+/// payload. Because each announcement carries its own signature, any peer
+/// can relay another peer's announcement (sync on connect) without being
+/// able to forge it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedAnnouncement {
+    pub payload: Vec<u8>,
+    pub public_key: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// A request on `/lanswarm/sync/1`: everything the asker knows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    pub announcements: Vec<SignedAnnouncement>,
+}
+
+/// The answer on `/lanswarm/sync/1`: everything the answerer knows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncResponse {
+    pub announcements: Vec<SignedAnnouncement>,
+}
+
+/// Why a signed announcement was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AnnounceError {
+    #[error("announcement is {0} bytes, limit {MAX_ANNOUNCEMENT}")]
+    TooLarge(usize),
+    #[error("public key does not decode: {0}")]
+    BadKey(String),
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("payload does not decode: {0}")]
+    BadPayload(String),
+    #[error("announcement claims to be {claimed} but is signed by {signer}")]
+    WrongSigner { claimed: String, signer: String },
+    #[error("announcement is out of bounds: {0}")]
+    OutOfBounds(&'static str),
+}
+
+impl SignedAnnouncement {
+    /// Encode and sign an announcement with the node's key.
+    pub fn sign(ann: &Announcement, key: &Keypair) -> Result<Self, AnnounceError> {
+        let payload =
+            postcard::to_stdvec(ann).map_err(|e| AnnounceError::BadPayload(e.to_string()))?;
+        let mut msg = Vec::with_capacity(ANNOUNCE_SIGNING_DOMAIN.len() + payload.len());
+        msg.extend_from_slice(ANNOUNCE_SIGNING_DOMAIN);
+        msg.extend_from_slice(&payload);
+        let signature = key
+            .sign(&msg)
+            .map_err(|e| AnnounceError::BadKey(e.to_string()))?;
+        Ok(SignedAnnouncement {
+            payload,
+            public_key: key.public().encode_protobuf(),
+            signature,
+        })
+    }
+
+    /// Size on the wire, roughly (the three byte strings).
+    pub fn len(&self) -> usize {
+        self.payload.len() + self.public_key.len() + self.signature.len()
+    }
+
+    /// Whether all three parts are empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Check the signature and the signer, decode, and bound-check.
+    ///
+    /// On success the announcement's `node_id` is the `PeerId` of the key
+    /// that signed it.
+    pub fn verify(&self) -> Result<Announcement, AnnounceError> {
+        if self.len() > MAX_ANNOUNCEMENT {
+            return Err(AnnounceError::TooLarge(self.len()));
+        }
+        let key = PublicKey::try_decode_protobuf(&self.public_key)
+            .map_err(|e| AnnounceError::BadKey(e.to_string()))?;
+        let mut msg = Vec::with_capacity(ANNOUNCE_SIGNING_DOMAIN.len() + self.payload.len());
+        msg.extend_from_slice(ANNOUNCE_SIGNING_DOMAIN);
+        msg.extend_from_slice(&self.payload);
+        if !key.verify(&msg, &self.signature) {
+            return Err(AnnounceError::BadSignature);
+        }
+        let ann: Announcement =
+            decode_exact(&self.payload).map_err(|e| AnnounceError::BadPayload(e.to_string()))?;
+        let signer = key.to_peer_id().to_base58();
+        if ann.node_id.0 != signer {
+            return Err(AnnounceError::WrongSigner {
+                claimed: ann.node_id.0,
+                signer,
+            });
+        }
+        check_bounds(&ann)?;
+        Ok(ann)
+    }
+}
+
+/// Sanity limits on an announcement's contents, so one peer cannot make
+/// every other node hold megabytes of junk.
+fn check_bounds(ann: &Announcement) -> Result<(), AnnounceError> {
+    if ann.name.len() > 64 || ann.version.len() > 64 {
+        return Err(AnnounceError::OutOfBounds("name or version longer than 64"));
+    }
+    if ann.addrs.len() > 32 || ann.addrs.iter().any(|a| a.len() > 256) {
+        return Err(AnnounceError::OutOfBounds("too many or too long addresses"));
+    }
+    if ann.models.len() > 256 || ann.models.iter().any(|m| m.is_empty() || m.len() > 128) {
+        return Err(AnnounceError::OutOfBounds("too many or bad model names"));
+    }
+    if ann.gpus.len() > 64 || ann.capacity.gpus.len() > 64 || ann.free.gpus.len() > 64 {
+        return Err(AnnounceError::OutOfBounds("more than 64 GPUs"));
+    }
+    if ann.capacity.custom.len() > 64 || ann.free.custom.len() > 64 {
+        return Err(AnnounceError::OutOfBounds("more than 64 custom resources"));
+    }
+    if !ann.cpu_usage_pct.is_finite() {
+        return Err(AnnounceError::OutOfBounds("cpu usage is not finite"));
+    }
+    for c in [ann.location.latitude, ann.location.longitude]
+        .into_iter()
+        .flatten()
+    {
+        if !c.is_finite() {
+            return Err(AnnounceError::OutOfBounds("coordinates are not finite"));
+        }
+    }
+    Ok(())
+}
+
+/// The peer id of a node id, if it is one.
+pub fn peer_id_of(node: &NodeId) -> Option<PeerId> {
+    node.0.parse().ok()
+}
+
+/// The node id of a peer.
+pub fn node_id_of(peer: &PeerId) -> NodeId {
+    NodeId(peer.to_base58())
+}
+
+/// Decode a postcard message that must use every byte.
+pub fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {
+    let (value, rest) = postcard::take_from_bytes(bytes)?;
+    if rest.is_empty() {
+        Ok(value)
+    } else {
+        Err(postcard::Error::DeserializeBadEncoding)
+    }
+}
+
+/// A request-response codec: one postcard message per stream direction,
+/// bounded by `max_request` / `max_response` bytes.
+#[derive(Debug)]
+pub struct PostcardCodec<Req, Resp> {
+    max_request: usize,
+    max_response: usize,
+    _types: std::marker::PhantomData<fn() -> (Req, Resp)>,
+}
+
+impl<Req, Resp> Clone for PostcardCodec<Req, Resp> {
+    fn clone(&self) -> Self {
+        PostcardCodec::new(self.max_request, self.max_response)
+    }
+}
+
+impl<Req, Resp> PostcardCodec<Req, Resp> {
+    pub fn new(max_request: usize, max_response: usize) -> Self {
+        PostcardCodec {
+            max_request,
+            max_response,
+            _types: std::marker::PhantomData,
+        }
+    }
+}
+
+/// Read a whole frame, refusing one larger than `max` without buffering it.
+async fn read_bounded<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    io.take(max as u64 + 1).read_to_end(&mut buf).await?;
+    if buf.len() > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message larger than {max} bytes"),
+        ));
+    }
+    Ok(buf)
+}
+
+fn decode_io<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    decode_exact(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+async fn write_msg<T: AsyncWrite + Unpin + Send, M: Serialize>(
+    io: &mut T,
+    msg: M,
+    max: usize,
+) -> io::Result<()> {
+    let bytes = postcard::to_stdvec(&msg).map_err(io::Error::other)?;
+    drop(msg);
+    if bytes.len() > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("message of {} bytes exceeds {max}", bytes.len()),
+        ));
+    }
+    io.write_all(&bytes).await?;
+    io.close().await
+}
+
+impl<Req, Resp> libp2p::request_response::Codec for PostcardCodec<Req, Resp>
+where
+    Req: Send + Serialize + DeserializeOwned,
+    Resp: Send + Serialize + DeserializeOwned,
+{
+    type Protocol = StreamProtocol;
+    type Request = Req;
+    type Response = Resp;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        decode_io(&read_bounded(io, self.max_request).await?)
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        decode_io(&read_bounded(io, self.max_response).await?)
+    }
+
+    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Req) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_msg(io, req, self.max_request).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        resp: Resp,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_msg(io, resp, self.max_response).await
+    }
+}
+
+/// Codec for `/lanswarm/alloc/1`.
+pub type AllocCodec = PostcardCodec<AllocRequest, AllocResponse>;
+/// Codec for `/lanswarm/sync/1`.
+pub type SyncCodec = PostcardCodec<SyncRequest, SyncResponse>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Capacity, Location};
+
+    fn ann(key: &Keypair) -> Announcement {
+        Announcement {
+            node_id: NodeId(key.public().to_peer_id().to_base58()),
+            seq: 7,
+            issued_at_ms: 1,
+            name: "n".into(),
+            version: "0".into(),
+            addrs: vec![],
+            api: None,
+            capacity: Capacity::default(),
+            free: Capacity::default(),
+            gpus: vec![],
+            machine_cpu_cores: 2,
+            machine_memory_mb: 1024,
+            cpu_usage_pct: 0.0,
+            models: vec![],
+            location: Location::default(),
+            weight: 1,
+            active_leases: 0,
+            allow_remote: true,
+            leaving: false,
+        }
+    }
+
+    #[test]
+    fn signed_announcement_round_trips() {
+        let key = Keypair::generate_ed25519();
+        let a = ann(&key);
+        let s = SignedAnnouncement::sign(&a, &key).unwrap();
+        assert_eq!(s.verify().unwrap(), a);
+    }
+
+    #[test]
+    fn tampered_payload_fails() {
+        let key = Keypair::generate_ed25519();
+        let mut s = SignedAnnouncement::sign(&ann(&key), &key).unwrap();
+        let last = s.payload.len() - 1;
+        s.payload[last] ^= 1;
+        assert_eq!(s.verify(), Err(AnnounceError::BadSignature));
+    }
+
+    #[test]
+    fn announcement_for_another_node_fails() {
+        let key = Keypair::generate_ed25519();
+        let other = Keypair::generate_ed25519();
+        let s = SignedAnnouncement::sign(&ann(&other), &key).unwrap();
+        assert!(matches!(s.verify(), Err(AnnounceError::WrongSigner { .. })));
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut bytes = postcard::to_stdvec(&AllocRequest::Release {
+            lease_id: LeaseId("x".into()),
+        })
+        .unwrap();
+        assert!(decode_exact::<AllocRequest>(&bytes).is_ok());
+        bytes.push(0);
+        assert!(decode_exact::<AllocRequest>(&bytes).is_err());
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for seed in 0u32..2000 {
+            let bytes: Vec<u8> = (0..(seed % 64))
+                .map(|i| (seed.wrapping_mul(2654435761).wrapping_add(i * 40503) >> 7) as u8)
+                .collect();
+            let _ = decode_exact::<AllocRequest>(&bytes);
+            let _ = decode_exact::<SyncRequest>(&bytes);
+            let _ = SignedAnnouncement {
+                payload: bytes.clone(),
+                public_key: bytes.clone(),
+                signature: bytes,
+            }
+            .verify();
+        }
+    }
+}

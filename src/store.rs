@@ -1,0 +1,199 @@
+//! Durable state in redb: the leases this node granted, the leases it holds
+//! on other nodes, and small metadata.
+//!
+//! A grant is written and committed (fsync) before its reply leaves the
+//! node, so a restart, even after `kill -9`, keeps every active lease.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::model::{Lease, LeaseId};
+
+const GRANTED: TableDefinition<&str, &[u8]> = TableDefinition::new("granted_v1");
+const HELD: TableDefinition<&str, &[u8]> = TableDefinition::new("held_v1");
+
+/// An error of the durable store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("opening the store at {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("store: {0}")]
+    Redb(String),
+    #[error("store: record {key} does not decode: {source}")]
+    Decode {
+        key: String,
+        #[source]
+        source: postcard::Error,
+    },
+}
+
+fn redb_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Redb(e.to_string())
+}
+
+/// A lease this node holds on some owner (possibly itself), as stored.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HeldRecord {
+    pub lease: Lease,
+    /// Name of the owner, for display.
+    pub owner_name: String,
+    /// When the holder stops renewing and releases, if ever.
+    pub release_at_ms: Option<u64>,
+}
+
+/// The redb database of one node.
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Open (or create) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let txn = db.begin_write().map_err(redb_err)?;
+        txn.open_table(GRANTED).map_err(redb_err)?;
+        txn.open_table(HELD).map_err(redb_err)?;
+        txn.commit().map_err(redb_err)?;
+        Ok(Store { db })
+    }
+
+    /// Write granted leases durably (one transaction).
+    pub fn put_granted(&self, leases: &[&Lease]) -> Result<(), StoreError> {
+        self.put(GRANTED, leases.iter().map(|l| (&l.lease_id, *l)))
+    }
+
+    /// Remove granted leases (one transaction).
+    pub fn delete_granted<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a LeaseId>,
+    ) -> Result<(), StoreError> {
+        self.delete(GRANTED, ids)
+    }
+
+    /// Write a held lease.
+    pub fn put_held(&self, rec: &HeldRecord) -> Result<(), StoreError> {
+        self.put(HELD, [(&rec.lease.lease_id, rec)])
+    }
+
+    /// Remove held leases.
+    pub fn delete_held<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a LeaseId>,
+    ) -> Result<(), StoreError> {
+        self.delete(HELD, ids)
+    }
+
+    /// Every granted lease in the store.
+    pub fn granted(&self) -> Result<Vec<Lease>, StoreError> {
+        self.load(GRANTED)
+    }
+
+    /// Every held lease in the store.
+    pub fn held(&self) -> Result<Vec<HeldRecord>, StoreError> {
+        self.load(HELD)
+    }
+
+    fn put<'a, T: serde::Serialize + 'a>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        items: impl IntoIterator<Item = (&'a LeaseId, &'a T)>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(redb_err)?;
+        {
+            let mut t = txn.open_table(table).map_err(redb_err)?;
+            for (id, item) in items {
+                let bytes = postcard::to_stdvec(item).map_err(redb_err)?;
+                t.insert(id.0.as_str(), bytes.as_slice())
+                    .map_err(redb_err)?;
+            }
+        }
+        txn.commit().map_err(redb_err)
+    }
+
+    fn delete<'a>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        ids: impl IntoIterator<Item = &'a LeaseId>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(redb_err)?;
+        {
+            let mut t = txn.open_table(table).map_err(redb_err)?;
+            for id in ids {
+                t.remove(id.0.as_str()).map_err(redb_err)?;
+            }
+        }
+        txn.commit().map_err(redb_err)
+    }
+
+    fn load<T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb_err)?;
+        let t = txn.open_table(table).map_err(redb_err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(redb_err)? {
+            let (k, v) = row.map_err(redb_err)?;
+            let item = postcard::from_bytes(v.value()).map_err(|source| StoreError::Decode {
+                key: k.value().to_owned(),
+                source,
+            })?;
+            out.push(item);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{NodeId, Priority};
+
+    fn lease(id: &str) -> Lease {
+        Lease {
+            lease_id: LeaseId(id.into()),
+            request_id: "r".into(),
+            node_id: NodeId("o".into()),
+            holder: NodeId("h".into()),
+            cpu_cores: 1,
+            memory_mb: 2,
+            disk_mb: 0,
+            gpus: vec![],
+            custom: Default::default(),
+            models: vec![],
+            task_type: String::new(),
+            priority: Priority::Normal,
+            created_at_ms: 1,
+            expires_at_ms: 2,
+            lease_ms: 1,
+        }
+    }
+
+    #[test]
+    fn leases_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let s = Store::open(&path).unwrap();
+            s.put_granted(&[&lease("a"), &lease("b")]).unwrap();
+            s.delete_granted([&LeaseId("a".into())]).unwrap();
+            s.put_held(&HeldRecord {
+                lease: lease("c"),
+                owner_name: "x".into(),
+                release_at_ms: None,
+            })
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.granted().unwrap(), vec![lease("b")]);
+        assert_eq!(s.held().unwrap().len(), 1);
+    }
+}
