@@ -376,8 +376,7 @@ impl Default for StrategyConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// A `tracing` filter: `"info"`, `"debug"`, or per-module directives
-    /// like `"info,lanswarm::net=debug"`. `RUST_LOG` overrides it.
-    /// Default `"info"`.
+    /// like `"info,lanswarm::net=debug"`. Default `"info"`.
     pub level: String,
 }
 
@@ -1658,7 +1657,7 @@ mod tests {
             ("[models]\nserved = [\"llama3\", \" \"]", "test.toml:2:21: models.served[1]: model names must not be empty"),
             ("[resources.custom]\n\"DB conns\" = 3", "test.toml:2:1: resources.custom.\"DB conns\": custom resource names"),
             ("[strategy]\ndefault = \"fastest\"", "strategy.default: unknown strategy \"fastest\"; expected one of round-robin"),
-            ("[strategy.weights]\nnode-a = 0", "test.toml:2:1: strategy.weights.node-a: weights must be between 1 and 1000, got 0"),
+            ("[strategy.weights]\nnode-a = 1001", "test.toml:2:1: strategy.weights.node-a: weights must be between 0 and 1000, got 1001"),
             ("[log]\nlevel = \"\"", "log.level: must not be empty"),
             ("[network]\nannounce_debounce = \"10s\"", "network.announce_debounce: must be shorter"),
             ("[network]\nlisten = [\"/ip4/0.0.0.0/tcp/0/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA\"]", "network.listen[0]: a listen address must not name a peer"),

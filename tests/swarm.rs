@@ -1,0 +1,461 @@
+//! In-process swarm tests: real nodes (real libp2p swarms, TCP + Noise +
+//! Yamux) on 127.0.0.1, with mDNS off and bootstrap peers.
+
+use std::time::Duration;
+
+use lanswarm::core::placement::{Strategy, StrategyConfig};
+use lanswarm::handle::{AllocationRequest, NodeInfo};
+use lanswarm::model::{Capacity, DenyReason, GpuSlot, ResourceRequirements};
+use lanswarm::net::node::{self, NodeConfig};
+use lanswarm::{Node, NodeError};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct TestNode {
+    node: Node,
+    task: JoinHandle<()>,
+    shutdown: CancellationToken,
+    cfg: NodeConfig,
+    _dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    fn addr(&self) -> impl std::future::Future<Output = String> + '_ {
+        async move {
+            let addrs = self.node.listen_addrs().await.unwrap();
+            addrs.into_iter().next().expect("listening")
+        }
+    }
+
+    /// Stop without any goodbye, as a crash would.
+    async fn crash(self) -> (NodeConfig, tempfile::TempDir) {
+        self.task.abort();
+        let _ = self.task.await;
+        (self.cfg, self._dir)
+    }
+}
+
+fn cap(cores: u32, mem_gib: u64) -> Capacity {
+    Capacity {
+        cpu_cores: cores,
+        memory_mb: mem_gib * 1024,
+        disk_mb: 10 * 1024,
+        gpus: vec![],
+        custom: Default::default(),
+    }
+}
+
+async fn spawn_with(
+    mut cfg: NodeConfig,
+    dir: tempfile::TempDir,
+    bootstrap: Option<String>,
+) -> TestNode {
+    if let Some(b) = bootstrap {
+        cfg.bootstrap = vec![b.parse().unwrap()];
+    }
+    let shutdown = CancellationToken::new();
+    let (node, task) = node::start(cfg.clone(), shutdown.clone()).await.unwrap();
+    TestNode {
+        node,
+        task,
+        shutdown,
+        cfg,
+        _dir: dir,
+    }
+}
+
+async fn spawn(
+    name: &str,
+    capacity: Capacity,
+    bootstrap: Option<String>,
+    tweak: impl FnOnce(&mut NodeConfig),
+) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = NodeConfig::for_test(name, capacity, dir.path().join("state.redb"));
+    tweak(&mut cfg);
+    spawn_with(cfg, dir, bootstrap).await
+}
+
+/// Poll `f` until it returns Some, or fail after `WAIT`.
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn node_named(n: &Node, name: &str) -> Option<NodeInfo> {
+    n.nodes().await.ok()?.into_iter().find(|i| i.name == name)
+}
+
+fn req(cores: u32, mem_mb: u64) -> AllocationRequest {
+    AllocationRequest {
+        required_resources: ResourceRequirements {
+            cpu_cores: cores,
+            memory_mb: mem_mb,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announcements_converge_across_three_nodes() {
+    let a = spawn("a", cap(2, 4), None, |_| {}).await;
+    let a_addr = a.addr().await;
+    let mut gpu_cap = cap(8, 32);
+    gpu_cap.gpus = vec![GpuSlot {
+        index: 0,
+        memory_mb: 24_000,
+    }];
+    let b = spawn("b", gpu_cap, Some(a_addr.clone()), |_| {}).await;
+    let c = spawn("c", cap(4, 8), Some(a_addr), |_| {}).await;
+
+    for (who, n) in [("a", &a.node), ("b", &b.node), ("c", &c.node)] {
+        let nodes = eventually(&format!("{who} sees all three nodes"), || async {
+            let ns = n.nodes().await.ok()?;
+            (ns.len() == 3).then_some(ns)
+        })
+        .await;
+        let b_info = nodes.iter().find(|i| i.name == "b").unwrap();
+        assert_eq!(b_info.resources.lendable.cpu_cores, 8);
+        assert_eq!(b_info.resources.lendable.memory_mb, 32 * 1024);
+        assert_eq!(
+            b_info.resources.free.gpus,
+            vec![GpuSlot {
+                index: 0,
+                memory_mb: 24_000
+            }]
+        );
+        assert_eq!(nodes.iter().filter(|i| i.is_local).count(), 1);
+    }
+
+    // A change is announced and seen elsewhere.
+    let alloc = c
+        .node
+        .request(AllocationRequest {
+            node_id: Some("b".into()),
+            ..req(3, 1024)
+        })
+        .await
+        .unwrap();
+    assert_eq!(alloc.node_name, "b");
+    eventually("a sees b's free cores drop to 5", || async {
+        let b_info = node_named(&a.node, "b").await?;
+        (b_info.resources.free.cpu_cores == 5).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_gets_the_full_view_on_connect() {
+    // Heartbeats and change announcements far in the future: only the
+    // sync-on-connect swap can tell the new node about b.
+    let slow = |c: &mut NodeConfig| {
+        c.announce_interval = Duration::from_secs(3600);
+        c.announce_debounce = Duration::from_secs(3600);
+    };
+    let a = spawn("a", cap(2, 4), None, slow).await;
+    let a_addr = a.addr().await;
+    let b = spawn("b", cap(6, 12), Some(a_addr.clone()), slow).await;
+    eventually("a knows b", || async { node_named(&a.node, "b").await }).await;
+
+    let c = spawn("c", cap(1, 1), Some(a_addr), slow).await;
+    let started = std::time::Instant::now();
+    let b_seen = eventually("c learns b through a", || async {
+        node_named(&c.node, "b").await
+    })
+    .await;
+    assert_eq!(b_seen.resources.lendable.cpu_cores, 6);
+    assert!(started.elapsed() < Duration::from_secs(3600));
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_lands_on_the_node_the_strategy_picks_and_release_frees_it() {
+    let a = spawn("a", cap(0, 0), None, |_| {}).await;
+    let a_addr = a.addr().await;
+    let big = spawn("big", cap(16, 64), Some(a_addr.clone()), |_| {}).await;
+    let small = spawn("small", cap(4, 8), Some(a_addr), |_| {}).await;
+    eventually("a sees both", || async {
+        let ns = a.node.nodes().await.ok()?;
+        (ns.len() == 3).then_some(())
+    })
+    .await;
+
+    // Pre-load `big` so that least-loaded must pick `small`.
+    big.node
+        .request(AllocationRequest {
+            node_id: Some("big".into()),
+            ..req(12, 1024)
+        })
+        .await
+        .unwrap();
+    eventually("a sees big loaded", || async {
+        (node_named(&a.node, "big").await?.resources.free.cpu_cores == 4).then_some(())
+    })
+    .await;
+    let alloc = a
+        .node
+        .request(AllocationRequest {
+            strategy: Some(Strategy::LeastLoaded),
+            ..req(2, 2048)
+        })
+        .await
+        .unwrap();
+    assert_eq!(alloc.node_name, "small");
+    assert_eq!(alloc.holder, *a.node.id());
+    let granted = small.node.allocations().await.unwrap().granted;
+    assert_eq!(granted.len(), 1);
+    assert_eq!(granted[0].allocation_id, alloc.allocation_id);
+    assert_eq!(granted[0].holder, *a.node.id());
+    let held = a.node.allocations().await.unwrap().held;
+    assert_eq!(held.len(), 1);
+
+    let out = a.node.release(&alloc.allocation_id).await.unwrap();
+    assert!(out.owner_confirmed);
+    assert!(small.node.allocations().await.unwrap().granted.is_empty());
+    assert!(a.node.allocations().await.unwrap().held.is_empty());
+    // Idempotent from the owner's point of view; unknown to the holder now.
+    assert!(matches!(
+        a.node.release(&alloc.allocation_id).await,
+        Err(NodeError::UnknownAllocation(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_from_a_stale_view_falls_through_to_the_next_candidate() {
+    // `b` announces only at start: a's view of it goes stale once b fills
+    // itself up locally.
+    let a = spawn("a", cap(0, 0), None, |_| {}).await;
+    let a_addr = a.addr().await;
+    let b = spawn("b", cap(8, 16), Some(a_addr.clone()), |c| {
+        c.announce_interval = Duration::from_secs(3600);
+        c.announce_debounce = Duration::from_secs(3600);
+    })
+    .await;
+    let _c = spawn("c", cap(4, 8), Some(a_addr), |_| {}).await;
+    eventually("a sees b and c", || async {
+        let ns = a.node.nodes().await.ok()?;
+        (ns.len() == 3).then_some(())
+    })
+    .await;
+    b.node
+        .request(AllocationRequest {
+            node_id: Some("b".into()),
+            ..req(8, 1024)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        node_named(&a.node, "b")
+            .await
+            .unwrap()
+            .resources
+            .free
+            .cpu_cores,
+        8,
+        "a's view of b is stale"
+    );
+
+    // Weighted with b heavily preferred: b is asked first, refuses, and
+    // the request lands on c.
+    let weights = [(b.node.id().0.clone(), 100), ("c".to_owned(), 1)]
+        .into_iter()
+        .collect();
+    a.node
+        .set_strategy(StrategyConfig {
+            strategy: Strategy::Weighted,
+            weights,
+        })
+        .await
+        .unwrap();
+    let alloc = a.node.request(req(4, 1024)).await.unwrap();
+    assert_eq!(alloc.node_name, "c");
+    assert_eq!(alloc.refusals.len(), 1);
+    assert_eq!(alloc.refusals[0].node_name, "b");
+    assert_eq!(alloc.refusals[0].reason, DenyReason::InsufficientCapacity);
+
+    // Now nobody has room: every candidate's refusal is listed.
+    let err = a.node.request(req(2, 1024)).await.unwrap_err();
+    match err {
+        NodeError::NoCapacity { refusals, excluded } => {
+            assert!(
+                refusals
+                    .iter()
+                    .any(|r| r.node_name == "b" && r.reason == DenyReason::InsufficientCapacity),
+                "{refusals:?}"
+            );
+            let names: Vec<_> = refusals
+                .iter()
+                .map(|r| r.node_name.as_str())
+                .chain(excluded.iter().map(|e| e.node_name.as_str()))
+                .collect();
+            for n in ["a", "b", "c"] {
+                assert!(names.contains(&n), "{n} missing from {names:?}");
+            }
+        }
+        other => panic!("expected NoCapacity, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_renewed_while_the_holder_lives_and_reclaimed_when_it_dies() {
+    let short = |c: &mut NodeConfig| c.limits.min_lease_ms = 500;
+    let owner = spawn("owner", cap(4, 8), None, short).await;
+    let holder = spawn("holder", cap(0, 0), Some(owner.addr().await), short).await;
+    eventually("holder sees owner", || async {
+        node_named(&holder.node, "owner").await
+    })
+    .await;
+    let alloc = holder
+        .node
+        .request(AllocationRequest {
+            timeout_secs: Some(1),
+            ..req(2, 1024)
+        })
+        .await
+        .unwrap();
+    // Three lease terms later the lease is still there: it was renewed.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let granted = owner.node.allocations().await.unwrap().granted;
+    assert_eq!(granted.len(), 1, "renewals keep the lease");
+    assert!(granted[0].expires_at > alloc.expires_at);
+
+    // The holder crashes: the owner takes the lease back after it expires
+    // and announces the freed capacity.
+    holder.crash().await;
+    eventually("owner reclaims the lease", || async {
+        owner
+            .node
+            .allocations()
+            .await
+            .ok()?
+            .granted
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        owner
+            .node
+            .local_node()
+            .await
+            .unwrap()
+            .resources
+            .free
+            .cpu_cores,
+        4
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_restart_keeps_its_leases_and_renewals_continue() {
+    let short = |c: &mut NodeConfig| c.limits.min_lease_ms = 500;
+    let holder = spawn("holder", cap(0, 0), None, short).await;
+    let holder_addr = holder.addr().await;
+    let owner = spawn("owner", cap(4, 8), Some(holder_addr.clone()), short).await;
+    let owner_id = owner.node.id().clone();
+    eventually("holder sees owner", || async {
+        node_named(&holder.node, "owner").await
+    })
+    .await;
+    let alloc = holder
+        .node
+        .request(AllocationRequest {
+            timeout_secs: Some(2),
+            ..req(3, 2048)
+        })
+        .await
+        .unwrap();
+
+    let (cfg, dir) = owner.crash().await;
+    let owner = spawn_with(cfg, dir, Some(holder_addr)).await;
+    assert_eq!(owner.node.id(), &owner_id, "same identity after restart");
+    let granted = owner.node.allocations().await.unwrap().granted;
+    assert_eq!(granted.len(), 1, "the lease survived the crash");
+    assert_eq!(granted[0].allocation_id, alloc.allocation_id);
+    assert_eq!(
+        owner
+            .node
+            .local_node()
+            .await
+            .unwrap()
+            .resources
+            .free
+            .cpu_cores,
+        1
+    );
+
+    // Well past the original term, renewals through the restarted owner
+    // keep it alive.
+    tokio::time::sleep(Duration::from_millis(4_000)).await;
+    let granted = owner.node.allocations().await.unwrap().granted;
+    assert_eq!(granted.len(), 1);
+    assert!(granted[0].expires_at > alloc.expires_at);
+    assert_eq!(holder.node.allocations().await.unwrap().held.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_does_not_lend_remotely_refuses_peers_but_serves_itself() {
+    let owner = spawn("private", cap(4, 8), None, |c| c.allow_remote = false).await;
+    let other = spawn("other", cap(0, 0), Some(owner.addr().await), |_| {}).await;
+    eventually("other sees private", || async {
+        node_named(&other.node, "private").await
+    })
+    .await;
+    let err = other
+        .node
+        .request(AllocationRequest {
+            node_id: Some("private".into()),
+            ..req(1, 64)
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NodeError::NoCapacity { .. }), "{err:?}");
+    assert!(owner.node.allocations().await.unwrap().granted.is_empty());
+    let own = owner.node.request(req(1, 64)).await.unwrap();
+    assert_eq!(own.node_name, "private");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_releases_held_leases_and_says_goodbye() {
+    let owner = spawn("owner", cap(4, 8), None, |_| {}).await;
+    let holder = spawn("holder", cap(0, 0), Some(owner.addr().await), |_| {}).await;
+    eventually("holder sees owner", || async {
+        node_named(&holder.node, "owner").await
+    })
+    .await;
+    eventually("owner sees holder", || async {
+        node_named(&owner.node, "holder").await
+    })
+    .await;
+    holder.node.request(req(2, 1024)).await.unwrap();
+    assert_eq!(owner.node.allocations().await.unwrap().granted.len(), 1);
+    holder.shutdown.cancel();
+    tokio::time::timeout(WAIT, holder.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        owner.node.allocations().await.unwrap().granted.is_empty(),
+        "released on the way out"
+    );
+    eventually("owner marks holder offline", || async {
+        let h = node_named(&owner.node, "holder").await?;
+        (h.status == lanswarm::model::NodeStatus::Offline).then_some(())
+    })
+    .await;
+}
