@@ -62,7 +62,7 @@ pub const MAX_WEIGHT: u32 = 1000;
 pub const DEFAULT_API_PORT: u16 = 7700;
 
 /// The whole configuration of one node.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Human-readable node name shown to peers and in the dashboard, at
@@ -384,25 +384,6 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".to_owned(),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            name: None,
-            data_dir: None,
-            api: ApiConfig::default(),
-            network: NetworkConfig::default(),
-            lend: LendConfig::default(),
-            resources: ResourcesConfig::default(),
-            location: LocationConfig::default(),
-            models: ModelsConfig::default(),
-            leases: LeasesConfig::default(),
-            strategy: StrategyConfig::default(),
-            log: LogConfig::default(),
-            origin: None,
         }
     }
 }
@@ -1507,8 +1488,10 @@ mod tests {
 
     #[test]
     fn round_trips_through_toml() {
-        let mut c = Config::default();
-        c.name = Some("n1".into());
+        let mut c = Config {
+            name: Some("n1".into()),
+            ..Config::default()
+        };
         c.lend.memory = Amount::Absolute(12 * 1024);
         c.lend.cpu_cores = CpuAmount::Count(3);
         c.lend.gpus = GpuSelection::Only(vec![0, 2]);
