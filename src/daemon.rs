@@ -150,6 +150,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         cfg.api.token.clone(),
         shutdown.clone(),
     ));
+    tokio::spawn(monitor_hardware(node.clone(), shutdown.clone()));
     let signal = tokio::select! {
         s = wait_for_signal() => Some(s?),
         _ = shutdown.cancelled() => None,
@@ -168,6 +169,48 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Err(_) => warn!("shutdown took longer than {JOIN_TIMEOUT:?}; exiting anyway"),
     }
     Ok(())
+}
+
+/// How often CPU usage and GPU memory are read for the announcements.
+const TELEMETRY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Read CPU usage and GPU state off the event loop (NVML calls can take
+/// milliseconds) and hand the readings to the node.
+async fn monitor_hardware(node: crate::Node, shutdown: CancellationToken) {
+    let mut state = Some((
+        crate::hw::probe::Sampler::new(),
+        crate::hw::gpu::GpuMonitor::new(),
+    ));
+    let mut tick = tokio::time::interval(TELEMETRY_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some((mut sampler, mut gpus)) = state.take() else {
+            return;
+        };
+        let joined = tokio::task::spawn_blocking(move || {
+            let (cpu_usage_pct, _) = sampler.sample();
+            let readings = gpus.refresh();
+            (sampler, gpus, cpu_usage_pct, readings)
+        })
+        .await;
+        match joined {
+            Ok((sampler, gpus, cpu_usage_pct, readings)) => {
+                node.update_telemetry(crate::handle::Telemetry {
+                    cpu_usage_pct,
+                    gpus: readings,
+                });
+                state = Some((sampler, gpus));
+            }
+            Err(e) => {
+                warn!(error = %e, "hardware monitor failed; no more CPU/GPU readings");
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(unix)]

@@ -248,6 +248,17 @@ pub(crate) enum Command {
     SetStrategy(StrategyConfig, oneshot::Sender<()>),
     ListenAddrs(oneshot::Sender<Vec<String>>),
     Dial(String, oneshot::Sender<Result<(), NodeError>>),
+    Telemetry(Telemetry),
+}
+
+/// Fresh readings of the host, fed in by the hardware monitor task and
+/// carried in the next announcement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Telemetry {
+    /// Host CPU utilization, percent.
+    pub cpu_usage_pct: f32,
+    /// Current readings of the detected (not synthetic) GPUs.
+    pub gpus: Vec<GpuInfo>,
 }
 
 /// A cloneable handle to a running node.
@@ -318,6 +329,12 @@ impl Node {
     /// The addresses the swarm listens on (with `/p2p/<id>`).
     pub async fn listen_addrs(&self) -> Result<Vec<String>, NodeError> {
         self.call(Command::ListenAddrs).await
+    }
+
+    /// Report fresh hardware readings. Never blocks: if the node is busy,
+    /// this reading is skipped and the next one goes in.
+    pub fn update_telemetry(&self, t: Telemetry) {
+        let _ = self.tx.try_send(Command::Telemetry(t));
     }
 
     /// Dial a peer by multiaddr.

@@ -216,9 +216,12 @@ const DURATION_UNITS: &[(&[&str], u128)] = &[
     (&["ns"], 1),
     (&["us", "µs"], 1_000),
     (&["ms"], 1_000_000),
-    (&["s", "sec", "secs"], 1_000_000_000),
-    (&["m", "min", "mins"], 60 * 1_000_000_000),
-    (&["h", "hr", "hrs"], 3_600 * 1_000_000_000),
+    (&["s", "sec", "secs", "second", "seconds"], 1_000_000_000),
+    (
+        &["m", "min", "mins", "minute", "minutes"],
+        60 * 1_000_000_000,
+    ),
+    (&["h", "hr", "hrs", "hour", "hours"], 3_600 * 1_000_000_000),
     (&["d", "day", "days"], 86_400 * 1_000_000_000),
     (&["w", "week", "weeks"], 7 * 86_400 * 1_000_000_000),
 ];
@@ -536,6 +539,8 @@ mod tests {
             ("20us", Duration::from_micros(20)),
             ("7ns", Duration::from_nanos(7)),
             ("1w", Duration::from_secs(7 * 86_400)),
+            ("5 minutes", Duration::from_secs(300)),
+            ("1 hour 2 seconds", Duration::from_secs(3602)),
         ];
         for (text, want) in cases {
             assert_eq!(parse_duration(text), Ok(want), "{text}");

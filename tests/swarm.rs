@@ -22,11 +22,12 @@ struct TestNode {
 }
 
 impl TestNode {
-    fn addr(&self) -> impl std::future::Future<Output = String> + '_ {
-        async move {
-            let addrs = self.node.listen_addrs().await.unwrap();
-            addrs.into_iter().next().expect("listening")
-        }
+    /// The first listen address, once the swarm is listening.
+    async fn addr(&self) -> String {
+        eventually("the node listens", || async {
+            self.node.listen_addrs().await.ok()?.into_iter().next()
+        })
+        .await
     }
 
     /// Stop without any goodbye, as a crash would.
@@ -458,4 +459,48 @@ async fn graceful_shutdown_releases_held_leases_and_says_goodbye() {
         (h.status == lanswarm::model::NodeStatus::Offline).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_talk_over_quic_alone() {
+    let quic =
+        |c: &mut NodeConfig| c.listen = vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()];
+    let a = spawn("a", cap(0, 0), None, quic).await;
+    let a_addr = a.addr().await;
+    assert!(a_addr.contains("quic-v1"), "{a_addr}");
+    let b = spawn("b", cap(2, 2), Some(a_addr), quic).await;
+    eventually("a sees b over QUIC", || async {
+        node_named(&a.node, "b").await
+    })
+    .await;
+    let alloc = a.node.request(req(1, 512)).await.unwrap();
+    assert_eq!(alloc.node_name, "b");
+    assert_eq!(b.node.allocations().await.unwrap().granted.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_resources_are_leased_like_any_other_dimension() {
+    let mut with_db = cap(1, 1);
+    with_db.custom.insert("db-connections".into(), 5);
+    let a = spawn("a", cap(0, 0), None, |_| {}).await;
+    let b = spawn("b", with_db, Some(a.addr().await), |_| {}).await;
+    eventually("a sees b", || async { node_named(&a.node, "b").await }).await;
+    let custom_req = |n: u64| AllocationRequest {
+        required_resources: ResourceRequirements {
+            custom: [("db-connections".to_owned(), n)].into_iter().collect(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let alloc = a.node.request(custom_req(3)).await.unwrap();
+    assert_eq!(alloc.node_name, "b");
+    assert_eq!(alloc.allocated_resources.custom["db-connections"], 3);
+    eventually("a sees 2 connections left on b", || async {
+        let b_info = node_named(&a.node, "b").await?;
+        (b_info.resources.free.custom.get("db-connections") == Some(&2)).then_some(())
+    })
+    .await;
+    let err = a.node.request(custom_req(3)).await.unwrap_err();
+    assert!(matches!(err, NodeError::NoCapacity { .. }), "{err:?}");
+    assert_eq!(b.node.allocations().await.unwrap().granted.len(), 1);
 }

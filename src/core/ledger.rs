@@ -39,7 +39,7 @@ use crate::model::{
 };
 
 /// Bounds on lease length and on the number of active leases.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LeaseLimits {
     /// Shortest lease granted, ms. Shorter requests are raised to it.
@@ -1640,7 +1640,7 @@ mod tests {
         fn run(cap0: Capacity, ops: Vec<Op>) -> Result<(), TestCaseError> {
             let me = NodeId::from("owner");
             let limits = limits();
-            let mut l = Ledger::new(me.clone(), cap0.clone(), limits);
+            let mut l = Ledger::new(me.clone(), cap0.clone(), limits.clone());
             let mut model: BTreeMap<LeaseId, Lease> = BTreeMap::new();
             let mut ids: Vec<LeaseId> = Vec::new();
             let mut next_id = 0u64;
@@ -1812,7 +1812,8 @@ mod tests {
                         let decoded: Vec<Lease> = postcard::from_bytes(&bytes).unwrap();
                         prop_assert_eq!(&decoded, &stored);
 
-                        let mut fresh = Ledger::new(me.clone(), l.capacity().clone(), limits);
+                        let mut fresh =
+                            Ledger::new(me.clone(), l.capacity().clone(), limits.clone());
                         let refused = fresh.restore(decoded, now);
                         let mut accounted: Vec<LeaseId> = fresh
                             .leases()

@@ -227,6 +227,7 @@ pub async fn start(
         duplicate_identity: None,
         seed_counter: now,
         dialing: HashSet::new(),
+        cpu_usage_pct: 0.0,
         cfg,
     };
     el.announce(false);
@@ -321,6 +322,7 @@ struct EventLoop {
     duplicate_identity: Option<String>,
     seed_counter: u64,
     dialing: HashSet<PeerId>,
+    cpu_usage_pct: f32,
 }
 
 async fn sleep_opt(at: Option<Instant>) {
@@ -419,7 +421,7 @@ impl EventLoop {
             gpus: self.cfg.gpus.clone(),
             machine_cpu_cores: self.cfg.machine_cpu_cores,
             machine_memory_mb: self.cfg.machine_memory_mb,
-            cpu_usage_pct: 0.0,
+            cpu_usage_pct: self.cpu_usage_pct,
             models: self.cfg.models.clone(),
             location: self.cfg.location.clone(),
             weight: self.cfg.weight,
@@ -594,13 +596,11 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 ..
             } => {
-                if num_established == 0 {
-                    debug!(peer = %peer_id, "disconnected");
-                    self.view.set_connected(&node_id_of(&peer_id), false);
-                }
+                debug!(peer = %peer_id, "disconnected");
+                self.view.set_connected(&node_id_of(&peer_id), false);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 if let Some(peer) = peer_id {
@@ -1396,6 +1396,19 @@ impl EventLoop {
                     .collect();
                 let _ = reply.send(addrs);
             }
+            Command::Telemetry(t) => {
+                self.cpu_usage_pct = t.cpu_usage_pct;
+                for g in t.gpus {
+                    if let Some(slot) = self
+                        .cfg
+                        .gpus
+                        .iter_mut()
+                        .find(|x| !x.synthetic && x.index == g.index)
+                    {
+                        *slot = g;
+                    }
+                }
+            }
             Command::Dial(addr, reply) => {
                 let r = match addr.parse::<Multiaddr>() {
                     Ok(a) => self
@@ -1423,7 +1436,7 @@ impl EventLoop {
                 gpus: self.cfg.gpus.clone(),
                 machine_cpu_cores: self.cfg.machine_cpu_cores,
                 machine_memory_mb: self.cfg.machine_memory_mb,
-                cpu_usage_pct: a.cpu_usage_pct,
+                cpu_usage_pct: self.cpu_usage_pct,
             },
             models: self.cfg.models.clone(),
             location: self.cfg.location.clone(),
