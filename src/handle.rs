@@ -212,6 +212,21 @@ pub struct NodeInfo {
     /// node's identity: a copied data directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duplicate_identity: Option<String>,
+    /// Peers this node has penalised for invalid messages (this node only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub penalties: Vec<Penalty>,
+}
+
+/// A peer that sent invalid messages, and what was done about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Penalty {
+    pub peer_id: String,
+    /// Invalid messages counted.
+    pub offences: u32,
+    /// Whether the peer is banned (disconnected and refused) right now.
+    pub banned: bool,
+    /// What the last offence was.
+    pub last_offence: String,
 }
 
 /// An error of a call on the node.

@@ -364,6 +364,8 @@ mod tests {
             active_leases: 1,
             allow_remote: true,
             leaving: false,
+            instance: 1,
+            started_at_ms: 0,
         }
     }
 

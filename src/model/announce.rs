@@ -36,6 +36,12 @@ pub struct Announcement {
     pub seq: u64,
     /// When it was issued, ms since the epoch (the announcer's clock).
     pub issued_at_ms: u64,
+    /// Random number drawn when the process started. Two live processes
+    /// announcing the same `node_id` with different instances share one
+    /// key: a copied data directory.
+    pub instance: u64,
+    /// When this process started, ms since the epoch.
+    pub started_at_ms: u64,
     /// Human-readable node name.
     pub name: String,
     /// Software version.

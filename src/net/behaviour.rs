@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use libp2p::{
-    gossipsub, identify, identity::Keypair, mdns, ping, request_response,
+    allow_block_list, gossipsub, identify, identity::Keypair, mdns, ping, request_response,
     swarm::behaviour::toggle::Toggle, swarm::NetworkBehaviour,
 };
 
@@ -25,6 +25,9 @@ pub const MAX_CONCURRENT_STREAMS: usize = 256;
 /// Every protocol a lanswarm node speaks.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Peers banned for misbehaving: their connections are closed and
+    /// refused until the ban ends.
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub gossipsub: gossipsub::Behaviour,
     pub alloc: request_response::Behaviour<AllocCodec>,
     pub sync: request_response::Behaviour<SyncCodec>,
@@ -115,6 +118,7 @@ impl Behaviour {
             None
         };
         Ok(Behaviour {
+            blocked: Default::default(),
             gossipsub,
             alloc,
             sync,

@@ -33,7 +33,7 @@ use crate::core::placement::{Attempt, Placer, StrategyConfig};
 use crate::core::view::{Applied, View, ViewConfig};
 use crate::handle::{
     Allocation, AllocationRequest, Allocations, Command, Excluded, Node, NodeError, NodeInfo,
-    NodeResources, Refusal, ReleaseOutcome, COMMAND_QUEUE,
+    NodeResources, Penalty, Refusal, ReleaseOutcome, COMMAND_QUEUE,
 };
 use crate::model::{
     Announcement, Capacity, Denial, DenyReason, GpuInfo, Lease, LeaseId, Location, NodeId,
@@ -45,6 +45,15 @@ use crate::store::{HeldRecord, Store};
 const MAINTENANCE_TICK: Duration = Duration::from_millis(250);
 /// How often unconnected bootstrap peers are dialled again.
 const REDIAL_INTERVAL: Duration = Duration::from_secs(5);
+/// Most peers the view holds; announcements from further new nodes are
+/// ignored, so a flood of fresh keys cannot exhaust memory.
+const MAX_PEERS: usize = 4096;
+/// Offences after which a peer is banned.
+pub const BAN_AFTER_OFFENCES: u32 = 5;
+/// How long a ban lasts.
+const BAN_MS: u64 = 10 * 60 * 1000;
+/// Most offenders remembered.
+const MAX_OFFENDERS: usize = 1024;
 /// How long shutdown waits for peers to confirm releases.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
@@ -227,7 +236,10 @@ pub async fn start(
         duplicate_identity: None,
         seed_counter: now,
         dialing: HashSet::new(),
+        offenders: HashMap::new(),
         cpu_usage_pct: 0.0,
+        instance: rand::random(),
+        started_at_ms: now,
         cfg,
     };
     el.announce(false);
@@ -262,7 +274,17 @@ fn placeholder_announcement(id: &NodeId) -> Announcement {
         active_leases: 0,
         allow_remote: false,
         leaving: false,
+        instance: 0,
+        started_at_ms: 0,
     }
+}
+
+/// A peer that sent invalid messages.
+struct Offender {
+    offences: u32,
+    last_ms: u64,
+    banned_until_ms: Option<u64>,
+    last_offence: String,
 }
 
 /// A lease this node holds, with its renewal schedule.
@@ -322,7 +344,11 @@ struct EventLoop {
     duplicate_identity: Option<String>,
     seed_counter: u64,
     dialing: HashSet<PeerId>,
+    offenders: HashMap<PeerId, Offender>,
     cpu_usage_pct: f32,
+    /// Random per process, to tell a copy of this node from this node.
+    instance: u64,
+    started_at_ms: u64,
 }
 
 async fn sleep_opt(at: Option<Instant>) {
@@ -428,6 +454,8 @@ impl EventLoop {
             active_leases: self.ledger.len() as u32,
             allow_remote: self.cfg.allow_remote,
             leaving,
+            instance: self.instance,
+            started_at_ms: self.started_at_ms,
         }
     }
 
@@ -487,8 +515,17 @@ impl EventLoop {
         }
         let id = ann.node_id.clone();
         let addrs: Vec<Multiaddr> = ann.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        if id != self.local_id && self.view.get(&id).is_none() && self.view.len() >= MAX_PEERS {
+            return Ok(Applied::Replay);
+        }
         let applied = if id == self.local_id {
-            if ann.seq > self.local_ann.seq || ann.name != self.local_ann.name {
+            // Our own announcement echoed back is fine, and so is one from
+            // our previous run. A live announcement from another process
+            // with our key is a copied data directory.
+            if ann.instance != self.instance
+                && !ann.leaving
+                && ann.issued_at_ms >= self.started_at_ms
+            {
                 self.report_duplicate(&ann);
             }
             Applied::OwnId
@@ -516,6 +553,53 @@ impl EventLoop {
         if self.duplicate_identity.as_deref() != Some(msg.as_str()) {
             error!("DUPLICATE IDENTITY: {msg}");
             self.duplicate_identity = Some(msg);
+        }
+    }
+
+    /// Count an offence against a peer; ban it after
+    /// [`BAN_AFTER_OFFENCES`]. Gossipsub's peer score penalises invalid
+    /// gossip on its own as well.
+    fn penalise(&mut self, peer: PeerId, why: String) {
+        let now = now_ms();
+        if !self.offenders.contains_key(&peer) && self.offenders.len() >= MAX_OFFENDERS {
+            if let Some(oldest) = self
+                .offenders
+                .iter()
+                .filter(|(_, o)| o.banned_until_ms.is_none())
+                .min_by_key(|(_, o)| o.last_ms)
+                .map(|(p, _)| *p)
+            {
+                self.offenders.remove(&oldest);
+            }
+        }
+        let o = self.offenders.entry(peer).or_insert(Offender {
+            offences: 0,
+            last_ms: now,
+            banned_until_ms: None,
+            last_offence: String::new(),
+        });
+        o.offences = o.offences.saturating_add(1);
+        o.last_ms = now;
+        o.last_offence = why.clone();
+        warn!(%peer, offences = o.offences, %why, "peer penalised");
+        if o.offences >= BAN_AFTER_OFFENCES && o.banned_until_ms.is_none() {
+            o.banned_until_ms = Some(now + BAN_MS);
+            warn!(%peer, "peer banned for {} s", BAN_MS / 1000);
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
+        }
+    }
+
+    fn lift_bans(&mut self, now: u64) {
+        let done: Vec<PeerId> = self
+            .offenders
+            .iter()
+            .filter(|(_, o)| o.banned_until_ms.is_some_and(|t| t <= now))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in done {
+            self.offenders.remove(&p);
+            self.swarm.behaviour_mut().blocked.unblock_peer(p);
+            info!(peer = %p, "ban lifted");
         }
     }
 
@@ -643,7 +727,7 @@ impl EventLoop {
                     Ok(Applied::New | Applied::Updated) => gossipsub::MessageAcceptance::Accept,
                     Ok(_) => gossipsub::MessageAcceptance::Ignore,
                     Err(why) => {
-                        warn!(peer = %propagation_source, %why, "rejected announcement; penalising sender");
+                        self.penalise(propagation_source, format!("invalid announcement: {why}"));
                         gossipsub::MessageAcceptance::Reject
                     }
                 };
@@ -695,8 +779,13 @@ impl EventLoop {
             request_response::Event::OutboundFailure { peer, error, .. } => {
                 debug!(%peer, %error, "sync failed")
             }
+            request_response::Event::InboundFailure {
+                peer,
+                error: request_response::InboundFailure::Io(e),
+                ..
+            } => self.penalise(peer, format!("bad sync frame: {e}")),
             request_response::Event::InboundFailure { peer, error, .. } => {
-                warn!(%peer, %error, "bad sync request")
+                debug!(%peer, %error, "sync request failed")
             }
             request_response::Event::ResponseSent { .. } => {}
         }
@@ -713,7 +802,10 @@ impl EventLoop {
             }
         }
         if bad > 0 || total > MAX_SYNC_ANNOUNCEMENTS {
-            warn!(peer = %from, bad, total, "peer sent invalid announcements in sync");
+            self.penalise(
+                *from,
+                format!("{bad} invalid of {total} announcements in sync"),
+            );
         }
     }
 
@@ -744,8 +836,13 @@ impl EventLoop {
             request_response::Event::OutboundFailure {
                 request_id, error, ..
             } => self.on_alloc_response(request_id, Err(error.to_string())),
+            request_response::Event::InboundFailure {
+                peer,
+                error: request_response::InboundFailure::Io(e),
+                ..
+            } => self.penalise(peer, format!("bad allocation frame: {e}")),
             request_response::Event::InboundFailure { peer, error, .. } => {
-                warn!(%peer, %error, "bad allocation request")
+                debug!(%peer, %error, "allocation request failed")
             }
             request_response::Event::ResponseSent { .. } => {}
         }
@@ -1295,6 +1392,7 @@ impl EventLoop {
             );
             self.pending.insert(rid, Pending::Renew { lease_id: id });
         }
+        self.lift_bans(now);
         for id in self.view.prune(now) {
             self.signed.remove(&id);
             debug!(peer = %id, "forgot silent peer");
@@ -1339,6 +1437,7 @@ impl EventLoop {
                         rtt_ms: p.rtt_ms,
                         seq: p.ann.seq,
                         duplicate_identity: None,
+                        penalties: Vec::new(),
                     }
                 }));
                 let _ = reply.send(out);
@@ -1448,6 +1547,16 @@ impl EventLoop {
             rtt_ms: None,
             seq: a.seq,
             duplicate_identity: self.duplicate_identity.clone(),
+            penalties: self
+                .offenders
+                .iter()
+                .map(|(p, o)| Penalty {
+                    peer_id: p.to_base58(),
+                    offences: o.offences,
+                    banned: o.banned_until_ms.is_some(),
+                    last_offence: o.last_offence.clone(),
+                })
+                .collect(),
         }
     }
 }

@@ -352,6 +352,8 @@ mod tests {
             active_leases: 0,
             allow_remote: true,
             leaving: false,
+            instance: 1,
+            started_at_ms: 0,
         }
     }
 
