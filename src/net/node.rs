@@ -25,7 +25,7 @@ use tracing::{debug, error, info, warn};
 
 use super::behaviour::{Behaviour, BehaviourConfig, BehaviourEvent};
 use super::protocol::{
-    decode_exact, node_id_of, peer_id_of, AllocRequest, AllocResponse, SignedAnnouncement,
+    decode_exact, node_id_of, peer_id_of, AllocRequest, AllocResponse, Frame, SignedAnnouncement,
     SyncRequest, SyncResponse, CAPACITY_TOPIC, MAX_SYNC_ANNOUNCEMENTS,
 };
 use crate::core::ledger::{AllocateInput, LeaseLimits, Ledger};
@@ -674,7 +674,10 @@ impl EventLoop {
                         let req = SyncRequest {
                             announcements: self.signed.values().cloned().collect(),
                         };
-                        self.swarm.behaviour_mut().sync.send_request(&peer_id, req);
+                        self.swarm
+                            .behaviour_mut()
+                            .sync
+                            .send_request(&peer_id, Frame::Valid(req));
                     }
                 }
             }
@@ -755,7 +758,7 @@ impl EventLoop {
         }
     }
 
-    fn on_sync_event(&mut self, ev: request_response::Event<SyncRequest, SyncResponse>) {
+    fn on_sync_event(&mut self, ev: request_response::Event<Frame<SyncRequest>, SyncResponse>) {
         match ev {
             request_response::Event::Message {
                 peer,
@@ -765,6 +768,13 @@ impl EventLoop {
                     },
                 ..
             } => {
+                let request = match request {
+                    Frame::Valid(r) => r,
+                    // Dropping the channel closes the stream unanswered.
+                    Frame::Invalid(why) => {
+                        return self.penalise(peer, format!("bad sync frame: {why}"))
+                    }
+                };
                 self.apply_synced(&peer, request.announcements);
                 let resp = SyncResponse {
                     announcements: self.signed.values().cloned().collect(),
@@ -811,7 +821,7 @@ impl EventLoop {
 
     // ----- allocation protocol -------------------------------------------
 
-    fn on_alloc_event(&mut self, ev: request_response::Event<AllocRequest, AllocResponse>) {
+    fn on_alloc_event(&mut self, ev: request_response::Event<Frame<AllocRequest>, AllocResponse>) {
         match ev {
             request_response::Event::Message {
                 peer,
@@ -820,7 +830,10 @@ impl EventLoop {
                         request, channel, ..
                     },
                 ..
-            } => self.on_alloc_request(peer, request, channel),
+            } => match request {
+                Frame::Valid(r) => self.on_alloc_request(peer, r, channel),
+                Frame::Invalid(why) => self.penalise(peer, format!("bad allocation frame: {why}")),
+            },
             request_response::Event::Message {
                 peer,
                 message:
@@ -1159,13 +1172,13 @@ impl EventLoop {
             };
             let rid = self.swarm.behaviour_mut().alloc.send_request(
                 &peer,
-                AllocRequest::Allocate {
+                Frame::Valid(AllocRequest::Allocate {
                     request_id: p.request_id.clone(),
                     req: p.req.required_resources.clone(),
                     task_type: p.req.task_type.clone(),
                     priority: p.req.priority,
                     lease_ms: p.lease_ms,
-                },
+                }),
             );
             self.pending.insert(
                 rid,
@@ -1289,9 +1302,9 @@ impl EventLoop {
             Some(peer) => {
                 let rid = self.swarm.behaviour_mut().alloc.send_request(
                     &peer,
-                    AllocRequest::Release {
+                    Frame::Valid(AllocRequest::Release {
                         lease_id: lease_id.clone(),
-                    },
+                    }),
                 );
                 self.pending.insert(
                     rid,
@@ -1385,10 +1398,10 @@ impl EventLoop {
             }
             let rid = self.swarm.behaviour_mut().alloc.send_request(
                 &peer,
-                AllocRequest::Renew {
+                Frame::Valid(AllocRequest::Renew {
                     lease_id: id.clone(),
                     lease_ms,
-                },
+                }),
             );
             self.pending.insert(rid, Pending::Renew { lease_id: id });
         }

@@ -219,6 +219,18 @@ pub fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Er
     }
 }
 
+/// An inbound request as read off the wire: either a message, or the reason
+/// the frame was refused (too large, truncated, does not decode).
+///
+/// Bad frames are surfaced to the node instead of failing inside the codec,
+/// because libp2p-request-response reports no event at all for a request
+/// that fails to decode, and the node must know whom to penalise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame<T> {
+    Valid(T),
+    Invalid(String),
+}
+
 /// A request-response codec: one postcard message per stream direction,
 /// bounded by `max_request` / `max_response` bytes.
 #[derive(Debug)]
@@ -284,14 +296,22 @@ where
     Resp: Send + Serialize + DeserializeOwned,
 {
     type Protocol = StreamProtocol;
-    type Request = Req;
+    type Request = Frame<Req>;
     type Response = Resp;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Frame<Req>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        decode_io(&read_bounded(io, self.max_request).await?)
+        let frame = match read_bounded(io, self.max_request).await {
+            Ok(bytes) => match decode_exact(&bytes) {
+                Ok(req) => Frame::Valid(req),
+                Err(e) => Frame::Invalid(format!("{} bytes that do not decode: {e}", bytes.len())),
+            },
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Frame::Invalid(e.to_string()),
+            Err(e) => return Err(e),
+        };
+        Ok(frame)
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
@@ -301,11 +321,22 @@ where
         decode_io(&read_bounded(io, self.max_response).await?)
     }
 
-    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Req) -> io::Result<()>
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Frame<Req>,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_msg(io, req, self.max_request).await
+        match req {
+            Frame::Valid(req) => write_msg(io, req, self.max_request).await,
+            Frame::Invalid(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "refusing to send an invalid frame",
+            )),
+        }
     }
 
     async fn write_response<T>(
