@@ -357,6 +357,13 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         (
             "POST",
             "/api/v1/allocations",
+            r#"{"required_resources": {"cpus": 1}}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/api/v1/allocations",
             r#"{"required_resources": {"cpu_cores": 64}}"#,
             503,
             "no_capacity",

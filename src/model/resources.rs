@@ -94,7 +94,7 @@ impl Capacity {
 /// What a requester asks for. Field names follow seed 004's
 /// `ResourceRequirements`; every field defaults to "none of it".
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ResourceRequirements {
     /// CPU cores.
     pub cpu_cores: u32,
