@@ -236,6 +236,8 @@ pub async fn start(
         duplicate_identity: None,
         seed_counter: now,
         dialing: HashSet::new(),
+        other_instances: BTreeMap::new(),
+        resync_turn: 0,
         offenders: HashMap::new(),
         cpu_usage_pct: 0.0,
         instance: rand::random(),
@@ -344,6 +346,10 @@ struct EventLoop {
     duplicate_identity: Option<String>,
     seed_counter: u64,
     dialing: HashSet<PeerId>,
+    /// Signed announcements of other live instances of a node id (copied
+    /// data directories), with when they were seen.
+    other_instances: BTreeMap<NodeId, (SignedAnnouncement, u64)>,
+    resync_turn: usize,
     offenders: HashMap<PeerId, Offender>,
     cpu_usage_pct: f32,
     /// Random per process, to tell a copy of this node from this node.
@@ -367,6 +373,9 @@ impl EventLoop {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(MAINTENANCE_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resync =
+            tokio::time::interval((self.cfg.announce_interval * 3).max(Duration::from_secs(2)));
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut redial = tokio::time::interval(REDIAL_INTERVAL);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -384,6 +393,7 @@ impl EventLoop {
                 _ = heartbeat.tick() => self.announce(false),
                 _ = tick.tick() => self.maintain(),
                 _ = redial.tick() => self.redial(),
+                _ = resync.tick() => self.resync(),
             }
         }
         self.shutdown().await;
@@ -518,6 +528,9 @@ impl EventLoop {
         if id != self.local_id && self.view.get(&id).is_none() && self.view.len() >= MAX_PEERS {
             return Ok(Applied::Replay);
         }
+        if id != self.local_id {
+            self.note_other_instance(&ann);
+        }
         let applied = if id == self.local_id {
             // Our own announcement echoed back is fine, and so is one from
             // our previous run. A live announcement from another process
@@ -535,6 +548,10 @@ impl EventLoop {
         if matches!(applied, Applied::New | Applied::Updated) {
             self.signed.insert(id.clone(), signed);
             if let Some(peer) = peer_id_of(&id) {
+                if applied == Applied::New {
+                    // The connection may have come up before we knew the node.
+                    self.view.set_connected(&id, self.swarm.is_connected(&peer));
+                }
                 for a in addrs {
                     self.swarm.add_peer_address(peer, a);
                 }
@@ -542,6 +559,78 @@ impl EventLoop {
             }
         }
         Ok(applied)
+    }
+
+    /// A third node's part in spotting a copied data directory: two live
+    /// processes announcing one identity. Keep the signed announcement of
+    /// the instance about to be replaced, so that sync hands it to both
+    /// copies, which then see each other (they never connect directly:
+    /// mDNS ignores records with one's own peer id, and a third node holds
+    /// their two connections as one peer).
+    fn note_other_instance(&mut self, ann: &Announcement) {
+        let now = now_ms();
+        let Some(e) = self.view.get(&ann.node_id) else {
+            return;
+        };
+        let live = now.saturating_sub(e.last_seen_ms) < self.view.config().stale_after_ms;
+        if e.ann.instance == ann.instance || e.ann.leaving || ann.leaving || !live {
+            return;
+        }
+        if ann.seq <= e.ann.seq {
+            // Older than what we hold, yet another instance: keep this one
+            // as the other instance directly.
+            return;
+        }
+        if let Some(old) = self.signed.get(&ann.node_id).cloned() {
+            if !self.other_instances.contains_key(&ann.node_id) {
+                warn!(
+                    node = %ann.node_id,
+                    names = ?[&e.ann.name, &ann.name],
+                    "two live processes announce the same identity (a copied data directory?)"
+                );
+            }
+            self.other_instances.insert(ann.node_id.clone(), (old, now));
+        }
+    }
+
+    /// Everything we know, for a sync exchange: every node's latest signed
+    /// announcement, plus other live instances of a duplicated identity.
+    fn sync_set(&self) -> Vec<SignedAnnouncement> {
+        let now = now_ms();
+        let fresh = self.view.config().offline_after_ms;
+        self.signed
+            .values()
+            .cloned()
+            .chain(
+                self.other_instances
+                    .values()
+                    .filter(|(_, at)| now.saturating_sub(*at) < fresh)
+                    .map(|(s, _)| s.clone()),
+            )
+            .collect()
+    }
+
+    /// Anti-entropy: swap full state with one connected peer, in turn.
+    /// Repairs lost gossip, and lets copies of one identity find out.
+    fn resync(&mut self) {
+        let peers: Vec<PeerId> = self
+            .view
+            .peers()
+            .filter_map(|p| peer_id_of(&p.ann.node_id))
+            .filter(|p| self.swarm.is_connected(p))
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        self.resync_turn = self.resync_turn.wrapping_add(1);
+        let peer = peers[self.resync_turn % peers.len()];
+        let req = SyncRequest {
+            announcements: self.sync_set(),
+        };
+        self.swarm
+            .behaviour_mut()
+            .sync
+            .send_request(&peer, Frame::Valid(req));
     }
 
     fn report_duplicate(&mut self, ann: &Announcement) {
@@ -656,7 +745,9 @@ impl EventLoop {
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(%address, "listening");
-                self.schedule_announce();
+                // Announce the address at once: peers that connect and sync
+                // now must learn where to reach us.
+                self.announce(false);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -672,7 +763,7 @@ impl EventLoop {
                     debug!(peer = %peer_id, "connected");
                     if endpoint.is_dialer() {
                         let req = SyncRequest {
-                            announcements: self.signed.values().cloned().collect(),
+                            announcements: self.sync_set(),
                         };
                         self.swarm
                             .behaviour_mut()
@@ -777,7 +868,7 @@ impl EventLoop {
                 };
                 self.apply_synced(&peer, request.announcements);
                 let resp = SyncResponse {
-                    announcements: self.signed.values().cloned().collect(),
+                    announcements: self.sync_set(),
                 };
                 let _ = self.swarm.behaviour_mut().sync.send_response(channel, resp);
             }
@@ -1406,6 +1497,9 @@ impl EventLoop {
             self.pending.insert(rid, Pending::Renew { lease_id: id });
         }
         self.lift_bans(now);
+        let fresh = self.view.config().offline_after_ms;
+        self.other_instances
+            .retain(|_, (_, at)| now.saturating_sub(*at) < fresh);
         for id in self.view.prune(now) {
             self.signed.remove(&id);
             debug!(peer = %id, "forgot silent peer");
