@@ -46,6 +46,29 @@ pub struct HeldRecord {
     pub release_at_ms: Option<u64>,
 }
 
+/// Writes to apply together in one transaction (one fsync).
+///
+/// The event loop collects writes whose durability can wait (releases,
+/// expiries, the holder's own records) and flushes them with the next
+/// grant or on the next maintenance tick. Losing them in a crash is safe:
+/// a released lease that comes back after a restart merely expires.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    pub put_granted: Vec<Lease>,
+    pub delete_granted: Vec<LeaseId>,
+    pub put_held: Vec<HeldRecord>,
+    pub delete_held: Vec<LeaseId>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.put_granted.is_empty()
+            && self.delete_granted.is_empty()
+            && self.put_held.is_empty()
+            && self.delete_held.is_empty()
+    }
+}
+
 /// The redb database of one node.
 pub struct Store {
     db: Database,
@@ -89,6 +112,35 @@ impl Store {
         ids: impl IntoIterator<Item = &'a LeaseId>,
     ) -> Result<(), StoreError> {
         self.delete(HELD, ids)
+    }
+
+    /// Apply a batch in one durable transaction: puts first, then deletes.
+    pub fn apply(&self, batch: &WriteBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(redb_err)?;
+        {
+            let mut t = txn.open_table(GRANTED).map_err(redb_err)?;
+            for l in &batch.put_granted {
+                let bytes = postcard::to_stdvec(l).map_err(redb_err)?;
+                t.insert(l.lease_id.0.as_str(), bytes.as_slice())
+                    .map_err(redb_err)?;
+            }
+            for id in &batch.delete_granted {
+                t.remove(id.0.as_str()).map_err(redb_err)?;
+            }
+            let mut t = txn.open_table(HELD).map_err(redb_err)?;
+            for r in &batch.put_held {
+                let bytes = postcard::to_stdvec(r).map_err(redb_err)?;
+                t.insert(r.lease.lease_id.0.as_str(), bytes.as_slice())
+                    .map_err(redb_err)?;
+            }
+            for id in &batch.delete_held {
+                t.remove(id.0.as_str()).map_err(redb_err)?;
+            }
+        }
+        txn.commit().map_err(redb_err)
     }
 
     /// Every granted lease in the store.
@@ -175,6 +227,27 @@ mod tests {
             expires_at_ms: 2,
             lease_ms: 1,
         }
+    }
+
+    #[test]
+    fn a_batch_applies_puts_then_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.redb")).unwrap();
+        s.put_granted(&[&lease("old")]).unwrap();
+        let held = HeldRecord {
+            lease: lease("h"),
+            owner_name: "x".into(),
+            release_at_ms: None,
+        };
+        s.apply(&WriteBatch {
+            put_granted: vec![lease("a"), lease("b")],
+            delete_granted: vec![LeaseId("old".into()), LeaseId("b".into())],
+            put_held: vec![held.clone()],
+            delete_held: vec![],
+        })
+        .unwrap();
+        assert_eq!(s.granted().unwrap(), vec![lease("a")]);
+        assert_eq!(s.held().unwrap(), vec![held]);
     }
 
     #[test]

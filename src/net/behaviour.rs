@@ -70,7 +70,12 @@ impl Behaviour {
         // Score peers so that a rejected (invalid) message penalises its
         // sender; below the graylist threshold it is ignored altogether.
         let topic = gossipsub::IdentTopic::new(super::protocol::CAPACITY_TOPIC);
-        let mut params = gossipsub::PeerScoreParams::default();
+        let mut params = gossipsub::PeerScoreParams {
+            // Many nodes may share one address (several nodes on one
+            // machine, tests, NAT); identity is the key, not the IP.
+            ip_colocation_factor_weight: 0.0,
+            ..Default::default()
+        };
         params.topics.insert(
             topic.hash(),
             gossipsub::TopicScoreParams {

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use libp2p::{
     gossipsub, identify,
     identity::Keypair,
@@ -39,7 +39,7 @@ use crate::model::{
     Announcement, Capacity, Denial, DenyReason, GpuInfo, Lease, LeaseId, Location, NodeId,
     NodeStatus,
 };
-use crate::store::{HeldRecord, Store};
+use crate::store::{HeldRecord, Store, WriteBatch};
 
 /// How often leases are expired, renewed and peers pruned.
 const MAINTENANCE_TICK: Duration = Duration::from_millis(250);
@@ -54,6 +54,8 @@ pub const BAN_AFTER_OFFENCES: u32 = 5;
 const BAN_MS: u64 = 10 * 60 * 1000;
 /// Most offenders remembered.
 const MAX_OFFENDERS: usize = 1024;
+/// Most swarm events handled before pending grants are written.
+const MAX_EVENT_BATCH: usize = 64;
 /// How long shutdown waits for peers to confirm releases.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
@@ -239,6 +241,8 @@ pub async fn start(
         other_instances: BTreeMap::new(),
         resync_turn: 0,
         offenders: HashMap::new(),
+        unanswered: Vec::new(),
+        deferred: WriteBatch::default(),
         cpu_usage_pct: 0.0,
         instance: rand::random(),
         started_at_ms: now,
@@ -351,6 +355,11 @@ struct EventLoop {
     other_instances: BTreeMap<NodeId, (SignedAnnouncement, u64)>,
     resync_turn: usize,
     offenders: HashMap<PeerId, Offender>,
+    /// Grants and renewals admitted but not yet durable, with where to
+    /// answer them (group commit).
+    unanswered: Vec<(AllocResponse, ResponseChannel<AllocResponse>)>,
+    /// Writes that can wait for the next grant or maintenance tick.
+    deferred: WriteBatch,
     cpu_usage_pct: f32,
     /// Random per process, to tell a copy of this node from this node.
     instance: u64,
@@ -381,7 +390,18 @@ impl EventLoop {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                ev = self.swarm.select_next_some() => {
+                    self.on_swarm_event(ev);
+                    // Group commit: take what else is ready right now, so
+                    // one transaction covers every grant among it.
+                    for _ in 0..MAX_EVENT_BATCH {
+                        match self.swarm.next().now_or_never() {
+                            Some(Some(ev)) => self.on_swarm_event(ev),
+                            _ => break,
+                        }
+                    }
+                    self.flush_grants();
+                }
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => self.on_command(cmd),
                     None => break,
@@ -418,11 +438,16 @@ impl EventLoop {
                 break;
             }
             tokio::select! {
-                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                ev = self.swarm.select_next_some() => {
+                    self.on_swarm_event(ev);
+                    self.flush_grants();
+                }
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = tokio::time::sleep(Duration::from_millis(200)), if !releasing => break,
             }
         }
+        self.flush_grants();
+        self.flush_deferred();
         info!("node stopped");
     }
 
@@ -989,21 +1014,24 @@ impl EventLoop {
                         priority,
                         lease_ms,
                     };
-                    match self.grant(input, now) {
-                        Ok(lease) => AllocResponse::Granted(lease),
+                    match self.ledger.allocate(input, now) {
+                        // Answered by `flush_grants`, once it is durable.
+                        Ok(lease) => {
+                            return self
+                                .unanswered
+                                .push((AllocResponse::Granted(lease), channel))
+                        }
                         Err(d) => AllocResponse::Denied(d),
                     }
                 }
             }
             AllocRequest::Renew { lease_id, lease_ms } => {
                 match self.ledger.renew(&lease_id, &holder, lease_ms, now) {
-                    Ok(lease) => match self.store.put_granted(&[&lease]) {
-                        Ok(()) => AllocResponse::Renewed(lease),
-                        Err(e) => AllocResponse::Denied(Denial::new(
-                            DenyReason::StorageError,
-                            e.to_string(),
-                        )),
-                    },
+                    Ok(lease) => {
+                        return self
+                            .unanswered
+                            .push((AllocResponse::Renewed(lease), channel))
+                    }
                     Err(d) => AllocResponse::Denied(d),
                 }
             }
@@ -1034,37 +1062,87 @@ impl EventLoop {
             .send_response(channel, response);
     }
 
-    /// Admit a request on the local ledger and write it durably before
-    /// anyone hears of it. On a storage error the grant is undone.
+    /// Admit a local request and write it durably before anyone hears of
+    /// it. On a storage error the grant is undone.
     fn grant(&mut self, input: AllocateInput, now: u64) -> Result<Lease, Denial> {
         let lease = self.ledger.allocate(input, now)?;
-        if let Err(e) = self.store.put_granted(&[&lease]) {
+        let mut batch = std::mem::take(&mut self.deferred);
+        batch.put_granted.push(lease.clone());
+        if let Err(e) = self.store.apply(&batch) {
             error!(error = %e, "cannot write lease; refusing the grant");
             let _ = self.ledger.release(&lease.lease_id, None);
+            batch.put_granted.pop();
+            self.deferred = batch;
             return Err(Denial::new(DenyReason::StorageError, e.to_string()));
         }
-        info!(
-            lease = %lease.lease_id,
-            holder = %lease.holder,
-            cores = lease.cpu_cores,
-            memory_mb = lease.memory_mb,
-            gpus = lease.gpus.len(),
-            "lease granted"
-        );
+        log_grant(&lease);
         self.schedule_announce();
         Ok(lease)
+    }
+
+    /// Group commit: write every grant and renewal admitted since the last
+    /// flush (and the deferred writes) in one transaction, then answer
+    /// them. Nothing is answered before it is durable (invariant I2).
+    fn flush_grants(&mut self) {
+        if self.unanswered.is_empty() {
+            return;
+        }
+        let answers = std::mem::take(&mut self.unanswered);
+        let mut batch = std::mem::take(&mut self.deferred);
+        let deferred_grants = batch.put_granted.len();
+        for (resp, _) in &answers {
+            if let AllocResponse::Granted(l) | AllocResponse::Renewed(l) = resp {
+                batch.put_granted.push(l.clone());
+            }
+        }
+        let result = self.store.apply(&batch);
+        if let Err(e) = &result {
+            error!(error = %e, "cannot write leases; refusing the grants");
+            batch.put_granted.truncate(deferred_grants);
+            self.deferred = batch;
+        }
+        for (resp, channel) in answers {
+            let resp = match (&result, resp) {
+                (Ok(()), AllocResponse::Granted(l)) => {
+                    log_grant(&l);
+                    self.schedule_announce();
+                    AllocResponse::Granted(l)
+                }
+                (Ok(()), resp) => resp,
+                (Err(e), resp) => {
+                    if let AllocResponse::Granted(l) = resp {
+                        let _ = self.ledger.release(&l.lease_id, None);
+                    }
+                    AllocResponse::Denied(Denial::new(DenyReason::StorageError, e.to_string()))
+                }
+            };
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .alloc
+                .send_response(channel, resp);
+        }
+    }
+
+    /// Write what could wait (releases, expiries, the holder's records).
+    fn flush_deferred(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.apply(&self.deferred) {
+            error!(error = %e, "cannot write to the store; will retry");
+            return;
+        }
+        self.deferred = WriteBatch::default();
     }
 
     fn forget_granted(&mut self, leases: &[Lease]) {
         if leases.is_empty() {
             return;
         }
-        if let Err(e) = self
-            .store
-            .delete_granted(leases.iter().map(|l| &l.lease_id))
-        {
-            error!(error = %e, "cannot delete released leases from the store");
-        }
+        self.deferred
+            .delete_granted
+            .extend(leases.iter().map(|l| l.lease_id.clone()));
         self.schedule_announce();
     }
 
@@ -1290,9 +1368,7 @@ impl EventLoop {
             owner_name: owner_name.clone(),
             release_at_ms: p.release_at_ms,
         };
-        if let Err(e) = self.store.put_held(&rec) {
-            warn!(error = %e, "cannot record held lease; it will not survive a restart");
-        }
+        self.deferred.put_held.push(rec.clone());
         let renew_at_ms = renew_time(&lease);
         self.held.insert(
             lease.lease_id.clone(),
@@ -1340,9 +1416,7 @@ impl EventLoop {
                 h.rec.lease.expires_at_ms = lease.expires_at_ms;
                 h.renew_at_ms = renew_time(&lease);
                 let rec = h.rec.clone();
-                if let Err(e) = self.store.put_held(&rec) {
-                    warn!(error = %e, "cannot record renewal");
-                }
+                self.deferred.put_held.push(rec);
             }
             Ok(AllocResponse::Denied(d))
                 if matches!(d.reason, DenyReason::UnknownLease | DenyReason::NotHolder) =>
@@ -1360,9 +1434,7 @@ impl EventLoop {
 
     fn drop_held(&mut self, lease_id: &LeaseId) {
         if self.held.remove(lease_id).is_some() {
-            if let Err(e) = self.store.delete_held([lease_id]) {
-                warn!(error = %e, "cannot delete held lease record");
-            }
+            self.deferred.delete_held.push(lease_id.clone());
         }
     }
 
@@ -1420,6 +1492,7 @@ impl EventLoop {
     /// ones whose duration is over, prune silent peers.
     fn maintain(&mut self) {
         let now = now_ms();
+        self.flush_deferred();
         let expired = self.ledger.expire(now);
         if !expired.is_empty() {
             for l in &expired {
@@ -1461,24 +1534,17 @@ impl EventLoop {
             .collect();
         for (id, owner, lease_ms) in to_renew {
             if owner == self.local_id {
-                let r = self
+                let result = match self
                     .ledger
                     .renew(&id, &self.local_id.clone(), lease_ms, now)
-                    .map_err(|d| d.to_string())
-                    .and_then(|l| {
-                        self.store
-                            .put_granted(&[&l])
-                            .map(|_| l)
-                            .map_err(|e| e.to_string())
-                    });
-                let result = match r {
-                    Ok(l) => Ok(AllocResponse::Renewed(l)),
-                    Err(e) if self.ledger.get(&id).is_none() => Ok(AllocResponse::Denied(
-                        Denial::new(DenyReason::UnknownLease, e),
-                    )),
-                    Err(e) => Err(e),
+                {
+                    Ok(l) => {
+                        self.deferred.put_granted.push(l.clone());
+                        AllocResponse::Renewed(l)
+                    }
+                    Err(d) => AllocResponse::Denied(d),
                 };
-                self.on_renewed(&id, result);
+                self.on_renewed(&id, Ok(result));
                 continue;
             }
             let Some(peer) = peer_id_of(&owner) else {
@@ -1669,6 +1735,17 @@ impl EventLoop {
 }
 
 /// When to renew: a third of the way through the lease term.
+fn log_grant(lease: &Lease) {
+    info!(
+        lease = %lease.lease_id,
+        holder = %lease.holder,
+        cores = lease.cpu_cores,
+        memory_mb = lease.memory_mb,
+        gpus = lease.gpus.len(),
+        "lease granted"
+    );
+}
+
 fn renew_time(lease: &Lease) -> u64 {
     lease
         .expires_at_ms
