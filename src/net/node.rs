@@ -1301,17 +1301,7 @@ impl EventLoop {
     fn drive(&mut self, id: u64, mut p: Placement) {
         loop {
             let Some(node) = p.attempt.next() else {
-                let refusals = p
-                    .attempt
-                    .into_refusals()
-                    .into_iter()
-                    .map(|(n, d)| Refusal {
-                        node_name: self.name_of(&n),
-                        node_id: n,
-                        reason: d.reason,
-                        message: d.message,
-                    })
-                    .collect();
+                let refusals = self.refusals(p.attempt);
                 let _ = p.reply.send(Err(NodeError::NoCapacity {
                     refusals,
                     excluded: p.excluded,
@@ -1379,8 +1369,14 @@ impl EventLoop {
             },
         );
         let mut alloc = Allocation::from_lease(&lease, &owner_name, p.release_at_ms);
-        alloc.refusals = p
-            .attempt
+        alloc.refusals = self.refusals(p.attempt);
+        info!(lease = %lease.lease_id, owner = %owner_name, "allocation placed");
+        let _ = p.reply.send(Ok(alloc));
+    }
+
+    /// The refusals of an attempt, with node names, for the API.
+    fn refusals(&self, attempt: Attempt) -> Vec<Refusal> {
+        attempt
             .into_refusals()
             .into_iter()
             .map(|(n, d)| Refusal {
@@ -1389,9 +1385,7 @@ impl EventLoop {
                 reason: d.reason,
                 message: d.message,
             })
-            .collect();
-        info!(lease = %lease.lease_id, owner = %owner_name, "allocation placed");
-        let _ = p.reply.send(Ok(alloc));
+            .collect()
     }
 
     fn name_of(&self, id: &NodeId) -> String {
