@@ -11,6 +11,7 @@ pub mod hw;
 pub mod identity;
 pub mod model;
 pub mod net;
+pub mod sim;
 pub mod store;
 pub mod units;
 

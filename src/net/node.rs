@@ -1371,7 +1371,12 @@ impl EventLoop {
         let mut alloc = Allocation::from_lease(&lease, &owner_name, p.release_at_ms);
         alloc.refusals = self.refusals(p.attempt);
         info!(lease = %lease.lease_id, owner = %owner_name, "allocation placed");
-        let _ = p.reply.send(Ok(alloc));
+        if p.reply.send(Ok(alloc)).is_err() {
+            // Whoever asked is gone (an HTTP client that timed out): nobody
+            // knows this lease's id, so give it back rather than hold it.
+            warn!(lease = %lease.lease_id, "the requester went away before the grant arrived; releasing it");
+            self.release_held(&lease.lease_id, None);
+        }
     }
 
     /// The refusals of an attempt, with node names, for the API.

@@ -304,6 +304,14 @@ where
         T: AsyncRead + Unpin + Send,
     {
         let frame = match read_bounded(io, self.max_request).await {
+            // A stream closed before anything was written: a request given
+            // up on (timeout, connection lost), not a malformed one.
+            Ok(bytes) if bytes.is_empty() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "empty request",
+                ))
+            }
             Ok(bytes) => match decode_exact(&bytes) {
                 Ok(req) => Frame::Valid(req),
                 Err(e) => Frame::Invalid(format!("{} bytes that do not decode: {e}", bytes.len())),
