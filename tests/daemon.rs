@@ -3,7 +3,6 @@
 //! stopped with SIGTERM. Each node's log goes to a file that is printed
 //! when a test fails.
 
-use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -165,53 +164,9 @@ impl Drop for Daemon {
     }
 }
 
-/// A minimal blocking HTTP/1.1 client (no extra dependency, no runtime).
+/// One blocking HTTP exchange with a node's API.
 fn http(method: &str, url: &str, body: Option<&str>) -> std::io::Result<(u16, Value)> {
-    use std::io::Write;
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_at(rest.find('/').unwrap());
-    let mut s = std::net::TcpStream::connect(host)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let body = body.unwrap_or("");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let status: u16 = resp
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let payload = resp.split("\r\n\r\n").nth(1).unwrap_or("");
-    let payload = if resp
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(payload)
-    } else {
-        payload.to_owned()
-    };
-    Ok((
-        status,
-        serde_json::from_str(&payload).unwrap_or(Value::Null),
-    ))
-}
-
-fn dechunk(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some((len, tail)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = &tail[n + 2..];
-    }
-    out
+    lanswarm::sim::http::request(method, url, body)
 }
 
 fn stdout(o: &Output) -> String {

@@ -58,6 +58,19 @@ pub fn exchange(
     ))
 }
 
+/// One exchange with `url` (`http://HOST:PORT/PATH`) over a fresh
+/// connection from this network namespace, each read and write bounded by
+/// 30 seconds.
+pub fn request(method: &str, url: &str, body: Option<&str>) -> io::Result<(u16, Value)> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| io::Error::other(format!("not an http:// URL: {url}")))?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let s = TcpStream::connect(host)?;
+    exchange(s, host, method, path, body, None, Duration::from_secs(30))
+}
+
 /// Decode a `Transfer-Encoding: chunked` body.
 pub fn dechunk(s: &str) -> String {
     let mut out = String::new();
