@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use lanswarm::model::{Announcement, NodeId, Priority, ResourceRequirements};
 use lanswarm::net::protocol::{
-    decode_exact, AllocRequest, AllocResponse, SignedAnnouncement, SyncCodec, SyncRequest,
-    SyncResponse, ALLOC_PROTOCOL, CAPACITY_TOPIC, MAX_ALLOC_MESSAGE, MAX_SYNC_MESSAGE,
+    decode_exact, AllocReply, AllocRequest, AllocResponse, SignedAnnouncement, SyncCodec,
+    SyncRequest, SyncResponse, ALLOC_PROTOCOL, CAPACITY_TOPIC, MAX_ALLOC_MESSAGE, MAX_SYNC_MESSAGE,
     SYNC_PROTOCOL,
 };
 use libp2p::identity::Keypair;
@@ -786,8 +786,11 @@ fn send_frame(rt: &Runtime, h: &Hostile, peer: PeerId, proto: Raw, bytes: Vec<u8
         let refused = resp.is_empty()
             || (proto == Raw::Alloc
                 && matches!(
-                    decode_exact::<AllocResponse>(resp),
-                    Ok(AllocResponse::Denied(_))
+                    decode_exact::<AllocReply>(resp),
+                    Ok(AllocReply {
+                        answer: AllocResponse::Denied(_),
+                        ..
+                    })
                 ));
         assert!(refused, "a bad {proto:?} frame was acted on: {r:?}");
     }
@@ -884,11 +887,20 @@ fn a_hostile_peer_changes_nothing_and_is_penalised_then_banned() {
     });
     let (s, a) = victim.post("/api/v1/allocations", lease);
     assert_eq!(s, 201, "{a}");
-    wait_for("the victim to see 2 free cores on good", WAIT, || {
-        victim
-            .entry(&good_id)
-            .filter(|e| e["resources"]["free"]["cpu_cores"] == 2)
-    });
+    // (A grant's reply updates the victim's view of good at once; wait for
+    // good's own announcement of it too, so the captures are out of date.)
+    wait_for(
+        "the victim to see 2 free cores on good, announced",
+        WAIT,
+        || {
+            victim.entry(&good_id).filter(|e| {
+                e["resources"]["free"]["cpu_cores"] == 2
+                    && e["seq"]
+                        .as_u64()
+                        .is_some_and(|s| s > captured_ann.seq && s > old_ann.seq)
+            })
+        },
+    );
     assert_ne!(captured_ann.free.cpu_cores, 2, "the capture is out of date");
 
     let allocs_before = victim.get("/api/v1/allocations");

@@ -289,15 +289,28 @@ async fn a_denial_from_a_stale_view_falls_through_to_the_next_candidate() {
     assert_eq!(alloc.refusals[0].node_name, "b");
     assert_eq!(alloc.refusals[0].reason, DenyReason::InsufficientCapacity);
 
-    // Now nobody has room: every candidate's refusal is listed.
+    // b's refusal carried its real free capacity, so a's view of b is now
+    // right even though b has not announced: b is not asked again.
+    assert_eq!(
+        node_named(&a.node, "b")
+            .await
+            .unwrap()
+            .resources
+            .free
+            .cpu_cores,
+        0,
+        "a learned b's free capacity from the refusal"
+    );
+
+    // Now nobody has room: every node is listed with why.
     let err = a.node.request(req(2, 1024)).await.unwrap_err();
     match err {
         NodeError::NoCapacity { refusals, excluded } => {
             assert!(
-                refusals
+                excluded
                     .iter()
-                    .any(|r| r.node_name == "b" && r.reason == DenyReason::InsufficientCapacity),
-                "{refusals:?}"
+                    .any(|e| e.node_name == "b" && e.why.contains("cpu_cores")),
+                "{excluded:?}"
             );
             let names: Vec<_> = refusals
                 .iter()

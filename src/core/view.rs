@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use crate::core::fit::fit;
 use crate::core::placement::Candidate;
-use crate::model::{Announcement, NodeId, NodeStatus, ResourceRequirements};
+use crate::model::{Announcement, Capacity, NodeId, NodeStatus, ResourceRequirements};
 
 /// Smoothing factor of the round-trip-time moving average.
 const RTT_ALPHA: f64 = 0.3;
@@ -164,6 +164,19 @@ impl View {
                 Some(old) => RTT_ALPHA * rtt_ms + (1.0 - RTT_ALPHA) * old,
                 None => rtt_ms,
             });
+        }
+    }
+
+    /// Take the free capacity a node reported in a direct answer (a grant
+    /// or a refusal): it is fresher than its last announcement, so late
+    /// binding learns from every refusal and the next ranking does not ask
+    /// a full node again. The next announcement (with a higher `seq`)
+    /// replaces it. Unknown nodes are ignored.
+    pub fn observe_free(&mut self, node: &NodeId, free: Capacity, active_leases: u32, now_ms: u64) {
+        if let Some(e) = self.peers.get_mut(node) {
+            e.ann.free = free;
+            e.ann.active_leases = active_leases;
+            e.last_seen_ms = e.last_seen_ms.max(now_ms);
         }
     }
 
@@ -375,6 +388,23 @@ mod tests {
 
     fn id(s: &str) -> NodeId {
         NodeId::from(s)
+    }
+
+    #[test]
+    fn a_direct_answer_updates_free_capacity_until_the_next_announcement() {
+        let mut v = View::new(ann("local", 1), ViewConfig::default());
+        v.apply(ann("b", 1), 1_000);
+        let id = NodeId::from("b");
+        let mut full = v.get(&id).unwrap().ann.free.clone();
+        full.cpu_cores = 0;
+        v.observe_free(&id, full.clone(), 7, 2_000);
+        assert_eq!(v.get(&id).unwrap().ann.free, full);
+        assert_eq!(v.get(&id).unwrap().ann.active_leases, 7);
+        assert_eq!(v.get(&id).unwrap().last_seen_ms, 2_000);
+        v.apply(ann("b", 2), 3_000);
+        assert_ne!(v.get(&id).unwrap().ann.free.cpu_cores, 0);
+        v.observe_free(&NodeId::from("nobody"), full, 1, 4_000);
+        assert!(v.get(&NodeId::from("nobody")).is_none());
     }
 
     #[test]

@@ -25,8 +25,8 @@ use tracing::{debug, error, info, warn};
 
 use super::behaviour::{Behaviour, BehaviourConfig, BehaviourEvent};
 use super::protocol::{
-    decode_exact, node_id_of, peer_id_of, AllocRequest, AllocResponse, Frame, SignedAnnouncement,
-    SyncRequest, SyncResponse, CAPACITY_TOPIC, MAX_SYNC_ANNOUNCEMENTS,
+    decode_exact, node_id_of, peer_id_of, AllocReply, AllocRequest, AllocResponse, Frame,
+    SignedAnnouncement, SyncRequest, SyncResponse, CAPACITY_TOPIC, MAX_SYNC_ANNOUNCEMENTS,
 };
 use crate::core::ledger::{AllocateInput, LeaseLimits, Ledger};
 use crate::core::placement::{Attempt, Placer, StrategyConfig};
@@ -357,7 +357,7 @@ struct EventLoop {
     offenders: HashMap<PeerId, Offender>,
     /// Grants and renewals admitted but not yet durable, with where to
     /// answer them (group commit).
-    unanswered: Vec<(AllocResponse, ResponseChannel<AllocResponse>)>,
+    unanswered: Vec<(AllocResponse, ResponseChannel<AllocReply>)>,
     /// Writes that can wait for the next grant or maintenance tick.
     deferred: WriteBatch,
     cpu_usage_pct: f32,
@@ -937,7 +937,7 @@ impl EventLoop {
 
     // ----- allocation protocol -------------------------------------------
 
-    fn on_alloc_event(&mut self, ev: request_response::Event<Frame<AllocRequest>, AllocResponse>) {
+    fn on_alloc_event(&mut self, ev: request_response::Event<Frame<AllocRequest>, AllocReply>) {
         match ev {
             request_response::Event::Message {
                 peer,
@@ -959,8 +959,14 @@ impl EventLoop {
                     },
                 ..
             } => {
-                self.view.touch(&node_id_of(&peer), now_ms());
-                self.on_alloc_response(request_id, Ok(response));
+                let now = now_ms();
+                self.view.observe_free(
+                    &node_id_of(&peer),
+                    response.free,
+                    response.active_leases,
+                    now,
+                );
+                self.on_alloc_response(request_id, Ok(response.answer));
             }
             request_response::Event::OutboundFailure {
                 request_id, error, ..
@@ -982,7 +988,7 @@ impl EventLoop {
         &mut self,
         peer: PeerId,
         request: AllocRequest,
-        channel: ResponseChannel<AllocResponse>,
+        channel: ResponseChannel<AllocReply>,
     ) {
         let holder = node_id_of(&peer);
         let now = now_ms();
@@ -1055,11 +1061,21 @@ impl EventLoop {
         if let AllocResponse::Denied(d) = &response {
             debug!(%peer, reason = %d.reason, message = %d.message, "request denied");
         }
+        self.reply(channel, response);
+    }
+
+    /// Answer an allocation request, with our free capacity right after it.
+    fn reply(&mut self, channel: ResponseChannel<AllocReply>, answer: AllocResponse) {
+        let reply = AllocReply {
+            answer,
+            free: self.ledger.free(),
+            active_leases: self.ledger.len() as u32,
+        };
         let _ = self
             .swarm
             .behaviour_mut()
             .alloc
-            .send_response(channel, response);
+            .send_response(channel, reply);
     }
 
     /// Admit a local request and write it durably before anyone hears of
@@ -1116,11 +1132,7 @@ impl EventLoop {
                     AllocResponse::Denied(Denial::new(DenyReason::StorageError, e.to_string()))
                 }
             };
-            let _ = self
-                .swarm
-                .behaviour_mut()
-                .alloc
-                .send_response(channel, resp);
+            self.reply(channel, resp);
         }
     }
 

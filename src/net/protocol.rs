@@ -13,7 +13,9 @@ use libp2p::identity::{Keypair, PublicKey};
 use libp2p::{PeerId, StreamProtocol};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::model::{Announcement, Denial, Lease, LeaseId, NodeId, Priority, ResourceRequirements};
+use crate::model::{
+    Announcement, Capacity, Denial, Lease, LeaseId, NodeId, Priority, ResourceRequirements,
+};
 
 /// Allocation protocol: allocate, renew, release.
 pub const ALLOC_PROTOCOL: StreamProtocol = StreamProtocol::new("/lanswarm/alloc/1");
@@ -63,6 +65,18 @@ pub enum AllocResponse {
     Released { lease_id: LeaseId, existed: bool },
     /// Refused, with a machine-readable reason.
     Denied(Denial),
+}
+
+/// What goes back on `/lanswarm/alloc/1`: the answer, and the owner's free
+/// capacity right after it, so the requester's view of the owner is fresh
+/// without waiting for the next announcement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocReply {
+    pub answer: AllocResponse,
+    /// The owner's free capacity after this answer.
+    pub free: Capacity,
+    /// The owner's number of active leases after this answer.
+    pub active_leases: u32,
 }
 
 /// An announcement with its signature, as gossiped and synced.
@@ -361,7 +375,7 @@ where
 }
 
 /// Codec for `/lanswarm/alloc/1`.
-pub type AllocCodec = PostcardCodec<AllocRequest, AllocResponse>;
+pub type AllocCodec = PostcardCodec<AllocRequest, AllocReply>;
 /// Codec for `/lanswarm/sync/1`.
 pub type SyncCodec = PostcardCodec<SyncRequest, SyncResponse>;
 
