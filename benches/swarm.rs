@@ -92,6 +92,8 @@ impl Bench {
         cfg.limits.max_leases = 10_000_000;
         cfg.default_lease = Duration::from_secs(600);
         cfg.announce_interval = Duration::from_secs(5);
+        // The defaults of a real node.
+        cfg.announce_debounce = Duration::from_millis(100);
         if let Some(b) = bootstrap {
             cfg.bootstrap = vec![b.parse().unwrap()];
         }

@@ -153,8 +153,10 @@ pub struct NetworkConfig {
     /// changed (the heartbeat). Default 10s.
     #[serde(with = "units::serde_duration")]
     pub announce_interval: Duration,
-    /// How long to wait after a change before announcing it, so a burst of
-    /// changes makes one announcement. Default 20ms.
+    /// The least time between two announcements caused by changes. A lone
+    /// change is announced at once (after a 2 ms window that gathers a
+    /// burst); under churn a node announces at most this often, which bounds
+    /// the work it causes every peer. Default 100ms.
     #[serde(with = "units::serde_duration")]
     pub announce_debounce: Duration,
     /// How long mDNS records live. Short, so a peer that restarts on a new
@@ -175,7 +177,7 @@ impl Default for NetworkConfig {
             mdns: true,
             bootstrap: Vec::new(),
             announce_interval: Duration::from_secs(10),
-            announce_debounce: Duration::from_millis(20),
+            announce_debounce: Duration::from_millis(100),
             mdns_ttl: Duration::from_secs(6),
         }
     }

@@ -54,6 +54,8 @@ pub const BAN_AFTER_OFFENCES: u32 = 5;
 const BAN_MS: u64 = 10 * 60 * 1000;
 /// Most offenders remembered.
 const MAX_OFFENDERS: usize = 1024;
+/// How long a change waits for others to join its announcement.
+const ANNOUNCE_COALESCE: Duration = Duration::from_millis(2);
 /// Most swarm events handled before pending grants are written.
 const MAX_EVENT_BATCH: usize = 64;
 /// How long shutdown waits for peers to confirm releases.
@@ -234,6 +236,7 @@ pub async fn start(
         next_placement: 0,
         seq: 0,
         announce_at: None,
+        last_announce: None,
         local_id: local_id.clone(),
         duplicate_identity: None,
         seed_counter: now,
@@ -345,6 +348,7 @@ struct EventLoop {
     next_placement: u64,
     seq: u64,
     announce_at: Option<Instant>,
+    last_announce: Option<Instant>,
     local_id: NodeId,
     local_ann: Announcement,
     duplicate_identity: Option<String>,
@@ -453,9 +457,18 @@ impl EventLoop {
 
     // ----- announcements -------------------------------------------------
 
+    /// Announce a change soon: after a short window that gathers a burst
+    /// into one announcement, and no sooner than `announce_debounce` after
+    /// the previous one. A lone change goes out at once; under churn a node
+    /// announces at most once per `announce_debounce`, which bounds the
+    /// signature checks every peer must do.
     fn schedule_announce(&mut self) {
         if self.announce_at.is_none() {
-            self.announce_at = Some(Instant::now() + self.cfg.announce_debounce);
+            let now = Instant::now();
+            let earliest = self
+                .last_announce
+                .map_or(now, |t| t + self.cfg.announce_debounce);
+            self.announce_at = Some((now + ANNOUNCE_COALESCE).max(earliest));
         }
     }
 
@@ -496,6 +509,7 @@ impl EventLoop {
 
     fn announce(&mut self, leaving: bool) {
         self.announce_at = None;
+        self.last_announce = Some(Instant::now());
         let ann = self.build_announcement(leaving);
         let signed = match SignedAnnouncement::sign(&ann, &self.cfg.keypair) {
             Ok(s) => s,
