@@ -26,7 +26,6 @@ use lanswarm::handle::AllocationRequest;
 use lanswarm::model::{Capacity, ResourceRequirements};
 use lanswarm::net::node::{self, NodeConfig};
 use lanswarm::Node;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 struct Bench {
@@ -122,33 +121,55 @@ async fn wait_for_view(nodes: &[Node], n: usize) {
     }
 }
 
+/// Raw TCP ping-pong between two OS threads with blocking sockets, like two
+/// processes on one host: the floor any request/response over TCP here
+/// can reach. Where the scheduler puts the two threads matters (on this
+/// VM, a wake-up on the same core costs ~5 us, across cores ~50 us), so
+/// the baseline is the median of 5 fresh pairs.
 async fn tcp_baseline(b: &mut Bench) -> f64 {
-    let n = if b.quick { 500 } else { 5000 };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let n = if b.quick { 500 } else { 3000 };
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        runs.push(tokio::task::spawn_blocking(move || tcp_pair(n)).await.unwrap());
+    }
+    runs.sort_by_key(|d| {
+        let mut v = d.clone();
+        v.sort();
+        v[v.len() / 2]
+    });
+    let median = runs.swap_remove(2);
+    b.record_latencies("tcp ping-pong rtt (128 B)", &median).0
+}
+
+fn tcp_pair(n: usize) -> Vec<Duration> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
         s.set_nodelay(true).unwrap();
         let mut buf = [0u8; 128];
-        while s.read_exact(&mut buf).await.is_ok() {
-            if s.write_all(&buf).await.is_err() {
+        while s.read_exact(&mut buf).is_ok() {
+            if s.write_all(&buf).is_err() {
                 break;
             }
         }
     });
-    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
     c.set_nodelay(true).unwrap();
     let mut buf = [7u8; 128];
     let mut d = Vec::with_capacity(n);
     for i in 0..n + 100 {
         let t = Instant::now();
-        c.write_all(&buf).await.unwrap();
-        c.read_exact(&mut buf).await.unwrap();
+        c.write_all(&buf).unwrap();
+        c.read_exact(&mut buf).unwrap();
         if i >= 100 {
             d.push(t.elapsed());
         }
     }
-    b.record_latencies("tcp ping-pong rtt (128 B)", &d).0
+    drop(c);
+    let _ = server.join();
+    d
 }
 
 async fn alloc_rtt(b: &mut Bench, tcp_p50: f64) {
@@ -315,13 +336,16 @@ async fn propagation(b: &mut Bench, nodes: &[Node]) {
             continue;
         }
         let t = Instant::now();
-        let a = nodes[k]
+        let Ok(a) = nodes[k]
             .request(AllocationRequest {
                 node_id: Some(name.clone()),
                 ..req(1)
             })
             .await
-            .unwrap();
+        else {
+            // A lease of the contention phase still draining: skip.
+            continue;
+        };
         for (i, n) in nodes.iter().enumerate() {
             if i == k {
                 continue;
@@ -341,7 +365,7 @@ async fn propagation(b: &mut Bench, nodes: &[Node]) {
             }
         }
         d.push(t.elapsed());
-        nodes[k].release(&a.allocation_id).await.unwrap();
+        let _ = nodes[k].release(&a.allocation_id).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     b.record_latencies("capacity change seen by all 19 others", &d);
