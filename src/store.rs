@@ -88,32 +88,6 @@ impl Store {
         Ok(Store { db })
     }
 
-    /// Write granted leases durably (one transaction).
-    pub fn put_granted(&self, leases: &[&Lease]) -> Result<(), StoreError> {
-        self.put(GRANTED, leases.iter().map(|l| (&l.lease_id, *l)))
-    }
-
-    /// Remove granted leases (one transaction).
-    pub fn delete_granted<'a>(
-        &self,
-        ids: impl IntoIterator<Item = &'a LeaseId>,
-    ) -> Result<(), StoreError> {
-        self.delete(GRANTED, ids)
-    }
-
-    /// Write a held lease.
-    pub fn put_held(&self, rec: &HeldRecord) -> Result<(), StoreError> {
-        self.put(HELD, [(&rec.lease.lease_id, rec)])
-    }
-
-    /// Remove held leases.
-    pub fn delete_held<'a>(
-        &self,
-        ids: impl IntoIterator<Item = &'a LeaseId>,
-    ) -> Result<(), StoreError> {
-        self.delete(HELD, ids)
-    }
-
     /// Apply a batch in one durable transaction: puts first, then deletes.
     pub fn apply(&self, batch: &WriteBatch) -> Result<(), StoreError> {
         if batch.is_empty() {
@@ -151,38 +125,6 @@ impl Store {
     /// Every held lease in the store.
     pub fn held(&self) -> Result<Vec<HeldRecord>, StoreError> {
         self.load(HELD)
-    }
-
-    fn put<'a, T: serde::Serialize + 'a>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        items: impl IntoIterator<Item = (&'a LeaseId, &'a T)>,
-    ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(redb_err)?;
-        {
-            let mut t = txn.open_table(table).map_err(redb_err)?;
-            for (id, item) in items {
-                let bytes = postcard::to_stdvec(item).map_err(redb_err)?;
-                t.insert(id.0.as_str(), bytes.as_slice())
-                    .map_err(redb_err)?;
-            }
-        }
-        txn.commit().map_err(redb_err)
-    }
-
-    fn delete<'a>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        ids: impl IntoIterator<Item = &'a LeaseId>,
-    ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(redb_err)?;
-        {
-            let mut t = txn.open_table(table).map_err(redb_err)?;
-            for id in ids {
-                t.remove(id.0.as_str()).map_err(redb_err)?;
-            }
-        }
-        txn.commit().map_err(redb_err)
     }
 
     fn load<T: serde::de::DeserializeOwned>(
@@ -233,7 +175,11 @@ mod tests {
     fn a_batch_applies_puts_then_deletes() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("s.redb")).unwrap();
-        s.put_granted(&[&lease("old")]).unwrap();
+        s.apply(&WriteBatch {
+            put_granted: vec![lease("old")],
+            ..Default::default()
+        })
+        .unwrap();
         let held = HeldRecord {
             lease: lease("h"),
             owner_name: "x".into(),
@@ -256,12 +202,19 @@ mod tests {
         let path = dir.path().join("state.redb");
         {
             let s = Store::open(&path).unwrap();
-            s.put_granted(&[&lease("a"), &lease("b")]).unwrap();
-            s.delete_granted([&LeaseId("a".into())]).unwrap();
-            s.put_held(&HeldRecord {
-                lease: lease("c"),
-                owner_name: "x".into(),
-                release_at_ms: None,
+            s.apply(&WriteBatch {
+                put_granted: vec![lease("a"), lease("b")],
+                put_held: vec![HeldRecord {
+                    lease: lease("c"),
+                    owner_name: "x".into(),
+                    release_at_ms: None,
+                }],
+                ..Default::default()
+            })
+            .unwrap();
+            s.apply(&WriteBatch {
+                delete_granted: vec![LeaseId("a".into())],
+                ..Default::default()
             })
             .unwrap();
         }

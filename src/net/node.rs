@@ -187,7 +187,10 @@ pub async fn start(
     let n_stored = stored.len();
     let dropped = ledger.restore(stored, now);
     if !dropped.is_empty() {
-        store.delete_granted(dropped.iter().map(|l| &l.lease_id))?;
+        store.apply(&WriteBatch {
+            delete_granted: dropped.iter().map(|l| l.lease_id.clone()).collect(),
+            ..Default::default()
+        })?;
     }
     let held: BTreeMap<LeaseId, Held> = store
         .held()?
