@@ -1,10 +1,17 @@
-//! A hostile peer against the real binary.
+//! A hostile peer against the real binary, in the virtual LAN.
 //!
-//! Two `lanswarm run` processes on 127.0.0.1 (mDNS off, the second
-//! bootstrapping to the first): "victim", the node under attack, and
+//! The LAN (`tests/common/vlan.rs`: network namespaces joined by a bridge)
+//! has three hosts. h0 runs "victim", the node under attack, and h1 runs
 //! "good", a well-behaved peer whose entry in the victim's view must not
-//! be corrupted. Three hostile libp2p clients written here (not the node,
-//! each with its own key) then attack the victim:
+//! be corrupted: two real `lanswarm run` processes with mDNS on and no
+//! bootstrap peers, so they find each other by mDNS alone. h2 runs no
+//! node: it is where the hostile libp2p clients written here live (not the
+//! node, each with its own key). They run on a dedicated thread that first
+//! joins h2's network namespace (`lanswarm::sim::netns::enter`) and then
+//! drives a current-thread tokio runtime, so every socket they open
+//! belongs to h2 (the thread checks it can bind h2's LAN address, which
+//! exists nowhere else), and they dial the victim at its LAN address.
+//! Three of them attack the victim:
 //!
 //! - `frames`: garbage, oversized and truncated frames on
 //!   `/lanswarm/alloc/1`, garbage on `/lanswarm/sync/1`, and gossip that
@@ -24,17 +31,23 @@
 //! log is printed when a test fails.
 //!
 //! `bad_frames_are_penalised_and_the_sender_banned` checks that each bad
-//! frame on the request-response protocols counts as an offence.
+//! frame on the request-response protocols counts as an offence (a LAN of
+//! the victim and a bare host for the hostile client).
+//!
+//! Network namespaces need root: without it each test prints `SKIPPED
+//! (needs root for network namespaces...): would have checked ...` and
+//! returns.
+
+mod common;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::vlan::{Lan, API_PORT};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use lanswarm::model::{Announcement, NodeId, Priority, ResourceRequirements};
 use lanswarm::net::protocol::{
@@ -42,6 +55,7 @@ use lanswarm::net::protocol::{
     SyncRequest, SyncResponse, ALLOC_PROTOCOL, CAPACITY_TOPIC, MAX_ALLOC_MESSAGE, MAX_SYNC_MESSAGE,
     SYNC_PROTOCOL,
 };
+use lanswarm::sim::netns;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
@@ -51,126 +65,49 @@ use serde_json::Value;
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, oneshot};
 
-const BIN: &str = env!("CARGO_BIN_EXE_lanswarm");
 /// Longest wait for anything the node should do promptly.
 const WAIT: Duration = Duration::from_secs(20);
 /// Offences after which the node bans a peer (`BAN_AFTER_OFFENCES`).
 const BAN_AFTER: u64 = lanswarm::net::node::BAN_AFTER_OFFENCES as u64;
-
-// ----- the real binary ------------------------------------------------------
-
-/// A running `lanswarm run`, killed on drop; its log is printed if the
-/// test is failing.
-struct Daemon {
-    name: String,
-    child: Option<Child>,
-    api: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Daemon {
-    fn start(name: &str, bootstrap: Option<&str>) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let config = dir.path().join("node.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-name = "{name}"
-data_dir = "{data}"
-[api]
-listen = "127.0.0.1:{port}"
-[network]
-listen = ["/ip4/127.0.0.1/tcp/0"]
-mdns = false
-bootstrap = [{bootstrap}]
-[resources]
-cpu_cores = 8
-memory = "16GiB"
-disk = "100GiB"
-detect_gpus = false
+/// Node logs: enough to follow discovery, offences and bans.
+const LOG: &str = r#"
+[log]
+level = "info,lanswarm=debug,libp2p_request_response=debug"
+"#;
+/// What each node declares on top of the LAN's default config (8 cores,
+/// 16 GiB, lending 4 cores and 8 GiB): a synthetic GPU.
+const GPU: &str = r#"
 [[resources.gpus]]
 name = "Synthetic GPU"
 memory = "24GiB"
-[lend]
-cpu_cores = 4
-memory = "8GiB"
-disk = "10GiB"
-"#,
-                data = dir.path().join("data").display(),
-                bootstrap = bootstrap.map(|b| format!("{b:?}")).unwrap_or_default(),
-            ),
-        )
-        .unwrap();
-        let log = dir.path().join("node.log");
-        let logf = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env(
-                "LANSWARM_LOG",
-                "info,lanswarm=debug,libp2p_request_response=debug",
-            )
-            .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .expect("spawning lanswarm");
-        let mut d = Daemon {
-            name: name.to_owned(),
-            child: Some(child),
-            api: format!("http://127.0.0.1:{port}"),
-            log,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if matches!(
-                http("GET", &format!("{}/healthz", d.api), None),
-                Ok((200, _))
-            ) {
-                break;
-            }
-            assert!(d.alive(), "{name} exited early:\n{}", d.log_text());
-            assert!(
-                Instant::now() < deadline,
-                "{name}: no /healthz:\n{}",
-                d.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
-    }
+"#;
 
-    fn alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
-    }
+// ----- the real binary, in the LAN ------------------------------------------
 
+/// The extra config of the node called `name`.
+fn node_toml(name: &str) -> String {
+    format!("name = {name:?}\n{LOG}{GPU}")
+}
+
+/// One node of the LAN, seen through its API.
+#[derive(Clone, Copy)]
+struct Node<'a> {
+    lan: &'a Lan,
+    host: usize,
+}
+
+impl Node<'_> {
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.lan.log(self.host)
     }
 
     fn get(&self, path: &str) -> Value {
-        let (s, v) = http("GET", &format!("{}{}", self.api, path), None)
-            .unwrap_or_else(|e| panic!("{}: GET {path}: {e}", self.name));
-        assert_eq!(s, 200, "{}: GET {path}: {v}", self.name);
-        v
+        self.lan.get(self.host, path)
     }
 
     fn post(&self, path: &str, body: &str) -> (u16, Value) {
-        http("POST", &format!("{}{}", self.api, path), Some(body))
-            .unwrap_or_else(|e| panic!("{}: POST {path}: {e}", self.name))
+        let body: Value = serde_json::from_str(body).expect("request body is JSON");
+        self.lan.api(self.host, "POST", path, Some(&body))
     }
 
     fn node(&self) -> Value {
@@ -178,15 +115,12 @@ disk = "10GiB"
     }
 
     fn nodes(&self) -> Vec<Value> {
-        self.get("/api/v1/nodes")
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        self.lan.nodes(self.host)
     }
 
     /// This node's entry for `id` in its view.
     fn entry(&self, id: &str) -> Option<Value> {
-        self.nodes().into_iter().find(|n| n["id"] == id)
+        self.lan.view_of(self.host, id)
     }
 
     /// This node's penalty record for `peer`.
@@ -198,27 +132,6 @@ disk = "10GiB"
             .find(|p| p["peer_id"] == peer.to_base58())
             .cloned()
     }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "----- log of node {} -----\n{}\n-----",
-                self.name,
-                self.log_text()
-            );
-        }
-    }
-}
-
-/// One blocking HTTP exchange with a node's API.
-fn http(method: &str, url: &str, body: Option<&str>) -> std::io::Result<(u16, Value)> {
-    lanswarm::sim::http::request(method, url, body)
 }
 
 /// Poll `f` until it gives a value, or fail after `limit`.
@@ -233,8 +146,8 @@ fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) ->
     }
 }
 
-/// Polls `/healthz` every 100 ms from its own thread and records every
-/// answer that is not a prompt 200.
+/// Polls a node's `/healthz` (from inside its namespace) every 100 ms
+/// from its own thread and records every answer that is not a prompt 200.
 struct HealthWatch {
     stop: Arc<AtomicBool>,
     failures: Arc<Mutex<Vec<String>>>,
@@ -242,17 +155,20 @@ struct HealthWatch {
 }
 
 impl HealthWatch {
-    fn start(api: &str) -> HealthWatch {
+    fn start(lan: &Lan, host: usize) -> HealthWatch {
         let stop = Arc::new(AtomicBool::new(false));
         let failures = Arc::new(Mutex::new(Vec::new()));
-        let url = format!("{api}/healthz");
+        let ns = lan.netns(host).to_owned();
         let thread = {
             let (stop, failures) = (stop.clone(), failures.clone());
             std::thread::spawn(move || {
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, API_PORT));
                 let (mut checks, mut slowest) = (0, Duration::ZERO);
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    let r = http("GET", &url, None);
+                    let r = netns::connect_in(&ns, addr, Duration::from_secs(2)).and_then(|s| {
+                        common::http_on(s, &addr.to_string(), "GET", "/healthz", None, None)
+                    });
                     let took = t.elapsed();
                     slowest = slowest.max(took);
                     checks += 1;
@@ -395,10 +311,10 @@ struct Hostile {
 }
 
 impl Hostile {
-    /// Build and start a hostile swarm. `anonymous` publishes gossip with
-    /// no source, sequence number or signature.
-    fn spawn(rt: &Runtime, name: &'static str, anonymous: bool) -> Hostile {
-        let _guard = rt.enter();
+    /// Build a hostile swarm and start it on the current runtime (the
+    /// [`Attackers`] thread's). `anonymous` publishes gossip with no
+    /// source, sequence number or signature.
+    fn build(name: &'static str, anonymous: bool) -> Hostile {
         let key = Keypair::generate_ed25519();
         let mut gcfg = gossipsub::ConfigBuilder::default();
         gcfg.heartbeat_interval(Duration::from_millis(300));
@@ -458,7 +374,7 @@ impl Hostile {
             .subscribe(&gossipsub::IdentTopic::new(CAPACITY_TOPIC))
             .unwrap();
         let (tx, rx) = mpsc::channel(16);
-        rt.spawn(run_hostile(swarm, rx));
+        tokio::spawn(run_hostile(swarm, rx));
         Hostile {
             name,
             peer_id: key.public().to_peer_id(),
@@ -477,6 +393,109 @@ impl Hostile {
             .await
             .unwrap_or_else(|_| panic!("hostile {}: no answer within {WAIT:?}", self.name))
             .unwrap_or_else(|_| panic!("hostile {} dropped a reply", self.name))
+    }
+}
+
+/// A request to the [`Attackers`] thread for a new hostile swarm.
+struct SpawnReq {
+    name: &'static str,
+    anonymous: bool,
+    reply: Reply<Hostile>,
+}
+
+/// The hostile side: a thread inside one host's network namespace that
+/// runs a current-thread runtime, on which every hostile swarm is built
+/// and driven, so each socket they open belongs to that host. The test
+/// talks to it over channels; `rt` is the test thread's own runtime, used
+/// only to wait on those channels (it opens no sockets).
+struct Attackers {
+    rt: Runtime,
+    spawn: Option<mpsc::UnboundedSender<SpawnReq>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Attackers {
+    /// Start the hostile side in host `host` of `lan`.
+    fn start(lan: &Lan, host: usize) -> Attackers {
+        let ns = lan.netns(host).to_owned();
+        let ip = lan.ip(host);
+        let (spawn, mut requests) = mpsc::unbounded_channel::<SpawnReq>();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("hostile-in-{ns}"))
+            .spawn(move || {
+                // Join the namespace before anything opens a socket (or a
+                // thread, which would inherit the namespace it starts in).
+                if let Err(e) = netns::enter(&ns) {
+                    let _ = ready_tx.send(Err(format!("joining netns {ns}: {e}")));
+                    return;
+                }
+                // The host's LAN address exists only in its namespace.
+                if let Err(e) = std::net::TcpListener::bind((ip, 0)) {
+                    let _ = ready_tx.send(Err(format!("not inside {ns}: binding {ip}: {e}")));
+                    return;
+                }
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("hostile runtime: {e}")));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                // The swarms run as tasks of this runtime while this
+                // loop does; when the test drops its sender, the loop ends
+                // and dropping the runtime closes every swarm.
+                rt.block_on(async move {
+                    while let Some(req) = requests.recv().await {
+                        let _ = req.reply.send(Hostile::build(req.name, req.anonymous));
+                    }
+                });
+            })
+            .expect("spawning the hostile thread");
+        ready
+            .recv()
+            .expect("the hostile thread starts")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        Attackers {
+            rt,
+            spawn: Some(spawn),
+            thread: Some(thread),
+        }
+    }
+
+    /// A new hostile swarm, with its own key, inside the attackers' host.
+    fn spawn(&self, name: &'static str, anonymous: bool) -> Hostile {
+        let (reply, rx) = oneshot::channel();
+        let req = SpawnReq {
+            name,
+            anonymous,
+            reply,
+        };
+        self.spawn
+            .as_ref()
+            .unwrap()
+            .send(req)
+            .unwrap_or_else(|_| panic!("the hostile thread stopped"));
+        self.rt
+            .block_on(rx)
+            .unwrap_or_else(|_| panic!("the hostile thread did not build {name}"))
+    }
+}
+
+impl Drop for Attackers {
+    fn drop(&mut self) {
+        self.spawn.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -660,7 +679,7 @@ fn find_announcement(anns: &[SignedAnnouncement], node: &str) -> Option<SignedAn
 
 /// Wait until `victim` counts exactly `n` offences against `peer`, the
 /// last one mentioning `why`; returns the penalty record.
-fn expect_offences(victim: &Daemon, peer: &Hostile, n: u64, why: &str) -> Value {
+fn expect_offences(victim: &Node, peer: &Hostile, n: u64, why: &str) -> Value {
     let p = wait_for(
         &format!("{n} offence(s) against {} ({why})", peer.name),
         WAIT,
@@ -695,7 +714,7 @@ fn expires_at(a: &Value) -> chrono::DateTime<chrono::FixedOffset> {
 }
 
 /// Check the victim's view of the good node is the good node's own.
-fn assert_good_entry(victim: &Daemon, good_id: &str, free_cores: u64, min_seq: u64) -> u64 {
+fn assert_good_entry(victim: &Node, good_id: &str, free_cores: u64, min_seq: u64) -> u64 {
     let e = victim
         .entry(good_id)
         .unwrap_or_else(|| panic!("the good node vanished from the view"));
@@ -714,26 +733,43 @@ fn assert_good_entry(victim: &Daemon, good_id: &str, free_cores: u64, min_seq: u
     seq
 }
 
-/// Start the node under attack; returns it with its peer id and address.
-fn start_victim() -> (Daemon, String, PeerId, Multiaddr) {
-    let victim = Daemon::start("victim", None);
-    let node = wait_for("the victim's listen address", WAIT, || {
+/// The victim (host 0 of `lan`, running): its peer id and its address on
+/// the LAN, where the attackers dial it.
+fn victim_of(lan: &Lan) -> (Node<'_>, String, PeerId, Multiaddr) {
+    let victim = Node { lan, host: 0 };
+    let prefix = format!("/ip4/{}/tcp/", lan.ip(0));
+    let (id, addr) = wait_for("the victim's LAN address", WAIT, || {
         let n = victim.node();
-        n["addresses"].as_array()?.first()?;
-        Some(n)
+        let addr = n["addresses"]
+            .as_array()?
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|a| a.starts_with(&prefix))?
+            .to_owned();
+        Some((n["id"].as_str()?.to_owned(), addr))
     });
-    let id = node["id"].as_str().unwrap().to_owned();
-    let addr: Multiaddr = node["addresses"][0].as_str().unwrap().parse().unwrap();
+    let addr: Multiaddr = addr.parse().unwrap();
     let peer: PeerId = id.parse().unwrap();
     (victim, id, peer, addr)
 }
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+/// Start the victim (host 0) and the good node (host 1), and wait until
+/// the victim sees the good node online, found by mDNS alone (neither has
+/// a bootstrap peer). Returns the good node's id.
+///
+/// (Two nodes that find each other in the same instant used to dial each
+/// other from their listen ports, merging both dials into one failed TCP
+/// simultaneous open; the node now dials from a fresh port and retries
+/// peers mDNS found, so no workaround is needed here.)
+fn start_victim_and_good(lan: &mut Lan) -> String {
+    lan.start(0);
+    lan.start(1);
+    let good_id = lan.id(1);
+    wait_for("the victim to see the good node", WAIT, || {
+        lan.view_of(0, &good_id)
+            .filter(|e| e["status"] == "online" && e["name"] == "good")
+    });
+    good_id
 }
 
 /// Connect `h` to the victim and wait until it sees the victim on the
@@ -798,7 +834,7 @@ fn send_frame(rt: &Runtime, h: &Hostile, peer: PeerId, proto: Raw, bytes: Vec<u8
 
 /// A banned peer is disconnected, and refused when it comes back: its
 /// requests get no answer and no further offence is even read.
-fn assert_cut_off(rt: &Runtime, h: &Hostile, victim: &Daemon, addr: &Multiaddr, peer: PeerId) {
+fn assert_cut_off(rt: &Runtime, h: &Hostile, victim: &Node, addr: &Multiaddr, peer: PeerId) {
     wait_for(&format!("{} to be disconnected", h.name), WAIT, || {
         (!rt.block_on(h.call(|r| Cmd::Connected(peer, r)))).then_some(())
     });
@@ -833,25 +869,32 @@ fn own_announcement(template: &Announcement, key: &Keypair, name: &str) -> Annou
 
 #[test]
 fn a_hostile_peer_changes_nothing_and_is_penalised_then_banned() {
-    let (victim, victim_id, victim_peer, victim_addr) = start_victim();
-    let good = Daemon::start("good", Some(&victim_addr.to_string()));
-    let good_id = good.node()["id"].as_str().unwrap().to_owned();
-    wait_for("the victim to see the good node", WAIT, || {
-        victim
-            .entry(&good_id)
-            .filter(|e| e["status"] == "online" && e["name"] == "good")
-    });
+    let Some(mut lan) = Lan::builder(
+        "that a hostile peer on the LAN (garbage, oversized and truncated frames; forged, \
+         tampered, replayed and unsigned announcements) changes nothing on a node found by \
+         mDNS, which stays up and penalises, then bans and cuts off, the offenders",
+    )
+    .host(&node_toml("victim"))
+    .host(&node_toml("good"))
+    .bare_host()
+    .build() else {
+        return;
+    };
+    let good_id = start_victim_and_good(&mut lan);
+    let (victim, victim_id, victim_peer, victim_addr) = victim_of(&lan);
+    let good = Node { lan: &lan, host: 1 };
 
-    let rt = runtime();
-    let frames = Hostile::spawn(&rt, "frames", false);
-    let forger = Hostile::spawn(&rt, "forger", false);
-    let anon = Hostile::spawn(&rt, "anonymous", true);
+    let attackers = Attackers::start(&lan, 2);
+    let rt = &attackers.rt;
+    let frames = attackers.spawn("frames", false);
+    let forger = attackers.spawn("forger", false);
+    let anon = attackers.spawn("anonymous", true);
     eprintln!(
         "victim {victim_id}, good {good_id}, hostile: frames {}, forger {}, anonymous {}",
         frames.peer_id, forger.peer_id, anon.peer_id
     );
     for h in [&frames, &forger, &anon] {
-        connect(&rt, h, &victim_addr, victim_peer);
+        connect(rt, h, &victim_addr, victim_peer);
     }
 
     // The good node's real announcement, as the victim relays it on sync.
@@ -863,7 +906,7 @@ fn a_hostile_peer_changes_nothing_and_is_penalised_then_banned() {
     let old_ann: Announcement = old_signed.verify().unwrap();
     assert_eq!(old_ann.free.cpu_cores, 4);
 
-    let health = HealthWatch::start(&victim.api);
+    let health = HealthWatch::start(&lan, 0);
 
     // Real state: the victim holds two leases on the good node, renewed
     // every 2 s, so the good node's announced free cores go 4 -> 3 -> 2
@@ -925,7 +968,7 @@ fn a_hostile_peer_changes_nothing_and_is_penalised_then_banned() {
     // The node must survive them and answer none. (Whether they count as
     // offences is `bad_frames_are_penalised_and_the_sender_banned`.)
     for (proto, bytes, _) in bad_frames() {
-        send_frame(&rt, &frames, victim_peer, proto, bytes);
+        send_frame(rt, &frames, victim_peer, proto, bytes);
     }
     seq = assert_good_entry(&victim, &good_id, 2, seq);
     // Gossip that is not an announcement at all.
@@ -1020,7 +1063,7 @@ fn a_hostile_peer_changes_nothing_and_is_penalised_then_banned() {
         "1 invalid of 2 announcements in sync",
     );
     assert_eq!(p["banned"], true, "banned after {BAN_AFTER} offences: {p}");
-    assert_cut_off(&rt, &forger, &victim, &victim_addr, victim_peer);
+    assert_cut_off(rt, &forger, &victim, &victim_addr, victim_peer);
     seq = assert_good_entry(&victim, &good_id, 2, seq);
 
     // ---- 3. an unsigned (anonymous) gossip message ------------------------
@@ -1105,26 +1148,37 @@ fn a_hostile_peer_changes_nothing_and_is_penalised_then_banned() {
     });
 
     health.finish();
-    let mut victim = victim;
-    assert!(victim.alive(), "the victim exited:\n{}", victim.log_text());
+    drop(attackers);
+    assert!(lan.is_running(0), "the victim exited");
 }
 
 /// Each bad frame on `/lanswarm/alloc/1` and `/lanswarm/sync/1` is an
 /// offence, and the fifth gets the sender banned.
 #[test]
 fn bad_frames_are_penalised_and_the_sender_banned() {
-    let (victim, _, victim_peer, victim_addr) = start_victim();
-    let rt = runtime();
-    let frames = Hostile::spawn(&rt, "frames", false);
-    connect(&rt, &frames, &victim_addr, victim_peer);
-    let health = HealthWatch::start(&victim.api);
+    let Some(lan) = Lan::builder(
+        "that each bad frame a peer on the LAN sends on /lanswarm/alloc/1 or \
+         /lanswarm/sync/1 is an offence, and that the sender is banned and cut off after the \
+         fifth",
+    )
+    .host(&node_toml("victim"))
+    .bare_host()
+    .start() else {
+        return;
+    };
+    let (victim, _, victim_peer, victim_addr) = victim_of(&lan);
+    let attackers = Attackers::start(&lan, 1);
+    let rt = &attackers.rt;
+    let frames = attackers.spawn("frames", false);
+    connect(rt, &frames, &victim_addr, victim_peer);
+    let health = HealthWatch::start(&lan, 0);
     let mut attacks = bad_frames();
     attacks.push((Raw::Alloc, vec![0xff; 64], "bad allocation frame"));
     for (n, (proto, bytes, why)) in attacks.into_iter().enumerate() {
-        send_frame(&rt, &frames, victim_peer, proto, bytes);
+        send_frame(rt, &frames, victim_peer, proto, bytes);
         let p = expect_offences(&victim, &frames, n as u64 + 1, why);
         assert_eq!(p["banned"], n as u64 + 1 >= BAN_AFTER, "{p}");
     }
-    assert_cut_off(&rt, &frames, &victim, &victim_addr, victim_peer);
+    assert_cut_off(rt, &frames, &victim, &victim_addr, victim_peer);
     health.finish();
 }

@@ -244,6 +244,7 @@ pub async fn start(
         duplicate_identity: None,
         seed_counter: now,
         dialing: HashSet::new(),
+        mdns_peers: HashSet::new(),
         other_instances: BTreeMap::new(),
         resync_turn: 0,
         offenders: HashMap::new(),
@@ -357,6 +358,8 @@ struct EventLoop {
     duplicate_identity: Option<String>,
     seed_counter: u64,
     dialing: HashSet<PeerId>,
+    /// Peers mDNS has found whose records have not expired.
+    mdns_peers: HashSet<PeerId>,
     /// Signed announcements of other live instances of a node id (copied
     /// data directories), with when they were seen.
     other_instances: BTreeMap<NodeId, (SignedAnnouncement, u64)>,
@@ -746,7 +749,11 @@ impl EventLoop {
                 return;
             }
         }
-        if let Err(e) = self.swarm.dial(addr.clone()) {
+        let opts = DialOpts::unknown_peer_id()
+            .address(addr.clone())
+            .allocate_new_port()
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
             debug!(%addr, error = %e, "dial failed");
         }
     }
@@ -758,7 +765,13 @@ impl EventLoop {
         {
             return;
         }
-        if let Err(e) = self.swarm.dial(DialOpts::peer_id(peer).build()) {
+        // A fresh port for every dial: reusing the listen port lets two
+        // peers that find each other at the same instant merge their dials
+        // into one TCP simultaneous open, whose handshake then fails.
+        if let Err(e) = self
+            .swarm
+            .dial(DialOpts::peer_id(peer).allocate_new_port().build())
+        {
             debug!(%peer, error = %e, "dial failed");
             self.dialing.remove(&peer);
         }
@@ -767,6 +780,13 @@ impl EventLoop {
     fn redial(&mut self) {
         for addr in self.cfg.bootstrap.clone() {
             self.dial_addr(addr);
+        }
+        // Peers mDNS reported are not reported again while their record
+        // lives; a dial that failed (a simultaneous open, a peer still
+        // starting) is retried here.
+        let found: Vec<PeerId> = self.mdns_peers.iter().copied().collect();
+        for peer in found {
+            self.connect_if_needed(peer);
         }
         let now = now_ms();
         let unconnected: Vec<PeerId> = self
@@ -841,12 +861,17 @@ impl EventLoop {
                     self.swarm.add_peer_address(peer, addr);
                     peers.insert(peer);
                 }
+                self.mdns_peers.extend(peers.iter().copied());
                 for peer in peers {
                     debug!(%peer, "found by mDNS");
                     self.connect_if_needed(peer);
                 }
             }
-            BehaviourEvent::Mdns(_) => {}
+            BehaviourEvent::Mdns(mdns::Event::Expired(gone)) => {
+                for (peer, _) in gone {
+                    self.mdns_peers.remove(&peer);
+                }
+            }
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message_id,

@@ -163,18 +163,27 @@ pub fn sweep_stale(prefix: &str) -> Vec<String> {
     removed
 }
 
+/// Move the calling thread (only it, not the rest of the process) into
+/// network namespace `ns` for good: every socket it creates from now on,
+/// and every thread it spawns, belongs to `ns`. Meant for a dedicated
+/// thread, e.g. one that then runs a current-thread async runtime.
+pub fn enter(ns: &str) -> io::Result<()> {
+    let f = File::open(format!("{NETNS_DIR}/{ns}"))?;
+    // SAFETY: setns(2) on a valid, open namespace fd; it changes only the
+    // calling thread's network namespace.
+    if unsafe { setns(f.as_raw_fd(), CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Open a TCP connection to `addr` from inside network namespace `ns`.
 /// The calling thread's own namespace does not change.
 pub fn connect_in(ns: &str, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let path = format!("{NETNS_DIR}/{ns}");
     std::thread::scope(|s| {
         s.spawn(|| {
-            let f = File::open(&path)?;
-            // SAFETY: setns(2) on a valid, open namespace fd; it changes
-            // only this short-lived thread's network namespace.
-            if unsafe { setns(f.as_raw_fd(), CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            // Only this short-lived thread joins the namespace.
+            enter(ns)?;
             TcpStream::connect_timeout(&addr, timeout)
         })
         .join()

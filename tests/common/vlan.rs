@@ -152,7 +152,8 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
 /// config.
 pub struct LanBuilder {
     checks: String,
-    hosts: Vec<String>,
+    /// Each host's extra config; `None` for a host that runs no node.
+    hosts: Vec<Option<String>>,
 }
 
 impl LanBuilder {
@@ -160,14 +161,23 @@ impl LanBuilder {
     /// [`Lan::config_of`]) with `extra_toml` merged over it, table by
     /// table, so `"[lend]\nweight = 3"` changes only `lend.weight`.
     pub fn host(mut self, extra_toml: &str) -> Self {
-        self.hosts.push(extra_toml.to_owned());
+        self.hosts.push(Some(extra_toml.to_owned()));
+        self
+    }
+
+    /// Add a host that runs no node: a namespace with an address on the
+    /// LAN, for clients the test runs there itself (see
+    /// [`lanswarm::sim::netns::enter`]). [`Lan::start_all`] skips it and
+    /// [`Lan::start`] refuses it.
+    pub fn bare_host(mut self) -> Self {
+        self.hosts.push(None);
         self
     }
 
     /// Add `n` hosts with the same extra config.
     pub fn hosts(mut self, n: usize, extra_toml: &str) -> Self {
         for _ in 0..n {
-            self.hosts.push(extra_toml.to_owned());
+            self.hosts.push(Some(extra_toml.to_owned()));
         }
         self
     }
@@ -227,6 +237,8 @@ struct Host {
     ip: Ipv4Addr,
     dir: PathBuf,
     extra_toml: String,
+    /// Whether this host runs a node (false for a [`LanBuilder::bare_host`]).
+    node: bool,
     child: Option<Child>,
     runs: u32,
 }
@@ -251,7 +263,7 @@ impl Lan {
         }
     }
 
-    fn add_host(&mut self, i: usize, extra_toml: String) -> Result<(), String> {
+    fn add_host(&mut self, i: usize, extra_toml: Option<String>) -> Result<(), String> {
         let k = self.net.add_host()?;
         assert_eq!(k, i, "hosts are added in order");
         let (ns, host_ip) = (self.net.host_ns(i).to_owned(), self.net.host_ip(i));
@@ -262,7 +274,8 @@ impl Lan {
             ns,
             ip: host_ip,
             dir,
-            extra_toml,
+            node: extra_toml.is_some(),
+            extra_toml: extra_toml.unwrap_or_default(),
             child: None,
             runs: 0,
         });
@@ -366,6 +379,7 @@ level = "{LOG_LEVEL}"
 
     /// Spawn host `i`'s node without waiting for it.
     fn spawn(&mut self, i: usize) {
+        assert!(self.hosts[i].node, "h{i} is a bare host: it runs no node");
         assert!(self.hosts[i].child.is_none(), "h{i} is already running");
         let config = self.config_of(i);
         std::fs::write(self.config_path(i), &config).expect("writing the node config");
@@ -433,10 +447,10 @@ level = "{LOG_LEVEL}"
     }
 
     /// Start every host's node that is not running (all at once), and wait
-    /// for their APIs.
+    /// for their APIs. Bare hosts are skipped.
     pub fn start_all(&mut self) {
         let idle: Vec<usize> = (0..self.len())
-            .filter(|i| self.hosts[*i].child.is_none())
+            .filter(|i| self.hosts[*i].node && self.hosts[*i].child.is_none())
             .collect();
         for &i in &idle {
             self.spawn(i);
@@ -680,7 +694,7 @@ impl Drop for Lan {
             }
         }
         if panicking {
-            for (i, h) in self.hosts.iter().enumerate() {
+            for (i, h) in self.hosts.iter().enumerate().filter(|(_, h)| h.node) {
                 let config = std::fs::read_to_string(self.config_path(i)).unwrap_or_default();
                 eprintln!(
                     "----- {} (netns {}, {}), config:\n{}----- log of {}:\n{}----- end of {} -----",
