@@ -4,13 +4,17 @@
 //! a seed. The network shell in [`crate::net`] feeds events in and carries
 //! the results out.
 //!
+//! - [`access`]: the access policy, and whether it admits a requester.
 //! - [`fit`]: whether a request fits in free capacity, and which GPUs.
+//! - [`groups`]: swarm groups, merged as a CRDT of join/leave events.
 //! - [`ledger`]: the owner side. Leases, admission, GPU assignment, expiry.
 //! - [`view`]: the requester side. The peer table built from announcements.
 //! - [`placement`]: strategies that rank candidates, and the late-binding
 //!   attempt that walks them.
 
+pub mod access;
 pub mod fit;
+pub mod groups;
 pub mod ledger;
 pub mod placement;
 pub mod view;
