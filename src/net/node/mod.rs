@@ -1,0 +1,532 @@
+//! The event loop: one task owns the `Swarm` and the core state (ledger,
+//! view, placer) and turns libp2p events, timer ticks and handle commands
+//! into calls on the core, then carries the results out. No locks: nothing
+//! else touches this state.
+//!
+//! This file holds the settings, `start`, the loop itself and shutdown. The
+//! loop's handlers live beside it, one concern each: [`gossip`]
+//! (announcements, sync, penalties), [`connect`] (dialling), [`events`]
+//! (swarm events), [`owner`] (granting, group commit), [`requester`]
+//! (placement, late binding), [`holder`] (renewals, releases, maintenance)
+//! and [`commands`] (the handle's commands).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use libp2p::{
+    gossipsub, identify,
+    identity::Keypair,
+    mdns,
+    multiaddr::Protocol,
+    noise, ping,
+    request_response::{self, OutboundRequestId, ResponseChannel},
+    swarm::{dial_opts::DialOpts, SwarmEvent},
+    tcp, yamux, Multiaddr, PeerId, Swarm,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::behaviour::{Behaviour, BehaviourConfig, BehaviourEvent};
+use super::protocol::{
+    decode_exact, node_id_of, peer_id_of, AllocReply, AllocRequest, AllocResponse, Frame,
+    SignedAnnouncement, SyncRequest, SyncResponse, CAPACITY_TOPIC, MAX_SYNC_ANNOUNCEMENTS,
+};
+use crate::core::ledger::{AllocateInput, LeaseLimits, Ledger};
+use crate::core::placement::{Attempt, Placer, StrategyConfig};
+use crate::core::view::{Applied, View, ViewConfig};
+use crate::handle::{
+    Allocation, AllocationRequest, Allocations, Command, Excluded, Node, NodeError, NodeInfo,
+    NodeResources, Penalty, Refusal, ReleaseOutcome, COMMAND_QUEUE,
+};
+use crate::model::{
+    Announcement, Capacity, Denial, DenyReason, GpuInfo, Lease, LeaseId, Location, NodeId,
+    NodeStatus,
+};
+use crate::store::{HeldRecord, Store, WriteBatch};
+
+mod commands;
+mod connect;
+mod events;
+mod gossip;
+mod holder;
+mod owner;
+mod requester;
+
+/// How often leases are expired, renewed and peers pruned.
+const MAINTENANCE_TICK: Duration = Duration::from_millis(250);
+/// How often unconnected bootstrap peers are dialled again.
+const REDIAL_INTERVAL: Duration = Duration::from_secs(5);
+/// Most peers the view holds; announcements from further new nodes are
+/// ignored, so a flood of fresh keys cannot exhaust memory.
+const MAX_PEERS: usize = 4096;
+/// Offences after which a peer is banned.
+pub const BAN_AFTER_OFFENCES: u32 = 5;
+/// How long a ban lasts.
+const BAN_MS: u64 = 10 * 60 * 1000;
+/// Most offenders remembered.
+const MAX_OFFENDERS: usize = 1024;
+/// How long a change waits for others to join its announcement.
+const ANNOUNCE_COALESCE: Duration = Duration::from_millis(2);
+/// Most swarm events handled before pending grants are written.
+const MAX_EVENT_BATCH: usize = 64;
+/// How long shutdown waits for peers to confirm releases.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+/// Everything a node is started with. Built from the TOML config by
+/// [`crate::daemon`], or directly by tests.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub name: String,
+    pub keypair: Keypair,
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+    pub mdns_ttl: Duration,
+    pub announce_interval: Duration,
+    pub announce_debounce: Duration,
+    pub capacity: Capacity,
+    pub gpus: Vec<GpuInfo>,
+    pub machine_cpu_cores: u32,
+    pub machine_memory_mb: u64,
+    pub models: Vec<String>,
+    pub location: Location,
+    pub weight: u32,
+    pub allow_remote: bool,
+    pub limits: LeaseLimits,
+    pub default_lease: Duration,
+    pub strategy: StrategyConfig,
+    pub store_path: PathBuf,
+    pub api_addr: Option<String>,
+    /// Most candidates asked for one request (late binding).
+    pub max_tries: usize,
+}
+
+impl NodeConfig {
+    /// A config for tests and tools: loopback TCP on a free port, no mDNS.
+    pub fn for_test(name: &str, capacity: Capacity, store_path: PathBuf) -> Self {
+        NodeConfig {
+            name: name.to_owned(),
+            keypair: Keypair::generate_ed25519(),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("static multiaddr")],
+            bootstrap: vec![],
+            mdns: false,
+            mdns_ttl: Duration::from_secs(6),
+            announce_interval: Duration::from_secs(2),
+            announce_debounce: Duration::from_millis(20),
+            capacity,
+            gpus: vec![],
+            machine_cpu_cores: 8,
+            machine_memory_mb: 16 * 1024,
+            models: vec![],
+            location: Location::default(),
+            weight: 1,
+            allow_remote: true,
+            limits: LeaseLimits::default(),
+            default_lease: Duration::from_secs(30),
+            strategy: StrategyConfig::default(),
+            store_path,
+            api_addr: None,
+            max_tries: 8,
+        }
+    }
+}
+
+/// An error starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("building the transport: {0}")]
+    Transport(String),
+    #[error("listening on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Milliseconds since the Unix epoch, from the system clock. The only
+/// clock read of the node; the core gets time from here.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Start a node. It runs until `shutdown` is cancelled; join the returned
+/// task to wait for a clean exit (leaving announced, store flushed).
+pub async fn start(
+    cfg: NodeConfig,
+    shutdown: CancellationToken,
+) -> Result<(Node, tokio::task::JoinHandle<()>), StartError> {
+    let store = Store::open(&cfg.store_path)?;
+    let bcfg = BehaviourConfig {
+        mdns: cfg.mdns,
+        mdns_ttl: cfg.mdns_ttl,
+        ping_interval: Duration::from_secs(5),
+    };
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| StartError::Transport(e.to_string()))?
+        .with_quic()
+        .with_behaviour(|key| Behaviour::new(key, &bcfg))
+        .map_err(|e| StartError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    for addr in &cfg.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| StartError::Listen {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+    }
+    let topic = gossipsub::IdentTopic::new(CAPACITY_TOPIC);
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&topic)
+        .map_err(|e| StartError::Transport(format!("subscribing: {e}")))?;
+
+    let local_id = node_id_of(swarm.local_peer_id());
+    let now = now_ms();
+    let mut ledger = Ledger::new(local_id.clone(), cfg.capacity.clone(), cfg.limits.clone());
+    let stored = store.granted()?;
+    let n_stored = stored.len();
+    let dropped = ledger.restore(stored, now);
+    if !dropped.is_empty() {
+        store.apply(&WriteBatch {
+            delete_granted: dropped.iter().map(|l| l.lease_id.clone()).collect(),
+            ..Default::default()
+        })?;
+    }
+    let held: BTreeMap<LeaseId, Held> = store
+        .held()?
+        .into_iter()
+        .map(|rec| {
+            (
+                rec.lease.lease_id.clone(),
+                Held {
+                    renew_at_ms: now,
+                    rec,
+                    renewing: false,
+                },
+            )
+        })
+        .collect();
+    info!(
+        node = %local_id,
+        name = %cfg.name,
+        restored = n_stored - dropped.len(),
+        dropped = dropped.len(),
+        held = held.len(),
+        "node starting"
+    );
+
+    let announce_ms = cfg.announce_interval.as_millis() as u64;
+    let view_cfg = ViewConfig {
+        stale_after_ms: announce_ms * 2 + 1_000,
+        offline_after_ms: announce_ms * 4 + 2_000,
+        forget_after_ms: (announce_ms * 30).max(300_000),
+    };
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let mut el = EventLoop {
+        local_ann: placeholder_announcement(&local_id),
+        view: View::new(placeholder_announcement(&local_id), view_cfg),
+        swarm,
+        topic,
+        rx,
+        ledger,
+        placer: Placer::new(),
+        strategy: cfg.strategy.clone(),
+        store,
+        held,
+        signed: BTreeMap::new(),
+        pending: HashMap::new(),
+        placements: HashMap::new(),
+        next_placement: 0,
+        seq: 0,
+        announce_at: None,
+        last_announce: None,
+        local_id: local_id.clone(),
+        duplicate_identity: None,
+        seed_counter: now,
+        dialing: HashSet::new(),
+        mdns_peers: HashSet::new(),
+        other_instances: BTreeMap::new(),
+        resync_turn: 0,
+        offenders: HashMap::new(),
+        unanswered: Vec::new(),
+        deferred: WriteBatch::default(),
+        cpu_usage_pct: 0.0,
+        instance: rand::random(),
+        started_at_ms: now,
+        cfg,
+    };
+    el.announce(false);
+    let span = tracing::info_span!("node", id = %short(&local_id));
+    let task = tokio::spawn(tracing::Instrument::instrument(el.run(shutdown), span));
+    Ok((Node::new(tx, local_id), task))
+}
+
+fn short(id: &NodeId) -> &str {
+    let s = id.0.as_str();
+    &s[s.len().saturating_sub(8)..]
+}
+
+fn placeholder_announcement(id: &NodeId) -> Announcement {
+    Announcement {
+        node_id: id.clone(),
+        seq: 0,
+        issued_at_ms: 0,
+        name: String::new(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        addrs: vec![],
+        api: None,
+        capacity: Capacity::default(),
+        free: Capacity::default(),
+        gpus: vec![],
+        machine_cpu_cores: 0,
+        machine_memory_mb: 0,
+        cpu_usage_pct: 0.0,
+        models: vec![],
+        location: Location::default(),
+        weight: 1,
+        active_leases: 0,
+        allow_remote: false,
+        leaving: false,
+        instance: 0,
+        started_at_ms: 0,
+    }
+}
+
+/// A peer that sent invalid messages.
+struct Offender {
+    offences: u32,
+    last_ms: u64,
+    banned_until_ms: Option<u64>,
+    last_offence: String,
+}
+
+/// A lease this node holds, with its renewal schedule.
+struct Held {
+    rec: HeldRecord,
+    renew_at_ms: u64,
+    renewing: bool,
+}
+
+/// A request being placed: the late-binding walk over ranked candidates.
+struct Placement {
+    attempt: Attempt,
+    req: AllocationRequest,
+    request_id: String,
+    lease_ms: u64,
+    release_at_ms: Option<u64>,
+    excluded: Vec<Excluded>,
+    reply: oneshot::Sender<Result<Allocation, NodeError>>,
+}
+
+/// What an outbound allocation request is for.
+enum Pending {
+    Place {
+        placement: u64,
+        node: NodeId,
+    },
+    Renew {
+        lease_id: LeaseId,
+    },
+    Release {
+        lease_id: LeaseId,
+        reply: Option<oneshot::Sender<Result<ReleaseOutcome, NodeError>>>,
+    },
+}
+
+struct EventLoop {
+    cfg: NodeConfig,
+    swarm: Swarm<Behaviour>,
+    topic: gossipsub::IdentTopic,
+    rx: mpsc::Receiver<Command>,
+    ledger: Ledger,
+    view: View,
+    placer: Placer,
+    strategy: StrategyConfig,
+    store: Store,
+    held: BTreeMap<LeaseId, Held>,
+    /// The latest signed announcement of every node we know, ourselves
+    /// included, for the sync-on-connect swap.
+    signed: BTreeMap<NodeId, SignedAnnouncement>,
+    pending: HashMap<OutboundRequestId, Pending>,
+    placements: HashMap<u64, Placement>,
+    next_placement: u64,
+    seq: u64,
+    announce_at: Option<Instant>,
+    last_announce: Option<Instant>,
+    local_id: NodeId,
+    local_ann: Announcement,
+    duplicate_identity: Option<String>,
+    seed_counter: u64,
+    dialing: HashSet<PeerId>,
+    /// Peers mDNS has found whose records have not expired.
+    mdns_peers: HashSet<PeerId>,
+    /// Signed announcements of other live instances of a node id (copied
+    /// data directories), with when they were seen.
+    other_instances: BTreeMap<NodeId, (SignedAnnouncement, u64)>,
+    resync_turn: usize,
+    offenders: HashMap<PeerId, Offender>,
+    /// Grants and renewals admitted but not yet durable, with where to
+    /// answer them (group commit).
+    unanswered: Vec<(AllocResponse, ResponseChannel<AllocReply>)>,
+    /// Writes that can wait for the next grant or maintenance tick.
+    deferred: WriteBatch,
+    cpu_usage_pct: f32,
+    /// Random per process, to tell a copy of this node from this node.
+    instance: u64,
+    started_at_ms: u64,
+}
+
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl EventLoop {
+    async fn run(mut self, shutdown: CancellationToken) {
+        for addr in self.cfg.bootstrap.clone() {
+            self.dial_addr(addr);
+        }
+        let mut heartbeat = tokio::time::interval(self.cfg.announce_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = tokio::time::interval(MAINTENANCE_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resync =
+            tokio::time::interval((self.cfg.announce_interval * 3).max(Duration::from_secs(2)));
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut redial = tokio::time::interval(REDIAL_INTERVAL);
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                ev = self.swarm.select_next_some() => {
+                    self.on_swarm_event(ev);
+                    // Group commit: take what else is ready right now, so
+                    // one transaction covers every grant among it.
+                    for _ in 0..MAX_EVENT_BATCH {
+                        match self.swarm.next().now_or_never() {
+                            Some(Some(ev)) => self.on_swarm_event(ev),
+                            _ => break,
+                        }
+                    }
+                    self.flush_grants();
+                }
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                _ = sleep_opt(self.announce_at) => {
+                    self.announce_at = None;
+                    self.announce(false);
+                }
+                _ = heartbeat.tick() => self.announce(false),
+                _ = tick.tick() => self.maintain(),
+                _ = redial.tick() => self.redial(),
+                _ = resync.tick() => self.resync(),
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// Leave in order: release what we hold, tell peers we are leaving,
+    /// give the swarm a moment to flush, then drop everything.
+    async fn shutdown(&mut self) {
+        info!("shutting down: releasing held leases and announcing departure");
+        let ids: Vec<LeaseId> = self.held.keys().cloned().collect();
+        for id in ids {
+            self.release_held(&id, None);
+        }
+        self.announce(true);
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        loop {
+            let releasing = self
+                .pending
+                .values()
+                .any(|p| matches!(p, Pending::Release { .. }));
+            if !releasing && Instant::now() + Duration::from_millis(200) >= deadline {
+                break;
+            }
+            tokio::select! {
+                ev = self.swarm.select_next_some() => {
+                    self.on_swarm_event(ev);
+                    self.flush_grants();
+                }
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = tokio::time::sleep(Duration::from_millis(200)), if !releasing => break,
+            }
+        }
+        self.flush_grants();
+        self.flush_deferred();
+        info!("node stopped");
+    }
+}
+
+/// Log a grant, once it is durable.
+fn log_grant(lease: &Lease) {
+    info!(
+        lease = %lease.lease_id,
+        holder = %lease.holder,
+        cores = lease.cpu_cores,
+        memory_mb = lease.memory_mb,
+        gpus = lease.gpus.len(),
+        "lease granted"
+    );
+}
+
+/// When to renew: a third of the way through the lease term.
+fn renew_time(lease: &Lease) -> u64 {
+    lease
+        .expires_at_ms
+        .saturating_sub(lease.lease_ms.saturating_mul(2) / 3)
+}
+
+/// Bounds on a request, checked before anything is asked of anyone.
+fn validate_request(req: &AllocationRequest) -> Result<(), String> {
+    let r = &req.required_resources;
+    if r.gpus_wanted() > 64 {
+        return Err(format!("gpu_count {} is more than 64", r.gpu_count));
+    }
+    if r.preferred_models.len() > 32
+        || r.preferred_models
+            .iter()
+            .any(|m| m.is_empty() || m.len() > 128)
+    {
+        return Err("preferred_models: at most 32 non-empty names of at most 128 bytes".into());
+    }
+    if r.custom.len() > 64 || r.custom.keys().any(|k| k.is_empty() || k.len() > 64) {
+        return Err("custom: at most 64 resources with names of 1 to 64 bytes".into());
+    }
+    if req
+        .request_id
+        .as_ref()
+        .is_some_and(|id| id.is_empty() || id.len() > 128)
+    {
+        return Err("request_id: 1 to 128 bytes".into());
+    }
+    if req.task_type.len() > 128 {
+        return Err("task_type: at most 128 bytes".into());
+    }
+    if req.timeout_secs.is_some_and(|s| s > 365 * 24 * 3600) {
+        return Err("timeout_secs: at most one year".into());
+    }
+    if req.duration_secs.is_some_and(|s| s > 10 * 365 * 24 * 3600) {
+        return Err("duration_secs: at most ten years".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! The owner side of `/lanswarm/alloc/1`: admitting, renewing and releasing
+//! leases on the ledger, group commit, deferred writes, and the answers to
+//! our own outbound requests.
+
+use super::*;
+
+impl EventLoop {
+    pub(super) fn on_alloc_event(
+        &mut self,
+        ev: request_response::Event<Frame<AllocRequest>, AllocReply>,
+    ) {
+        match ev {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => match request {
+                Frame::Valid(r) => self.on_alloc_request(peer, r, channel),
+                Frame::Invalid(why) => self.penalise(peer, format!("bad allocation frame: {why}")),
+            },
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let now = now_ms();
+                self.view.observe_free(
+                    &node_id_of(&peer),
+                    response.free,
+                    response.active_leases,
+                    now,
+                );
+                self.on_alloc_response(request_id, Ok(response.answer));
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => self.on_alloc_response(request_id, Err(error.to_string())),
+            request_response::Event::InboundFailure {
+                peer,
+                error: request_response::InboundFailure::Io(e),
+                ..
+            } => self.penalise(peer, format!("bad allocation frame: {e}")),
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "allocation request failed")
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Owner side: answer a peer's request, in one step on this loop.
+    pub(super) fn on_alloc_request(
+        &mut self,
+        peer: PeerId,
+        request: AllocRequest,
+        channel: ResponseChannel<AllocReply>,
+    ) {
+        let holder = node_id_of(&peer);
+        let now = now_ms();
+        let response = match request {
+            AllocRequest::Allocate {
+                request_id,
+                req,
+                task_type,
+                priority,
+                lease_ms,
+            } => {
+                if !self.cfg.allow_remote {
+                    AllocResponse::Denied(Denial::new(
+                        DenyReason::Forbidden,
+                        "this node does not lend to remote peers (lend.allow_remote = false)",
+                    ))
+                } else if request_id.len() > 128 || task_type.len() > 128 {
+                    AllocResponse::Denied(Denial::new(
+                        DenyReason::BadRequest,
+                        "request_id and task_type are limited to 128 bytes",
+                    ))
+                } else {
+                    let input = AllocateInput {
+                        lease_id: LeaseId(uuid::Uuid::new_v4().to_string()),
+                        request_id,
+                        holder,
+                        req,
+                        task_type,
+                        priority,
+                        lease_ms,
+                    };
+                    match self.ledger.allocate(input, now) {
+                        // Answered by `flush_grants`, once it is durable.
+                        Ok(lease) => {
+                            return self
+                                .unanswered
+                                .push((AllocResponse::Granted(lease), channel))
+                        }
+                        Err(d) => AllocResponse::Denied(d),
+                    }
+                }
+            }
+            AllocRequest::Renew { lease_id, lease_ms } => {
+                match self.ledger.renew(&lease_id, &holder, lease_ms, now) {
+                    Ok(lease) => {
+                        return self
+                            .unanswered
+                            .push((AllocResponse::Renewed(lease), channel))
+                    }
+                    Err(d) => AllocResponse::Denied(d),
+                }
+            }
+            AllocRequest::Release { lease_id } => {
+                match self.ledger.release(&lease_id, Some(&holder)) {
+                    Ok(Some(lease)) => {
+                        self.forget_granted(&[lease]);
+                        AllocResponse::Released {
+                            lease_id,
+                            existed: true,
+                        }
+                    }
+                    Ok(None) => AllocResponse::Released {
+                        lease_id,
+                        existed: false,
+                    },
+                    Err(d) => AllocResponse::Denied(d),
+                }
+            }
+        };
+        if let AllocResponse::Denied(d) = &response {
+            debug!(%peer, reason = %d.reason, message = %d.message, "request denied");
+        }
+        self.reply(channel, response);
+    }
+
+    /// Answer an allocation request, with our free capacity right after it.
+    pub(super) fn reply(&mut self, channel: ResponseChannel<AllocReply>, answer: AllocResponse) {
+        let reply = AllocReply {
+            answer,
+            free: self.ledger.free(),
+            active_leases: self.ledger.len() as u32,
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .alloc
+            .send_response(channel, reply);
+    }
+
+    /// Admit a local request and write it durably before anyone hears of
+    /// it. On a storage error the grant is undone.
+    pub(super) fn grant(&mut self, input: AllocateInput, now: u64) -> Result<Lease, Denial> {
+        let lease = self.ledger.allocate(input, now)?;
+        let mut batch = std::mem::take(&mut self.deferred);
+        batch.put_granted.push(lease.clone());
+        if let Err(e) = self.store.apply(&batch) {
+            error!(error = %e, "cannot write lease; refusing the grant");
+            let _ = self.ledger.release(&lease.lease_id, None);
+            batch.put_granted.pop();
+            self.deferred = batch;
+            return Err(Denial::new(DenyReason::StorageError, e.to_string()));
+        }
+        log_grant(&lease);
+        self.schedule_announce();
+        Ok(lease)
+    }
+
+    /// Group commit: write every grant and renewal admitted since the last
+    /// flush (and the deferred writes) in one transaction, then answer
+    /// them. Nothing is answered before it is durable (invariant I2).
+    pub(super) fn flush_grants(&mut self) {
+        if self.unanswered.is_empty() {
+            return;
+        }
+        let answers = std::mem::take(&mut self.unanswered);
+        let mut batch = std::mem::take(&mut self.deferred);
+        let deferred_grants = batch.put_granted.len();
+        for (resp, _) in &answers {
+            if let AllocResponse::Granted(l) | AllocResponse::Renewed(l) = resp {
+                batch.put_granted.push(l.clone());
+            }
+        }
+        let result = self.store.apply(&batch);
+        if let Err(e) = &result {
+            error!(error = %e, "cannot write leases; refusing the grants");
+            batch.put_granted.truncate(deferred_grants);
+            self.deferred = batch;
+        }
+        for (resp, channel) in answers {
+            let resp = match (&result, resp) {
+                (Ok(()), AllocResponse::Granted(l)) => {
+                    log_grant(&l);
+                    self.schedule_announce();
+                    AllocResponse::Granted(l)
+                }
+                (Ok(()), resp) => resp,
+                (Err(e), resp) => {
+                    if let AllocResponse::Granted(l) = resp {
+                        let _ = self.ledger.release(&l.lease_id, None);
+                    }
+                    AllocResponse::Denied(Denial::new(DenyReason::StorageError, e.to_string()))
+                }
+            };
+            self.reply(channel, resp);
+        }
+    }
+
+    /// Write what could wait (releases, expiries, the holder's records).
+    pub(super) fn flush_deferred(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.apply(&self.deferred) {
+            error!(error = %e, "cannot write to the store; will retry");
+            return;
+        }
+        self.deferred = WriteBatch::default();
+    }
+
+    pub(super) fn forget_granted(&mut self, leases: &[Lease]) {
+        if leases.is_empty() {
+            return;
+        }
+        self.deferred
+            .delete_granted
+            .extend(leases.iter().map(|l| l.lease_id.clone()));
+        self.schedule_announce();
+    }
+
+    pub(super) fn on_alloc_response(
+        &mut self,
+        id: OutboundRequestId,
+        result: Result<AllocResponse, String>,
+    ) {
+        let Some(pending) = self.pending.remove(&id) else {
+            return;
+        };
+        match pending {
+            Pending::Place { placement, node } => {
+                let Some(mut p) = self.placements.remove(&placement) else {
+                    return;
+                };
+                match result {
+                    Ok(AllocResponse::Granted(lease)) => {
+                        let expected = &node;
+                        if &lease.node_id != expected
+                            || lease.holder != self.local_id
+                            || lease.lease_id.0.is_empty()
+                        {
+                            p.attempt.refused(
+                                node.clone(),
+                                Denial::new(
+                                    DenyReason::BadRequest,
+                                    "owner answered with a lease that is not ours",
+                                ),
+                            );
+                        } else {
+                            self.finish_placement(p, lease);
+                            return;
+                        }
+                    }
+                    Ok(AllocResponse::Denied(d)) => p.attempt.refused(node, d),
+                    Ok(other) => p.attempt.refused(
+                        node,
+                        Denial::new(
+                            DenyReason::BadRequest,
+                            format!("unexpected answer {other:?}"),
+                        ),
+                    ),
+                    Err(e) => p
+                        .attempt
+                        .refused(node, Denial::new(DenyReason::Unreachable, e)),
+                }
+                self.drive(placement, p);
+            }
+            Pending::Renew { lease_id } => self.on_renewed(&lease_id, result),
+            Pending::Release { lease_id, reply } => {
+                let confirmed = matches!(result, Ok(AllocResponse::Released { .. }));
+                if let Err(e) = &result {
+                    warn!(lease = %lease_id, error = %e, "owner did not confirm release; the lease will expire");
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(ReleaseOutcome {
+                        allocation_id: lease_id.0,
+                        owner_confirmed: confirmed,
+                    }));
+                }
+            }
+        }
+    }
+}
