@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::core::placement::{Strategy, StrategyConfig};
 use crate::model::{
-    Capacity, DenyReason, GpuInfo, GpuSlot, Lease, Location, NodeId, NodeStatus, Priority,
-    ResourceRequirements,
+    Announcement, Capacity, DenyReason, GpuInfo, GpuSlot, Lease, Location, NodeId, NodeStatus,
+    Priority, ResourceRequirements,
 };
 
 /// Capacity of the command channel into the event loop.
@@ -227,6 +227,45 @@ pub struct Penalty {
     pub banned: bool,
     /// What the last offence was.
     pub last_offence: String,
+}
+
+impl NodeInfo {
+    /// The API view of a node's announcement. Fields only the answering
+    /// node knows of itself (`duplicate_identity`, `penalties`) start empty.
+    pub fn from_announcement(
+        ann: &Announcement,
+        is_local: bool,
+        status: NodeStatus,
+        last_seen_ms: u64,
+        rtt_ms: Option<f64>,
+    ) -> Self {
+        NodeInfo {
+            id: ann.node_id.clone(),
+            name: ann.name.clone(),
+            is_local,
+            version: ann.version.clone(),
+            addresses: ann.addrs.clone(),
+            resources: NodeResources {
+                lendable: ann.capacity.clone(),
+                free: ann.free.clone(),
+                gpus: ann.gpus.clone(),
+                machine_cpu_cores: ann.machine_cpu_cores,
+                machine_memory_mb: ann.machine_memory_mb,
+                cpu_usage_pct: ann.cpu_usage_pct,
+            },
+            models: ann.models.clone(),
+            location: ann.location.clone(),
+            weight: ann.weight,
+            allow_remote_access: ann.allow_remote,
+            active_allocations: ann.active_leases,
+            status,
+            last_seen: ms_to_utc(last_seen_ms),
+            rtt_ms,
+            seq: ann.seq,
+            duplicate_identity: None,
+            penalties: Vec::new(),
+        }
+    }
 }
 
 /// An error of a call on the node.

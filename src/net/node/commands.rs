@@ -12,35 +12,11 @@ impl EventLoop {
                 let now = now_ms();
                 let mut out = vec![self.local_info()];
                 out.extend(self.view.peers().map(|p| {
-                    NodeInfo {
-                        id: p.ann.node_id.clone(),
-                        name: p.ann.name.clone(),
-                        is_local: false,
-                        version: p.ann.version.clone(),
-                        addresses: p.ann.addrs.clone(),
-                        resources: NodeResources {
-                            lendable: p.ann.capacity.clone(),
-                            free: p.ann.free.clone(),
-                            gpus: p.ann.gpus.clone(),
-                            machine_cpu_cores: p.ann.machine_cpu_cores,
-                            machine_memory_mb: p.ann.machine_memory_mb,
-                            cpu_usage_pct: p.ann.cpu_usage_pct,
-                        },
-                        models: p.ann.models.clone(),
-                        location: p.ann.location.clone(),
-                        weight: p.ann.weight,
-                        allow_remote_access: p.ann.allow_remote,
-                        active_allocations: p.ann.active_leases,
-                        status: self
-                            .view
-                            .status(&p.ann.node_id, now)
-                            .unwrap_or(NodeStatus::Offline),
-                        last_seen: crate::handle::ms_to_utc(p.last_seen_ms),
-                        rtt_ms: p.rtt_ms,
-                        seq: p.ann.seq,
-                        duplicate_identity: None,
-                        penalties: Vec::new(),
-                    }
+                    let status = self
+                        .view
+                        .status(&p.ann.node_id, now)
+                        .unwrap_or(NodeStatus::Offline);
+                    NodeInfo::from_announcement(&p.ann, false, status, p.last_seen_ms, p.rtt_ms)
                 }));
                 let _ = reply.send(out);
             }
@@ -89,13 +65,7 @@ impl EventLoop {
                 let _ = reply.send(());
             }
             Command::ListenAddrs(reply) => {
-                let peer = *self.swarm.local_peer_id();
-                let addrs = self
-                    .swarm
-                    .listeners()
-                    .map(|a| a.clone().with_p2p(peer).unwrap_or_else(|a| a).to_string())
-                    .collect();
-                let _ = reply.send(addrs);
+                let _ = reply.send(self.listen_addrs());
             }
             Command::Telemetry(t) => {
                 self.cpu_usage_pct = t.cpu_usage_pct;
@@ -124,41 +94,34 @@ impl EventLoop {
     }
 
     pub(super) fn local_info(&self) -> NodeInfo {
-        let a = &self.local_ann;
-        NodeInfo {
-            id: self.local_id.clone(),
-            name: self.cfg.name.clone(),
-            is_local: true,
-            version: a.version.clone(),
-            addresses: a.addrs.clone(),
-            resources: NodeResources {
-                lendable: self.ledger.capacity().clone(),
-                free: self.ledger.free(),
-                gpus: self.cfg.gpus.clone(),
-                machine_cpu_cores: self.cfg.machine_cpu_cores,
-                machine_memory_mb: self.cfg.machine_memory_mb,
-                cpu_usage_pct: self.cpu_usage_pct,
-            },
-            models: self.cfg.models.clone(),
-            location: self.cfg.location.clone(),
-            weight: self.cfg.weight,
-            allow_remote_access: self.cfg.allow_remote,
-            active_allocations: self.ledger.len() as u32,
-            status: NodeStatus::Online,
-            last_seen: crate::handle::ms_to_utc(now_ms()),
-            rtt_ms: None,
-            seq: a.seq,
-            duplicate_identity: self.duplicate_identity.clone(),
-            penalties: self
-                .offenders
-                .iter()
-                .map(|(p, o)| Penalty {
-                    peer_id: p.to_base58(),
-                    offences: o.offences,
-                    banned: o.banned_until_ms.is_some(),
-                    last_offence: o.last_offence.clone(),
-                })
-                .collect(),
-        }
+        let now = now_ms();
+        let mut info = NodeInfo::from_announcement(
+            &self.describe(now, false),
+            true,
+            NodeStatus::Online,
+            now,
+            None,
+        );
+        info.duplicate_identity = self.duplicate_identity.clone();
+        info.penalties = self
+            .offenders
+            .iter()
+            .map(|(p, o)| Penalty {
+                peer_id: p.to_base58(),
+                offences: o.offences,
+                banned: o.banned_until_ms.is_some(),
+                last_offence: o.last_offence.clone(),
+            })
+            .collect();
+        info
+    }
+
+    /// Our listen addresses, each with `/p2p/<our peer id>`.
+    pub(super) fn listen_addrs(&self) -> Vec<String> {
+        let peer = *self.swarm.local_peer_id();
+        self.swarm
+            .listeners()
+            .map(|a| a.clone().with_p2p(peer).unwrap_or_else(|a| a).to_string())
+            .collect()
     }
 }

@@ -20,16 +20,19 @@ impl EventLoop {
         }
     }
 
+    /// The next announcement: a fresh sequence number and this instant.
     pub(super) fn build_announcement(&mut self, leaving: bool) -> Announcement {
         let now = now_ms();
         self.seq = (self.seq + 1).max(now);
-        let peer = *self.swarm.local_peer_id();
-        let addrs = self
-            .swarm
-            .listeners()
-            .map(|a| a.clone().with_p2p(peer).unwrap_or_else(|a| a).to_string())
-            .take(16)
-            .collect();
+        self.describe(now, leaving)
+    }
+
+    /// This node as an announcement says it, right now, under the current
+    /// sequence number. The one place that turns our state into what peers
+    /// and the API see.
+    pub(super) fn describe(&self, now: u64, leaving: bool) -> Announcement {
+        let mut addrs = self.listen_addrs();
+        addrs.truncate(16);
         Announcement {
             node_id: self.local_id.clone(),
             seq: self.seq,
@@ -73,8 +76,8 @@ impl EventLoop {
                 return;
             }
         };
-        self.view.set_local(ann.clone());
-        self.local_ann = ann;
+        let (seq, free) = (ann.seq, ann.free.clone());
+        self.view.set_local(ann);
         self.signed.insert(self.local_id.clone(), signed);
         match self
             .swarm
@@ -83,9 +86,9 @@ impl EventLoop {
             .publish(self.topic.clone(), bytes)
         {
             Ok(_) => debug!(
-                seq = self.local_ann.seq,
-                free_cores = self.local_ann.free.cpu_cores,
-                free_mem_mb = self.local_ann.free.memory_mb,
+                seq,
+                free_cores = free.cpu_cores,
+                free_mem_mb = free.memory_mb,
                 leaving,
                 "capacity announced"
             ),

@@ -40,7 +40,7 @@ use crate::core::placement::{Attempt, Placer, StrategyConfig};
 use crate::core::view::{Applied, View, ViewConfig};
 use crate::handle::{
     Allocation, AllocationRequest, Allocations, Command, Excluded, Node, NodeError, NodeInfo,
-    NodeResources, Penalty, Refusal, ReleaseOutcome, COMMAND_QUEUE,
+    Penalty, Refusal, ReleaseOutcome, COMMAND_QUEUE,
 };
 use crate::model::{
     Announcement, Capacity, Denial, DenyReason, GpuInfo, Lease, LeaseId, Location, NodeId,
@@ -238,7 +238,6 @@ pub async fn start(
     };
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let mut el = EventLoop {
-        local_ann: placeholder_announcement(&local_id),
         view: View::new(placeholder_announcement(&local_id), view_cfg),
         swarm,
         topic,
@@ -369,7 +368,6 @@ struct EventLoop {
     announce_at: Option<Instant>,
     last_announce: Option<Instant>,
     local_id: NodeId,
-    local_ann: Announcement,
     duplicate_identity: Option<String>,
     seed_counter: u64,
     dialing: HashSet<PeerId>,
