@@ -97,6 +97,15 @@ where
     }
 }
 
+/// Wait until `n` knows `count` nodes (itself included); returns them.
+async fn sees_nodes(n: &Node, count: usize) -> Vec<NodeInfo> {
+    eventually(&format!("{} to see {count} nodes", n.id()), || async {
+        let ns = n.nodes().await.ok()?;
+        (ns.len() == count).then_some(ns)
+    })
+    .await
+}
+
 async fn node_named(n: &Node, name: &str) -> Option<NodeInfo> {
     n.nodes().await.ok()?.into_iter().find(|i| i.name == name)
 }
@@ -124,12 +133,8 @@ async fn announcements_converge_across_three_nodes() {
     let b = spawn("b", gpu_cap, Some(a_addr.clone()), |_| {}).await;
     let c = spawn("c", cap(4, 8), Some(a_addr), |_| {}).await;
 
-    for (who, n) in [("a", &a.node), ("b", &b.node), ("c", &c.node)] {
-        let nodes = eventually(&format!("{who} sees all three nodes"), || async {
-            let ns = n.nodes().await.ok()?;
-            (ns.len() == 3).then_some(ns)
-        })
-        .await;
+    for n in [&a.node, &b.node, &c.node] {
+        let nodes = sees_nodes(n, 3).await;
         let b_info = nodes.iter().find(|i| i.name == "b").unwrap();
         assert_eq!(b_info.resources.lendable.cpu_cores, 8);
         assert_eq!(b_info.resources.lendable.memory_mb, 32 * 1024);
@@ -173,14 +178,14 @@ async fn a_new_node_gets_the_full_view_on_connect() {
     let b = spawn("b", cap(6, 12), Some(a_addr.clone()), slow).await;
     eventually("a knows b", || async { node_named(&a.node, "b").await }).await;
 
+    // `eventually` gives up after WAIT (20 s), far inside the hour-long
+    // heartbeat, so only the swap on connect can make this pass.
     let c = spawn("c", cap(1, 1), Some(a_addr), slow).await;
-    let started = std::time::Instant::now();
     let b_seen = eventually("c learns b through a", || async {
         node_named(&c.node, "b").await
     })
     .await;
     assert_eq!(b_seen.resources.lendable.cpu_cores, 6);
-    assert!(started.elapsed() < Duration::from_secs(3600));
     drop(b);
 }
 
@@ -190,11 +195,7 @@ async fn a_grant_lands_on_the_node_the_strategy_picks_and_release_frees_it() {
     let a_addr = a.addr().await;
     let big = spawn("big", cap(16, 64), Some(a_addr.clone()), |_| {}).await;
     let small = spawn("small", cap(4, 8), Some(a_addr), |_| {}).await;
-    eventually("a sees both", || async {
-        let ns = a.node.nodes().await.ok()?;
-        (ns.len() == 3).then_some(())
-    })
-    .await;
+    sees_nodes(&a.node, 3).await;
 
     // Pre-load `big` so that least-loaded must pick `small`.
     big.node
@@ -248,11 +249,7 @@ async fn a_denial_from_a_stale_view_falls_through_to_the_next_candidate() {
     })
     .await;
     let _c = spawn("c", cap(4, 8), Some(a_addr), |_| {}).await;
-    eventually("a sees b and c", || async {
-        let ns = a.node.nodes().await.ok()?;
-        (ns.len() == 3).then_some(())
-    })
-    .await;
+    sees_nodes(&a.node, 3).await;
     b.node
         .request(AllocationRequest {
             node_id: Some("b".into()),
