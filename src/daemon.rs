@@ -129,7 +129,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "starting lanswarm {}",
         env!("CARGO_PKG_VERSION")
     );
-    let ncfg = node_config(&cfg, keypair)?;
+    // Probing the hardware blocks (sysinfo samples CPU use for ~200 ms, NVML
+    // may be slow to load): keep it off the async workers.
+    let probe_cfg = cfg.clone();
+    let ncfg = tokio::task::spawn_blocking(move || node_config(&probe_cfg, keypair))
+        .await
+        .context("probing the hardware")??;
     info!(
         cores = ncfg.capacity.cpu_cores,
         memory_mb = ncfg.capacity.memory_mb,
