@@ -580,8 +580,11 @@ fn on_cmd(swarm: &mut Swarm<HostileBehaviour>, st: &mut HostileState, cmd: Cmd) 
     }
 }
 
-fn on_raw_event(st: &mut HostileState, proto: Raw, ev: request_response::Event<Vec<u8>, Vec<u8>>) {
-    let (id, r) = match ev {
+/// The answer (or failure) of one of our outbound requests, if `ev` is one.
+fn outcome<Req, Resp>(
+    ev: request_response::Event<Req, Resp>,
+) -> Option<(request_response::OutboundRequestId, Result<Resp, String>)> {
+    match ev {
         request_response::Event::Message {
             message:
                 request_response::Message::Response {
@@ -589,11 +592,17 @@ fn on_raw_event(st: &mut HostileState, proto: Raw, ev: request_response::Event<V
                     response,
                 },
             ..
-        } => (request_id, Ok(response)),
+        } => Some((request_id, Ok(response))),
         request_response::Event::OutboundFailure {
             request_id, error, ..
-        } => (request_id, Err(error.to_string())),
-        _ => return,
+        } => Some((request_id, Err(error.to_string()))),
+        _ => None,
+    }
+}
+
+fn on_raw_event(st: &mut HostileState, proto: Raw, ev: request_response::Event<Vec<u8>, Vec<u8>>) {
+    let Some((id, r)) = outcome(ev) else {
+        return;
     };
     if let Some(reply) = st.raw.remove(&(proto, id)) {
         let _ = reply.send(r);
@@ -635,19 +644,8 @@ fn on_event(st: &mut HostileState, ev: SwarmEvent<HostileBehaviourEvent>) {
             on_raw_event(st, Raw::Sync, ev)
         }
         SwarmEvent::Behaviour(HostileBehaviourEvent::Sync(ev)) => {
-            let (id, r) = match ev {
-                request_response::Event::Message {
-                    message:
-                        request_response::Message::Response {
-                            request_id,
-                            response,
-                        },
-                    ..
-                } => (request_id, Ok(response)),
-                request_response::Event::OutboundFailure {
-                    request_id, error, ..
-                } => (request_id, Err(error.to_string())),
-                _ => return,
+            let Some((id, r)) = outcome(ev) else {
+                return;
             };
             if let Some(reply) = st.sync.remove(&id) {
                 let _ = reply.send(r);
