@@ -38,7 +38,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use toml::de::{DeTable, DeValue};
 
-use crate::model::Location;
+use crate::model::{Location, NodeId};
 use crate::units::{self, format_mb, parse_size_mb};
 
 /// Names accepted by `strategy.default`. The placement strategies
@@ -86,6 +86,11 @@ pub struct Config {
     pub resources: ResourcesConfig,
     /// `[location]`: where this node is, for the `geographic` strategy.
     pub location: LocationConfig,
+    /// `[labels]`: free-form `key = "value"` labels announced to peers and
+    /// matched by pool selectors, e.g. `zone = "lab"`, `tier = "gpu"`.
+    pub labels: BTreeMap<String, String>,
+    /// `[access]`: who may allocate here, beyond `lend.allow_remote`.
+    pub access: AccessConfig,
     /// `[models]`: AI models this node serves.
     pub models: ModelsConfig,
     /// `[leases]`: lease lengths and limits this node grants.
@@ -163,6 +168,16 @@ pub struct NetworkConfig {
     /// port is found again within seconds. Default 6s.
     #[serde(with = "units::serde_duration")]
     pub mdns_ttl: Duration,
+    /// Private swarm: a pre-shared key file (written by `lanswarm keygen`).
+    /// With it, every connection is wrapped in libp2p's pnet layer, and a
+    /// node without the same key cannot connect at all. pnet does not
+    /// cover QUIC, so the node runs TCP only: `listen` then defaults to
+    /// TCP alone, and QUIC addresses in `listen` or `bootstrap` are errors.
+    /// A relative path is resolved against the config file's directory (or
+    /// the data directory when there is no file); `~` is expanded. See
+    /// `docs/security.md`. Default: none (an open swarm).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swarm_key: Option<PathBuf>,
 }
 
 impl Default for NetworkConfig {
@@ -179,7 +194,16 @@ impl Default for NetworkConfig {
             announce_interval: Duration::from_secs(10),
             announce_debounce: Duration::from_millis(100),
             mdns_ttl: Duration::from_secs(6),
+            swarm_key: None,
         }
+    }
+}
+
+impl NetworkConfig {
+    /// The default `listen` with a swarm key: TCP only, on every IPv4
+    /// interface, since pnet does not cover QUIC.
+    pub fn private_default_listen() -> Vec<Multiaddr> {
+        vec!["/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr")]
     }
 }
 
@@ -313,6 +337,28 @@ impl LocationConfig {
         }
     }
 }
+
+/// `[access]`: this node's access policy at start-up. Changes made at
+/// runtime (`lanswarm access ...`) are persisted and kept across restarts
+/// until this section itself is edited, which then wins again. The remote
+/// toggle is `lend.allow_remote`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Serve only peers that share a swarm group with this node (plus
+    /// `allow`).
+    pub group_peers_only: bool,
+    /// Peer ids always served (unless denied). When non-empty, only these
+    /// (and group peers with `group_peers_only`) are served.
+    pub allow: Vec<String>,
+    /// Peer ids never served.
+    pub deny: Vec<String>,
+}
+
+/// Most entries in each access list.
+pub const MAX_ACCESS_LIST: usize = 1024;
+/// Most labels a node may carry.
+pub const MAX_LABELS: usize = 32;
 
 /// `[models]`: AI models this node serves.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -1046,7 +1092,11 @@ impl Config {
             path: path.clone(),
             source,
         })?;
-        Self::from_toml_str(&text, &path.display().to_string())
+        let mut config = Self::from_toml_str(&text, &path.display().to_string())?;
+        if let Some(key) = &config.network.swarm_key {
+            config.network.swarm_key = Some(relative_to_file(key, &path));
+        }
+        Ok(config)
     }
 
     /// Parses and validates a config from TOML text. `origin` names the
@@ -1062,6 +1112,10 @@ impl Config {
         let mut config = Config::deserialize(toml::de::Deserializer::from(root.clone()))
             .map_err(|e| parse_error(text, origin, &e, root.get_ref()))?;
         config.origin = Some(origin.to_owned());
+        if config.network.swarm_key.is_some() && !has_key(root.get_ref(), &["network", "listen"]) {
+            // pnet covers TCP only: the default listen drops QUIC.
+            config.network.listen = NetworkConfig::private_default_listen();
+        }
         if let Err(p) = config.check() {
             let position = span_of(root.get_ref(), &p.key).map(|s| line_col(text, s.start));
             return Err(ConfigError::Invalid {
@@ -1111,6 +1165,16 @@ impl Config {
         )
     }
 
+    /// The swarm key file, if one is configured: `network.swarm_key` with
+    /// `~` expanded, and a path still relative (one not loaded from a file
+    /// by [`Config::load`], which resolves it against the file's
+    /// directory) taken inside [`Config::data_dir`].
+    pub fn swarm_key_path(&self) -> Option<PathBuf> {
+        let key = self.network.swarm_key.as_deref()?;
+        let home = std::env::var_os("HOME");
+        Some(resolve_swarm_key(key, &self.data_dir(), home.as_deref()))
+    }
+
     /// The node name: `name`, or else the host name (cut to 64 characters),
     /// or `"lanswarm-node"` if there is none.
     pub fn node_name(&self) -> String {
@@ -1133,6 +1197,8 @@ impl Config {
         self.check_lend()?;
         self.check_resources()?;
         self.check_location()?;
+        self.check_labels()?;
+        self.check_access()?;
         self.check_models()?;
         self.check_leases()?;
         self.check_strategy()?;
@@ -1162,6 +1228,78 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    fn check_labels(&self) -> Result<(), Problem> {
+        if self.labels.len() > MAX_LABELS {
+            return Err(problem(
+                "labels",
+                format!("at most {MAX_LABELS} labels, got {}", self.labels.len()),
+            ));
+        }
+        for (k, v) in &self.labels {
+            let key = format!("labels.{k}");
+            if k.is_empty() || k.len() > 64 || k.chars().any(|c| c.is_control() || c == '=') {
+                return Err(problem(
+                    key,
+                    "a label name is 1 to 64 bytes, without control characters or '='",
+                ));
+            }
+            if v.len() > 128 || v.chars().any(char::is_control) {
+                return Err(problem(
+                    key,
+                    "a label value is at most 128 bytes, without control characters",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_access(&self) -> Result<(), Problem> {
+        for (list, ids) in [("allow", &self.access.allow), ("deny", &self.access.deny)] {
+            let key = format!("access.{list}");
+            if ids.len() > MAX_ACCESS_LIST {
+                return Err(problem(
+                    key,
+                    format!("at most {MAX_ACCESS_LIST} peer ids, got {}", ids.len()),
+                ));
+            }
+            for id in ids {
+                if id.parse::<libp2p::PeerId>().is_err() {
+                    return Err(problem(
+                        key,
+                        format!("{id:?} is not a peer id (see `lanswarm status` on that node)"),
+                    ));
+                }
+            }
+        }
+        if let Some(id) = self
+            .access
+            .allow
+            .iter()
+            .find(|id| self.access.deny.contains(id))
+        {
+            return Err(problem(
+                "access.deny",
+                format!("{id} is on both access.allow and access.deny"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The access policy this config asks for.
+    pub fn access_policy(&self) -> crate::core::access::AccessPolicy {
+        crate::core::access::AccessPolicy {
+            allow_remote: self.lend.allow_remote,
+            group_peers_only: self.access.group_peers_only,
+            allow: self
+                .access
+                .allow
+                .iter()
+                .map(|s| NodeId(s.clone()))
+                .collect(),
+            deny: self.access.deny.iter().map(|s| NodeId(s.clone())).collect(),
+        }
     }
 
     fn check_api(&self) -> Result<(), Problem> {
@@ -1205,6 +1343,22 @@ impl Config {
                     format!("network.bootstrap[{i}]"),
                     "must not be empty",
                 ));
+            }
+        }
+        if let Some(key) = &n.swarm_key {
+            if key.as_os_str().is_empty() {
+                return Err(problem("network.swarm_key", "must not be empty"));
+            }
+            let lists = [("listen", &n.listen), ("bootstrap", &n.bootstrap)];
+            for (list, addrs) in lists {
+                if let Some((i, addr)) = addrs.iter().enumerate().find(|(_, a)| is_quic(a)) {
+                    return Err(problem(
+                        format!("network.{list}[{i}]"),
+                        format!(
+                            "QUIC cannot be used with network.swarm_key (the pre-shared-key layer covers TCP only); remove \"{addr}\" or use a /tcp/ address"
+                        ),
+                    ));
+                }
             }
         }
         if n.announce_interval.is_zero() {
@@ -1414,6 +1568,12 @@ impl Config {
     }
 }
 
+/// Whether `addr` goes over QUIC (or UDP), which a private swarm cannot use.
+fn is_quic(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, Protocol::Quic | Protocol::QuicV1 | Protocol::Udp(_)))
+}
+
 fn check_percent(key: &str, p: f64) -> Result<(), Problem> {
     if (0.0..=100.0).contains(&p) {
         Ok(())
@@ -1447,6 +1607,51 @@ fn resolve_data_dir(
         Some(home) => home.join(".local").join("share").join("lanswarm"),
         None => PathBuf::from("lanswarm-data"),
     }
+}
+
+/// The swarm key path from the configured value: `~` expanded, relative
+/// paths inside `data_dir`. Pure, for tests.
+fn resolve_swarm_key(configured: &Path, data_dir: &Path, home: Option<&OsStr>) -> PathBuf {
+    let home = home.filter(|h| !h.is_empty()).map(Path::new);
+    let p = expand_tilde(configured, home);
+    if p.is_relative() {
+        data_dir.join(p)
+    } else {
+        p
+    }
+}
+
+/// `p` as written in the config file `file`: a relative path (not starting
+/// with `~`) is made absolute against the file's directory.
+fn relative_to_file(p: &Path, file: &Path) -> PathBuf {
+    if p.is_absolute() || p.starts_with("~") {
+        return p.to_owned();
+    }
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::path::absolute(dir)
+        .unwrap_or_else(|_| dir.to_owned())
+        .join(p)
+}
+
+/// Whether the document sets the key at `path` (by table names).
+fn has_key(root: &DeTable<'_>, path: &[&str]) -> bool {
+    let mut table = root;
+    for (i, name) in path.iter().enumerate() {
+        let Some((_, v)) = table.iter().find(|(k, _)| k.get_ref() == name) else {
+            return false;
+        };
+        if i + 1 == path.len() {
+            return true;
+        }
+        match v.get_ref() {
+            DeValue::Table(t) => table = t,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// Replaces a leading `~` (alone or followed by a separator) with `home`.
@@ -1749,5 +1954,147 @@ mod tests {
         assert_eq!(line_col(text, text.find('=').unwrap()), (1, 3));
         assert_eq!(line_col(text, text.rfind('=').unwrap()), (2, 4));
         assert_eq!(line_col(text, 999), (3, 1));
+    }
+
+    // --- network.swarm_key (private swarm) ---
+
+    #[test]
+    fn swarm_key_makes_the_default_listen_tcp_only() {
+        let open = parse("").unwrap();
+        assert!(open.network.listen.iter().any(is_quic), "QUIC by default");
+        assert_eq!(open.network.swarm_key, None);
+
+        let private = parse("[network]\nswarm_key = \"/etc/lanswarm/swarm.key\"").unwrap();
+        assert_eq!(
+            private.network.listen,
+            NetworkConfig::private_default_listen()
+        );
+        assert!(!private.network.listen.iter().any(is_quic));
+        assert_eq!(
+            private.network.swarm_key.as_deref(),
+            Some(Path::new("/etc/lanswarm/swarm.key"))
+        );
+        // An explicit TCP listen list is kept as written.
+        let c = parse(
+            "[network]\nswarm_key = \"k\"\nlisten = [\"/ip4/10.0.0.1/tcp/4001\", \"/ip4/127.0.0.1/tcp/0\"]",
+        )
+        .unwrap();
+        assert_eq!(c.network.listen.len(), 2);
+        // Dotted keys count as setting the key too.
+        let e = err("network.swarm_key = \"k\"\nnetwork.listen = [\"/ip4/0.0.0.0/udp/0/quic-v1\"]");
+        assert!(e.contains("network.listen[0]: QUIC cannot be used"), "{e}");
+    }
+
+    #[test]
+    fn swarm_key_with_quic_is_rejected_with_file_line_and_key() {
+        let cases = [
+            (
+                "[network]\nswarm_key = \"swarm.key\"\nlisten = [\"/ip4/0.0.0.0/tcp/0\", \"/ip4/0.0.0.0/udp/0/quic-v1\"]",
+                "test.toml:3:33: network.listen[1]: QUIC cannot be used with network.swarm_key",
+            ),
+            (
+                "[network]\nswarm_key = \"swarm.key\"\nbootstrap = [\"/ip4/10.0.0.3/udp/4001/quic-v1\"]",
+                "test.toml:3:14: network.bootstrap[0]: QUIC cannot be used with network.swarm_key",
+            ),
+            (
+                "[network]\nswarm_key = \"\"",
+                "test.toml:2:1: network.swarm_key: must not be empty",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = parse(text).unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid { .. }), "{text}: {e:?}");
+            assert!(
+                e.to_string().starts_with(want),
+                "{text}:\n got  {e}\n want {want}"
+            );
+        }
+        let e = err("[network]\nswarm_key = \"k\"\nlisten = [\"/ip4/0.0.0.0/udp/0/quic-v1\"]");
+        assert!(e.contains("remove \"/ip4/0.0.0.0/udp/0/quic-v1\""), "{e}");
+        // QUIC without a key stays fine.
+        parse("[network]\nlisten = [\"/ip4/0.0.0.0/udp/0/quic-v1\"]").unwrap();
+    }
+
+    #[test]
+    fn swarm_key_added_after_loading_is_checked_by_validate() {
+        // As the daemon does with flags: change a loaded config, validate.
+        let mut c = parse("[network]\nswarm_key = \"k\"").unwrap();
+        c.network
+            .listen
+            .push("/ip4/0.0.0.0/udp/0/quic-v1".parse().unwrap());
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key(), Some("network.listen[1]"));
+        assert!(
+            e.to_string()
+                .starts_with("test.toml: network.listen[1]: QUIC"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn swarm_key_round_trips_through_toml() {
+        let c = parse("[network]\nswarm_key = \"/k/swarm.key\"").unwrap();
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("swarm_key = \"/k/swarm.key\""), "{text}");
+        assert_eq!(parse(&text).unwrap(), c);
+        assert!(!toml::to_string(&parse("").unwrap())
+            .unwrap()
+            .contains("swarm_key"));
+    }
+
+    #[test]
+    fn swarm_key_paths_resolve_like_the_docs_say() {
+        let home = Some(OsStr::new("/home/u"));
+        let data = Path::new("/var/lib/lanswarm");
+        assert_eq!(
+            resolve_swarm_key(Path::new("swarm.key"), data, home),
+            PathBuf::from("/var/lib/lanswarm/swarm.key")
+        );
+        assert_eq!(
+            resolve_swarm_key(Path::new("~/keys/swarm.key"), data, home),
+            PathBuf::from("/home/u/keys/swarm.key")
+        );
+        assert_eq!(
+            resolve_swarm_key(Path::new("/etc/swarm.key"), data, home),
+            PathBuf::from("/etc/swarm.key")
+        );
+        assert_eq!(
+            relative_to_file(
+                Path::new("keys/swarm.key"),
+                Path::new("/etc/lanswarm/node.toml")
+            ),
+            PathBuf::from("/etc/lanswarm/keys/swarm.key")
+        );
+        assert_eq!(
+            relative_to_file(
+                Path::new("~/swarm.key"),
+                Path::new("/etc/lanswarm/node.toml")
+            ),
+            PathBuf::from("~/swarm.key")
+        );
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            relative_to_file(Path::new("swarm.key"), Path::new("node.toml")),
+            cwd.join("swarm.key")
+        );
+    }
+
+    #[test]
+    fn load_resolves_a_relative_swarm_key_against_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/nonexistent/data\"\n[network]\nswarm_key = \"keys/swarm.key\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        let want = dir.path().join("keys").join("swarm.key");
+        assert_eq!(c.network.swarm_key.as_deref(), Some(want.as_path()));
+        assert_eq!(c.swarm_key_path(), Some(want));
+        // Without a file, a relative path lives in the data directory.
+        let c = parse("data_dir = \"/srv/ls\"\n[network]\nswarm_key = \"swarm.key\"").unwrap();
+        assert_eq!(c.swarm_key_path(), Some(PathBuf::from("/srv/ls/swarm.key")));
+        assert_eq!(parse("").unwrap().swarm_key_path(), None);
     }
 }

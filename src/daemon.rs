@@ -87,7 +87,8 @@ pub fn node_config(cfg: &Config, keypair: libp2p::identity::Keypair) -> anyhow::
         models: cfg.models.served.clone(),
         location: cfg.location.to_location(),
         weight: cfg.lend.weight,
-        allow_remote: cfg.lend.allow_remote,
+        labels: cfg.labels.clone(),
+        access: cfg.access_policy(),
         limits: LeaseLimits {
             min_lease_ms: cfg.leases.min.as_millis() as u64,
             max_lease_ms: cfg.leases.max.as_millis() as u64,
@@ -101,7 +102,24 @@ pub fn node_config(cfg: &Config, keypair: libp2p::identity::Keypair) -> anyhow::
         store_path: data_dir.join("state.redb"),
         api_addr: Some(cfg.api.listen.to_string()),
         max_tries: 8,
+        // Read by `run` before anything else touches the data directory.
+        swarm_key: None,
     })
+}
+
+/// Load the swarm key named by `network.swarm_key`, if any. Errors name
+/// the config, the key and the file.
+pub fn load_swarm_key(cfg: &Config) -> anyhow::Result<Option<libp2p::pnet::PreSharedKey>> {
+    let Some(path) = cfg.swarm_key_path() else {
+        return Ok(None);
+    };
+    let key = crate::swarm_key::load(&path).with_context(|| {
+        format!(
+            "{}: network.swarm_key",
+            cfg.origin.as_deref().unwrap_or("<defaults>")
+        )
+    })?;
+    Ok(Some(key))
 }
 
 fn init_logging(level: &str) {
@@ -119,6 +137,7 @@ fn init_logging(level: &str) {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let cfg = load_config(&args)?;
     init_logging(&cfg.log.level);
+    let swarm_key = load_swarm_key(&cfg)?;
     let data_dir = cfg.data_dir();
     let (keypair, created) = crate::identity::load_or_create(&data_dir)?;
     info!(
@@ -135,6 +154,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let ncfg = tokio::task::spawn_blocking(move || node_config(&probe_cfg, keypair))
         .await
         .context("probing the hardware")??;
+    let ncfg = NodeConfig { swarm_key, ..ncfg };
     info!(
         cores = ncfg.capacity.cpu_cores,
         memory_mb = ncfg.capacity.memory_mb,

@@ -13,10 +13,12 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::core::access::AccessPolicy;
 use crate::core::placement::{Strategy, StrategyConfig};
+use crate::core::pools::{PoolCapacity, PoolSelector};
 use crate::model::{
-    Announcement, Capacity, DenyReason, GpuInfo, GpuSlot, Lease, Location, NodeId, NodeStatus,
-    Priority, ResourceRequirements,
+    AccessHint, Announcement, Capacity, DenyReason, GpuInfo, GpuSlot, Lease, Location, NodeId,
+    NodeStatus, Priority, ResourceRequirements,
 };
 
 /// Capacity of the command channel into the event loop.
@@ -48,6 +50,10 @@ pub struct AllocationRequest {
     pub strategy: Option<Strategy>,
     /// Only consider this node (a node id or a node name).
     pub node_id: Option<String>,
+    /// Only consider the nodes of this resource pool (by name).
+    pub pool: Option<String>,
+    /// Only consider the members of this swarm group (by id or name).
+    pub group: Option<String>,
 }
 
 /// What an allocation holds (seed 004's `AllocatedResources`).
@@ -201,6 +207,11 @@ pub struct NodeInfo {
     pub location: Location,
     pub weight: u32,
     pub allow_remote_access: bool,
+    /// Labels from the node's config, matched by pool selectors.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// What the node announces of its access policy (a hint for
+    /// requesters; the owner's check is the one that counts).
+    pub access: AccessHint,
     pub active_allocations: u32,
     pub status: NodeStatus,
     pub last_seen: DateTime<Utc>,
@@ -256,7 +267,9 @@ impl NodeInfo {
             models: ann.models.clone(),
             location: ann.location.clone(),
             weight: ann.weight,
-            allow_remote_access: ann.allow_remote,
+            allow_remote_access: ann.access.allow_remote,
+            labels: ann.labels.clone(),
+            access: ann.access.clone(),
             active_allocations: ann.active_leases,
             status,
             last_seen: ms_to_utc(last_seen_ms),
@@ -286,6 +299,83 @@ pub enum NodeError {
     Denied(crate::model::Denial),
     #[error("storage: {0}")]
     Storage(String),
+    /// A named thing (group, pool) that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is well formed but the state does not allow it (a full
+    /// group, a group that needs an invitation, an ambiguous name).
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// A swarm group as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    pub id: String,
+    pub name: String,
+    pub max_members: u32,
+    /// Whether anyone may join, or only invited nodes.
+    pub open: bool,
+    pub created_by: NodeId,
+    /// Members, by id.
+    pub members: Vec<GroupMember>,
+    /// Nodes invited and not yet joined.
+    pub invited: Vec<NodeId>,
+    /// Whether the answering node is a member.
+    pub is_member: bool,
+}
+
+/// One member of a group, with its name where this node knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    pub id: NodeId,
+    pub name: Option<String>,
+}
+
+/// What to create a group with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewGroup {
+    pub name: String,
+    pub max_members: u32,
+    /// Anyone may join (default: only invited nodes).
+    #[serde(default)]
+    pub open: bool,
+}
+
+/// A resource pool as this node sees it, with its members and their
+/// aggregate capacity (from the latest announcements).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolInfo {
+    pub name: String,
+    pub selector: PoolSelector,
+    pub created_by: NodeId,
+    /// Known nodes that match the selector, online or not.
+    pub members: Vec<GroupMember>,
+    /// Totals over the members that are online.
+    pub capacity: PoolCapacity,
+}
+
+/// What to create a pool with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPool {
+    pub name: String,
+    #[serde(flatten)]
+    pub selector: PoolSelector,
+}
+
+/// A change to the access policy: every field is optional, and lists are
+/// edited by adding and removing ids.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessChange {
+    pub allow_remote: Option<bool>,
+    pub group_peers_only: Option<bool>,
+    pub allow_add: Vec<String>,
+    pub allow_remove: Vec<String>,
+    pub deny_add: Vec<String>,
+    pub deny_remove: Vec<String>,
 }
 
 /// Commands into the event loop.
@@ -303,6 +393,25 @@ pub(crate) enum Command {
     ListenAddrs(oneshot::Sender<Vec<String>>),
     Dial(String, oneshot::Sender<Result<(), NodeError>>),
     Telemetry(Telemetry),
+    Groups(oneshot::Sender<Vec<GroupInfo>>),
+    Group(String, oneshot::Sender<Result<GroupInfo, NodeError>>),
+    CreateGroup(NewGroup, oneshot::Sender<Result<GroupInfo, NodeError>>),
+    JoinGroup(String, oneshot::Sender<Result<GroupInfo, NodeError>>),
+    LeaveGroup(String, oneshot::Sender<Result<GroupInfo, NodeError>>),
+    InviteToGroup(
+        String,
+        String,
+        oneshot::Sender<Result<GroupInfo, NodeError>>,
+    ),
+    Access(oneshot::Sender<AccessPolicy>),
+    SetAccess(
+        AccessChange,
+        oneshot::Sender<Result<AccessPolicy, NodeError>>,
+    ),
+    Pools(oneshot::Sender<Vec<PoolInfo>>),
+    Pool(String, oneshot::Sender<Result<PoolInfo, NodeError>>),
+    CreatePool(NewPool, oneshot::Sender<Result<PoolInfo, NodeError>>),
+    DeletePool(String, oneshot::Sender<Result<(), NodeError>>),
 }
 
 /// Fresh readings of the host, fed in by the hardware monitor task and
@@ -394,5 +503,71 @@ impl Node {
     /// Dial a peer by multiaddr.
     pub async fn dial(&self, addr: &str) -> Result<(), NodeError> {
         self.call(|tx| Command::Dial(addr.to_owned(), tx)).await?
+    }
+
+    /// Every swarm group this node knows, by id.
+    pub async fn groups(&self) -> Result<Vec<GroupInfo>, NodeError> {
+        self.call(Command::Groups).await
+    }
+
+    /// One group, by id or (unique) name, with its members.
+    pub async fn group(&self, group: &str) -> Result<GroupInfo, NodeError> {
+        self.call(|tx| Command::Group(group.to_owned(), tx)).await?
+    }
+
+    /// Create a group; this node becomes its first member.
+    pub async fn create_group(&self, new: NewGroup) -> Result<GroupInfo, NodeError> {
+        self.call(|tx| Command::CreateGroup(new, tx)).await?
+    }
+
+    /// Join a group (by id or name): open groups admit anyone, closed ones
+    /// only invited nodes. Joining a group this node is in changes nothing.
+    pub async fn join_group(&self, group: &str) -> Result<GroupInfo, NodeError> {
+        self.call(|tx| Command::JoinGroup(group.to_owned(), tx))
+            .await?
+    }
+
+    /// Leave a group. Leaving a group this node is not in changes nothing.
+    pub async fn leave_group(&self, group: &str) -> Result<GroupInfo, NodeError> {
+        self.call(|tx| Command::LeaveGroup(group.to_owned(), tx))
+            .await?
+    }
+
+    /// Invite a node (by peer id) into a group this node is a member of.
+    pub async fn invite_to_group(&self, group: &str, node: &str) -> Result<GroupInfo, NodeError> {
+        self.call(|tx| Command::InviteToGroup(group.to_owned(), node.to_owned(), tx))
+            .await?
+    }
+
+    /// The access policy in force.
+    pub async fn access(&self) -> Result<AccessPolicy, NodeError> {
+        self.call(Command::Access).await
+    }
+
+    /// Change the access policy. It applies to the next request, and is
+    /// stored before this returns.
+    pub async fn set_access(&self, change: AccessChange) -> Result<AccessPolicy, NodeError> {
+        self.call(|tx| Command::SetAccess(change, tx)).await?
+    }
+
+    /// Every resource pool, by name, with aggregate capacity.
+    pub async fn pools(&self) -> Result<Vec<PoolInfo>, NodeError> {
+        self.call(Command::Pools).await
+    }
+
+    /// One pool by name.
+    pub async fn pool(&self, name: &str) -> Result<PoolInfo, NodeError> {
+        self.call(|tx| Command::Pool(name.to_owned(), tx)).await?
+    }
+
+    /// Create (or redefine) a pool, shared with the swarm.
+    pub async fn create_pool(&self, new: NewPool) -> Result<PoolInfo, NodeError> {
+        self.call(|tx| Command::CreatePool(new, tx)).await?
+    }
+
+    /// Delete a pool, swarm-wide.
+    pub async fn delete_pool(&self, name: &str) -> Result<(), NodeError> {
+        self.call(|tx| Command::DeletePool(name.to_owned(), tx))
+            .await?
     }
 }

@@ -13,6 +13,7 @@ pub mod model;
 pub mod net;
 pub mod sim;
 pub mod store;
+pub mod swarm_key;
 pub mod units;
 
 pub use handle::{Node, NodeError};

@@ -1,5 +1,6 @@
 //! Durable state in redb: the leases this node granted, the leases it holds
-//! on other nodes, and small metadata.
+//! on other nodes, the signed swarm-state events (groups and pools) it has
+//! seen, and small metadata (the access policy).
 //!
 //! A grant is written and committed (fsync) before its reply leaves the
 //! node, so a restart, even after `kill -9`, keeps every active lease.
@@ -12,6 +13,10 @@ use crate::model::{Lease, LeaseId};
 
 const GRANTED: TableDefinition<&str, &[u8]> = TableDefinition::new("granted_v1");
 const HELD: TableDefinition<&str, &[u8]> = TableDefinition::new("held_v1");
+/// Signed state events, keyed by their signed payload (unique per event).
+const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events_v1");
+/// Small named records, postcard-encoded.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_v1");
 
 /// An error of the durable store.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +63,12 @@ pub struct WriteBatch {
     pub delete_granted: Vec<LeaseId>,
     pub put_held: Vec<HeldRecord>,
     pub delete_held: Vec<LeaseId>,
+    /// Signed state events to keep, as (key, postcard of the signed event).
+    pub put_events: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Keys of state events superseded (pools keep one event per name).
+    pub delete_events: Vec<Vec<u8>>,
+    /// Named metadata records, already encoded.
+    pub put_meta: Vec<(String, Vec<u8>)>,
 }
 
 impl WriteBatch {
@@ -66,6 +77,9 @@ impl WriteBatch {
             && self.delete_granted.is_empty()
             && self.put_held.is_empty()
             && self.delete_held.is_empty()
+            && self.put_events.is_empty()
+            && self.delete_events.is_empty()
+            && self.put_meta.is_empty()
     }
 }
 
@@ -84,6 +98,8 @@ impl Store {
         let txn = db.begin_write().map_err(redb_err)?;
         txn.open_table(GRANTED).map_err(redb_err)?;
         txn.open_table(HELD).map_err(redb_err)?;
+        txn.open_table(EVENTS).map_err(redb_err)?;
+        txn.open_table(META).map_err(redb_err)?;
         txn.commit().map_err(redb_err)?;
         Ok(Store { db })
     }
@@ -113,6 +129,17 @@ impl Store {
             for id in &batch.delete_held {
                 t.remove(id.0.as_str()).map_err(redb_err)?;
             }
+            let mut t = txn.open_table(EVENTS).map_err(redb_err)?;
+            for (k, v) in &batch.put_events {
+                t.insert(k.as_slice(), v.as_slice()).map_err(redb_err)?;
+            }
+            for k in &batch.delete_events {
+                t.remove(k.as_slice()).map_err(redb_err)?;
+            }
+            let mut t = txn.open_table(META).map_err(redb_err)?;
+            for (k, v) in &batch.put_meta {
+                t.insert(k.as_str(), v.as_slice()).map_err(redb_err)?;
+            }
         }
         txn.commit().map_err(redb_err)
     }
@@ -125,6 +152,33 @@ impl Store {
     /// Every held lease in the store.
     pub fn held(&self) -> Result<Vec<HeldRecord>, StoreError> {
         self.load(HELD)
+    }
+
+    /// Every stored state event, as stored (postcard of the signed event).
+    pub fn events(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb_err)?;
+        let t = txn.open_table(EVENTS).map_err(redb_err)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(redb_err)? {
+            let (_, v) = row.map_err(redb_err)?;
+            out.push(v.value().to_vec());
+        }
+        Ok(out)
+    }
+
+    /// A metadata record, decoded, if present.
+    pub fn meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb_err)?;
+        let t = txn.open_table(META).map_err(redb_err)?;
+        let Some(v) = t.get(key).map_err(redb_err)? else {
+            return Ok(None);
+        };
+        postcard::from_bytes(v.value())
+            .map(Some)
+            .map_err(|source| StoreError::Decode {
+                key: key.to_owned(),
+                source,
+            })
     }
 
     fn load<T: serde::de::DeserializeOwned>(
@@ -189,7 +243,7 @@ mod tests {
             put_granted: vec![lease("a"), lease("b")],
             delete_granted: vec![LeaseId("old".into()), LeaseId("b".into())],
             put_held: vec![held.clone()],
-            delete_held: vec![],
+            ..Default::default()
         })
         .unwrap();
         assert_eq!(s.granted().unwrap(), vec![lease("a")]);
@@ -221,5 +275,32 @@ mod tests {
         let s = Store::open(&path).unwrap();
         assert_eq!(s.granted().unwrap(), vec![lease("b")]);
         assert_eq!(s.held().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn events_and_meta_survive_reopen_and_deletes_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let s = Store::open(&path).unwrap();
+            s.apply(&WriteBatch {
+                put_events: vec![
+                    (b"k1".to_vec(), b"v1".to_vec()),
+                    (b"k2".to_vec(), b"v2".to_vec()),
+                ],
+                put_meta: vec![("policy".into(), postcard::to_stdvec(&7u32).unwrap())],
+                ..Default::default()
+            })
+            .unwrap();
+            s.apply(&WriteBatch {
+                delete_events: vec![b"k1".to_vec()],
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.events().unwrap(), vec![b"v2".to_vec()]);
+        assert_eq!(s.meta::<u32>("policy").unwrap(), Some(7));
+        assert_eq!(s.meta::<u32>("other").unwrap(), None);
     }
 }

@@ -442,3 +442,527 @@ fn two_binaries_share_leases_and_the_identity_survives_a_restart() {
 fn d_nodes(d: &Daemon) -> usize {
     d.get("/api/v1/nodes").1.as_array().map_or(0, |a| a.len())
 }
+
+/// A valid peer id of no running node.
+fn stranger_id() -> String {
+    libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id()
+        .to_string()
+}
+
+/// Send each case and check its status and error code.
+fn expect_errors(d: &Daemon, cases: &[(&str, String, String, u16, &str)]) {
+    for (method, path, body, status, code) in cases {
+        let (s, v) = d.send(method, path, body);
+        assert_eq!(s, *status, "{method} {path} {body}: {v}");
+        assert_eq!(v["error"]["code"], *code, "{method} {path} {body}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+    }
+}
+
+#[test]
+fn groups_access_and_pools_through_the_api_validate_input_and_change_nothing_on_error() {
+    let d = Daemon::start("hub", None, "[labels]\ntier = \"gpu\"\n");
+    let me = d.get("/api/v1/node").1["id"].as_str().unwrap().to_owned();
+    let other = stranger_id();
+    let long = "x".repeat(65);
+
+    // Groups.
+    assert_eq!(d.get("/api/v1/groups"), (200, serde_json::json!([])));
+    let (s, g) = d.send(
+        "POST",
+        "/api/v1/groups",
+        r#"{"name": "lab", "max_members": 3}"#,
+    );
+    assert_eq!(s, 201, "{g}");
+    assert_eq!(g["name"], "lab");
+    assert_eq!(g["max_members"], 3);
+    assert_eq!(g["open"], false);
+    assert_eq!(g["is_member"], true);
+    assert_eq!(g["created_by"], me.as_str());
+    assert_eq!(g["members"][0]["id"], me.as_str());
+    assert_eq!(g["members"][0]["name"], "hub");
+    let gid = g["id"].as_str().unwrap().to_owned();
+    let (s, list) = d.get("/api/v1/groups");
+    assert_eq!(s, 200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0], g);
+    assert_eq!(d.get(&format!("/api/v1/groups/{gid}")), (200, g.clone()));
+    assert_eq!(d.get("/api/v1/groups/lab"), (200, g.clone()));
+    let (s, members) = d.get("/api/v1/groups/lab/members");
+    assert_eq!(s, 200);
+    assert_eq!(members, g["members"]);
+    // Joining a group this node is in changes nothing.
+    assert_eq!(
+        d.send("POST", &format!("/api/v1/groups/{gid}/join"), ""),
+        (200, g.clone())
+    );
+
+    let groups_before = d.get("/api/v1/groups").1;
+    let post = |path: &str, body: &str| ("POST", path.to_owned(), body.to_owned());
+    let bad_groups: Vec<(&str, String, String, u16, &str)> = [
+        (
+            post("/api/v1/groups", r#"{"name": "", "max_members": 3}"#),
+            400,
+            "bad_request",
+        ),
+        (
+            post("/api/v1/groups", r#"{"name": "   ", "max_members": 3}"#),
+            400,
+            "bad_request",
+        ),
+        (
+            post(
+                "/api/v1/groups",
+                &format!(r#"{{"name": "{long}", "max_members": 3}}"#),
+            ),
+            400,
+            "bad_request",
+        ),
+        (
+            post("/api/v1/groups", r#"{"name": "z", "max_members": 0}"#),
+            400,
+            "bad_request",
+        ),
+        (
+            post("/api/v1/groups", r#"{"name": "z", "max_members": -1}"#),
+            400,
+            "bad_request",
+        ),
+        (
+            post("/api/v1/groups", r#"{"name": "z"}"#),
+            400,
+            "bad_request",
+        ),
+        (
+            post(
+                "/api/v1/groups",
+                r#"{"name": "z", "max_members": 3, "public": true}"#,
+            ),
+            400,
+            "bad_request",
+        ),
+        (post("/api/v1/groups", "{not json"), 400, "bad_request"),
+        (
+            post("/api/v1/groups/no-such-group/join", ""),
+            404,
+            "not_found",
+        ),
+        (
+            post("/api/v1/groups/no-such-group/leave", ""),
+            404,
+            "not_found",
+        ),
+        (
+            post(
+                "/api/v1/groups/no-such-group/invite",
+                &format!(r#"{{"node": "{other}"}}"#),
+            ),
+            404,
+            "not_found",
+        ),
+        (
+            ("GET", "/api/v1/groups/no-such-group".into(), String::new()),
+            404,
+            "not_found",
+        ),
+        (
+            (
+                "GET",
+                "/api/v1/groups/no-such-group/members".into(),
+                String::new(),
+            ),
+            404,
+            "not_found",
+        ),
+        (
+            post(
+                &format!("/api/v1/groups/{gid}/invite"),
+                r#"{"node": "not-a-peer-id"}"#,
+            ),
+            400,
+            "bad_request",
+        ),
+        (
+            post(
+                &format!("/api/v1/groups/{gid}/invite"),
+                &format!(r#"{{"node": "{other}", "role": "admin"}}"#),
+            ),
+            400,
+            "bad_request",
+        ),
+        (
+            post(&format!("/api/v1/groups/{gid}/invite"), "{}"),
+            400,
+            "bad_request",
+        ),
+    ]
+    .into_iter()
+    .map(|((m, p, b), s, c)| (m, p, b, s, c))
+    .collect();
+    expect_errors(&d, &bad_groups);
+    assert_eq!(d.get("/api/v1/groups").1, groups_before, "no group changed");
+
+    // A good invitation is recorded.
+    let (s, g2) = d.send(
+        "POST",
+        "/api/v1/groups/lab/invite",
+        &format!(r#"{{"node": "{other}"}}"#),
+    );
+    assert_eq!(s, 200, "{g2}");
+    assert_eq!(g2["invited"], serde_json::json!([other]));
+
+    // Access policy.
+    let (s, policy) = d.get("/api/v1/access");
+    assert_eq!(s, 200);
+    assert_eq!(
+        policy,
+        serde_json::json!({"allow_remote": true, "group_peers_only": false, "allow": [], "deny": []})
+    );
+    let (s, p) = d.send("PATCH", "/api/v1/access", r#"{"allow_remote": false}"#);
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["allow_remote"], false);
+    assert_eq!(d.get("/api/v1/access"), (200, p.clone()));
+    let (s, p) = d.send(
+        "PATCH",
+        "/api/v1/access",
+        &format!(r#"{{"allow_add": ["{other}"], "group_peers_only": true}}"#),
+    );
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["allow"], serde_json::json!([other]));
+    assert_eq!(p["group_peers_only"], true);
+    let policy_before = d.get("/api/v1/access").1;
+    let patch = |body: String| ("PATCH", "/api/v1/access".to_owned(), body);
+    let bad_access: Vec<(&str, String, String, u16, &str)> = [
+        (
+            patch(r#"{"allow_add": ["not-a-peer-id"]}"#.into()),
+            400,
+            "bad_request",
+        ),
+        (
+            patch(r#"{"deny_remove": ["nope"]}"#.into()),
+            400,
+            "bad_request",
+        ),
+        // The same peer on both lists.
+        (
+            patch(format!(r#"{{"deny_add": ["{other}"]}}"#)),
+            400,
+            "bad_request",
+        ),
+        // A good change with a bad one in the same body: all or nothing.
+        (
+            patch(r#"{"allow_remote": true, "allow_add": ["bad id"]}"#.into()),
+            400,
+            "bad_request",
+        ),
+        (
+            patch(r#"{"allow_remote": "yes"}"#.into()),
+            400,
+            "bad_request",
+        ),
+        (patch(r#"{"remote": false}"#.into()), 400, "bad_request"),
+        (patch("[]".into()), 400, "bad_request"),
+    ]
+    .into_iter()
+    .map(|((m, p, b), s, c)| (m, p, b, s, c))
+    .collect();
+    expect_errors(&d, &bad_access);
+    assert_eq!(d.get("/api/v1/access").1, policy_before, "policy unchanged");
+    let (s, p) = d.send(
+        "PATCH",
+        "/api/v1/access",
+        &format!(
+            r#"{{"allow_remote": true, "group_peers_only": false, "allow_remove": ["{other}"], "deny_add": ["{other}"]}}"#
+        ),
+    );
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["allow"], serde_json::json!([]));
+    assert_eq!(p["deny"], serde_json::json!([other]));
+
+    // Pools.
+    assert_eq!(d.get("/api/v1/pools"), (200, serde_json::json!([])));
+    let (s, mine) = d.send(
+        "POST",
+        "/api/v1/pools",
+        &format!(r#"{{"name": "mine", "nodes": ["{me}"]}}"#),
+    );
+    assert_eq!(s, 201, "{mine}");
+    assert_eq!(mine["name"], "mine");
+    assert_eq!(mine["created_by"], me.as_str());
+    assert_eq!(mine["members"][0]["id"], me.as_str());
+    let cap = &mine["capacity"];
+    assert_eq!(cap["nodes"], 1, "{mine}");
+    assert_eq!(cap["cpu_cores_total"], 4, "{mine}");
+    assert_eq!(cap["cpu_cores_free"], 4, "{mine}");
+    assert_eq!(cap["memory_mb_total"], 8192, "{mine}");
+    assert_eq!(cap["gpus_total"], 1, "{mine}");
+    let (s, list) = d.get("/api/v1/pools");
+    assert_eq!(s, 200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["capacity"]["nodes"], 1);
+    assert_eq!(list[0]["capacity"]["cpu_cores_total"], 4);
+
+    let (s, gpu) = d.send(
+        "POST",
+        "/api/v1/pools",
+        r#"{"name": "gpu", "labels": {"tier": "gpu"}}"#,
+    );
+    assert_eq!(s, 201, "{gpu}");
+    assert_eq!(gpu["selector"]["labels"]["tier"], "gpu");
+    assert_eq!(gpu["capacity"]["nodes"], 1, "the node has tier=gpu: {gpu}");
+    let (s, none) = d.send(
+        "POST",
+        "/api/v1/pools",
+        r#"{"name": "cpu", "labels": {"tier": "cpu"}}"#,
+    );
+    assert_eq!(s, 201, "{none}");
+    assert_eq!(none["capacity"]["nodes"], 0, "{none}");
+    assert_eq!(d.get("/api/v1/pools/gpu"), (200, gpu.clone()));
+    let (s, v) = d.send("DELETE", "/api/v1/pools/cpu", "");
+    assert_eq!(s, 204, "{v}");
+    assert_eq!(v, Value::Null, "204 has no body");
+    assert_eq!(d.get("/api/v1/pools/cpu").0, 404);
+
+    // A request scoped to a pool or a group lands on its nodes; an
+    // unknown pool or group is a 404.
+    for scope in [r#""pool": "mine""#, r#""group": "lab""#] {
+        let (s, a) = d.send(
+            "POST",
+            "/api/v1/allocations",
+            &format!(r#"{{"required_resources": {{"cpu_cores": 1}}, {scope}}}"#),
+        );
+        assert_eq!(s, 201, "{scope}: {a}");
+        assert_eq!(a["node_id"], me.as_str());
+        let id = a["allocation_id"].as_str().unwrap();
+        assert_eq!(
+            d.send("DELETE", &format!("/api/v1/allocations/{id}"), "").0,
+            200
+        );
+    }
+
+    let pools_before = d.get("/api/v1/pools").1;
+    let allocs_before = d.get("/api/v1/allocations").1;
+    let pool = |body: String| ("POST", "/api/v1/pools".to_owned(), body);
+    let bad_pools: Vec<(&str, String, String, u16, &str)> = [
+        (
+            pool(format!(r#"{{"name": "", "nodes": ["{me}"]}}"#)),
+            400,
+            "bad_request",
+        ),
+        (
+            pool(format!(r#"{{"name": "has space", "nodes": ["{me}"]}}"#)),
+            400,
+            "bad_request",
+        ),
+        (
+            pool(format!(r#"{{"name": "{long}", "nodes": ["{me}"]}}"#)),
+            400,
+            "bad_request",
+        ),
+        (pool(r#"{"name": "empty"}"#.into()), 400, "bad_request"),
+        (
+            pool(r#"{"name": "empty", "nodes": [], "labels": {}}"#.into()),
+            400,
+            "bad_request",
+        ),
+        (
+            pool(r#"{"name": "bad", "nodes": ["not-a-peer-id"]}"#.into()),
+            400,
+            "bad_request",
+        ),
+        (
+            pool(format!(
+                r#"{{"name": "extra", "nodes": ["{me}"], "colour": "red"}}"#
+            )),
+            400,
+            "bad_request",
+        ),
+        (pool(r#"{"nodes": ["x"]}"#.into()), 400, "bad_request"),
+        (pool("{not json".into()), 400, "bad_request"),
+        (
+            ("DELETE", "/api/v1/pools/nope".into(), String::new()),
+            404,
+            "not_found",
+        ),
+        (
+            ("GET", "/api/v1/pools/nope".into(), String::new()),
+            404,
+            "not_found",
+        ),
+        (
+            (
+                "POST",
+                "/api/v1/allocations".into(),
+                r#"{"required_resources": {"cpu_cores": 1}, "pool": "nope"}"#.into(),
+            ),
+            404,
+            "not_found",
+        ),
+        (
+            (
+                "POST",
+                "/api/v1/allocations".into(),
+                r#"{"required_resources": {"cpu_cores": 1}, "group": "nope"}"#.into(),
+            ),
+            404,
+            "not_found",
+        ),
+    ]
+    .into_iter()
+    .map(|((m, p, b), s, c)| (m, p, b, s, c))
+    .collect();
+    expect_errors(&d, &bad_pools);
+    assert_eq!(d.get("/api/v1/pools").1, pools_before, "no pool changed");
+    assert_eq!(d.get("/api/v1/allocations").1, allocs_before);
+    assert_eq!(d.get("/api/v1/groups").1.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn the_cli_manages_groups_access_and_pools() {
+    let d = Daemon::start("cli", None, "[labels]\na = \"b\"\n");
+    let ok = |args: &[&str]| {
+        let out = d.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout(&out)
+    };
+    let text = ok(&["groups", "create", "lab", "--max-members", "4", "--open"]);
+    assert!(
+        text.contains("lab") && text.contains("anyone may join"),
+        "{text}"
+    );
+    let groups: Value = serde_json::from_str(&ok(&["groups", "list", "--json"])).unwrap();
+    assert_eq!(groups.as_array().unwrap().len(), 1, "{groups}");
+    assert_eq!(groups[0]["name"], "lab");
+    assert_eq!(groups[0]["open"], true);
+    let text = ok(&["groups", "list"]);
+    assert!(text.contains("lab") && text.contains("1/4"), "{text}");
+    let text = ok(&["groups", "members", "lab"]);
+    assert!(text.contains("cli"), "{text}");
+
+    let text = ok(&["access", "remote", "off"]);
+    assert!(text.contains("remote access     off"), "{text}");
+    let p: Value = serde_json::from_str(&ok(&["access", "show", "--json"])).unwrap();
+    assert_eq!(p["allow_remote"], false, "{p}");
+    let peer = stranger_id();
+    let text = ok(&["access", "allow", &peer]);
+    assert!(text.contains(&peer), "{text}");
+    let p: Value = serde_json::from_str(&ok(&["--json", "access", "unallow", &peer])).unwrap();
+    assert_eq!(p["allow"], serde_json::json!([]));
+
+    let text = ok(&["pools", "create", "x", "--label", "a=b"]);
+    assert!(text.contains("pool      x"), "{text}");
+    let text = ok(&["pools", "list"]);
+    assert!(text.contains("GPU MEMORY"), "{text}");
+    let row = text.lines().find(|l| l.starts_with("x ")).expect(&text);
+    assert!(row.contains("4/4") && row.contains("a=b"), "{text}");
+    let text = ok(&["pools", "show", "x"]);
+    assert!(
+        text.contains("cli (") && text.contains("4/4 cores"),
+        "{text}"
+    );
+
+    // Client-side bad input: a usage error (exit 2), nothing sent.
+    let pools_before = d.get("/api/v1/pools").1;
+    let groups_before = d.get("/api/v1/groups").1;
+    for args in [
+        &["pools", "create", "y", "--label", "nokey"][..],
+        &["pools", "create", "y", "--label", "=v"],
+        &["groups", "create", "z", "--max-members", "lots"],
+        &["groups", "create", "z", "--max-members", "0"],
+        &["groups", "create", "z", "--max-members", "10001"],
+        &["groups", "create", "z"],
+        &["access", "remote", "maybe"],
+        &["access", "allow"],
+    ] {
+        let out = d.cli(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Usage") || err.contains("error:"), "{err}");
+    }
+    let out = d.cli(&["pools", "create", "y", "--label", "nokey"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nokey"));
+    assert_eq!(d.get("/api/v1/pools").1, pools_before);
+    assert_eq!(d.get("/api/v1/groups").1, groups_before);
+
+    // Server errors: the message, and a non-zero exit.
+    for (args, code) in [
+        (&["groups", "join", "nope"][..], "not_found"),
+        (&["groups", "invite", "lab", "not-a-peer"], "bad_request"),
+        (&["access", "deny", "bad-id"], "bad_request"),
+        (
+            &["pools", "create", "has space", "--label", "a=b"],
+            "bad_request",
+        ),
+        (&["pools", "show", "nope"], "not_found"),
+        (&["pools", "delete", "nope"], "not_found"),
+        (&["request", "--cpu", "1", "--pool", "nope"], "not_found"),
+    ] {
+        let out = d.cli(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with("error: ") && err.contains(code),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(d.get("/api/v1/pools").1, pools_before);
+    assert_eq!(d.get("/api/v1/groups").1, groups_before);
+
+    // Scoped requests through the CLI.
+    let out = d.cli(&[
+        "--json", "request", "--cpu", "1", "--pool", "x", "--group", "lab",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = ok(&["pools", "delete", "x"]);
+    assert!(text.contains("deleted pool x"), "{text}");
+    assert_eq!(d.get("/api/v1/pools").1, serde_json::json!([]));
+}
+
+#[test]
+fn groups_pools_and_access_survive_a_restart() {
+    let mut d = Daemon::start("keeper", None, "");
+    let me = d.get("/api/v1/node").1["id"].as_str().unwrap().to_owned();
+    let (s, g) = d.send(
+        "POST",
+        "/api/v1/groups",
+        r#"{"name": "lab", "max_members": 2}"#,
+    );
+    assert_eq!(s, 201, "{g}");
+    let (s, p) = d.send(
+        "POST",
+        "/api/v1/pools",
+        &format!(r#"{{"name": "mine", "nodes": ["{me}"]}}"#),
+    );
+    assert_eq!(s, 201, "{p}");
+    let other = stranger_id();
+    let (s, policy) = d.send(
+        "PATCH",
+        "/api/v1/access",
+        &format!(r#"{{"allow_remote": false, "deny_add": ["{other}"]}}"#),
+    );
+    assert_eq!(s, 200, "{policy}");
+    let groups = d.get("/api/v1/groups").1;
+    let pools = d.get("/api/v1/pools").1;
+
+    assert!(d.terminate().success(), "{}", d.log_text());
+    let config = d.dir.path().join("node.toml");
+    d.spawn(&config);
+    assert_eq!(d.get("/api/v1/node").1["id"], me.as_str());
+    assert_eq!(d.get("/api/v1/groups").1, groups, "groups kept");
+    assert_eq!(d.get("/api/v1/access").1, policy, "policy kept");
+    let after = d.get("/api/v1/pools").1;
+    assert_eq!(after[0]["name"], "mine", "{after}");
+    assert_eq!(after[0]["selector"], pools[0]["selector"]);
+    assert_eq!(after[0]["capacity"]["nodes"], 1, "{after}");
+}

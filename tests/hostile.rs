@@ -49,11 +49,12 @@ use std::time::{Duration, Instant};
 
 use common::vlan::{Lan, API_PORT};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use lanswarm::core::groups::{GroupEvent, GroupEventKind, GroupId};
 use lanswarm::model::{Announcement, NodeId, Priority, ResourceRequirements};
 use lanswarm::net::protocol::{
-    decode_exact, AllocReply, AllocRequest, AllocResponse, SignedAnnouncement, SyncCodec,
-    SyncRequest, SyncResponse, ALLOC_PROTOCOL, CAPACITY_TOPIC, MAX_ALLOC_MESSAGE, MAX_SYNC_MESSAGE,
-    SYNC_PROTOCOL,
+    decode_exact, AllocReply, AllocRequest, AllocResponse, SignedAnnouncement, SignedEvent,
+    StateEvent, SyncCodec, SyncRequest, SyncResponse, ALLOC_PROTOCOL, CAPACITY_TOPIC,
+    MAX_ALLOC_MESSAGE, MAX_SYNC_MESSAGE, SYNC_PROTOCOL,
 };
 use lanswarm::sim::netns;
 use libp2p::identity::Keypair;
@@ -1016,6 +1017,7 @@ fn a_hostile_peer_changes_nothing_and_is_penalised_then_banned() {
     // they must be ignored as replays.
     let stale = SyncRequest {
         announcements: vec![old_signed.clone(), decode_exact(&captured).unwrap()],
+        events: vec![],
     };
     let resp = rt
         .block_on(forger.call(|r| Cmd::Sync(victim_peer, stale, r)))
@@ -1037,7 +1039,14 @@ fn a_hostile_peer_changes_nothing_and_is_penalised_then_banned() {
     // The forgery relayed through sync.
     let r = rt.block_on(forger.call(|r| {
         let announcements = vec![forged.clone()];
-        Cmd::Sync(victim_peer, SyncRequest { announcements }, r)
+        Cmd::Sync(
+            victim_peer,
+            SyncRequest {
+                announcements,
+                events: vec![],
+            },
+            r,
+        )
     }));
     assert!(r.is_ok(), "{r:?}");
     let p = expect_offences(&victim, &forger, 4, "1 invalid of 1 announcements in sync");
@@ -1051,7 +1060,14 @@ fn a_hostile_peer_changes_nothing_and_is_penalised_then_banned() {
     };
     let r = rt.block_on(forger.call(|r| {
         let announcements = vec![junk.clone(), old_signed.clone()];
-        Cmd::Sync(victim_peer, SyncRequest { announcements }, r)
+        Cmd::Sync(
+            victim_peer,
+            SyncRequest {
+                announcements,
+                events: vec![],
+            },
+            r,
+        )
     }));
     eprintln!("forger's fifth offence -> {r:?}");
     let p = expect_offences(
@@ -1179,4 +1195,113 @@ fn bad_frames_are_penalised_and_the_sender_banned() {
     }
     assert_cut_off(rt, &frames, &victim, &victim_addr, victim_peer);
     health.finish();
+}
+
+#[test]
+fn forged_group_events_change_nothing_and_the_owner_checks_the_authenticated_peer() {
+    let Some(lan) = Lan::builder(
+        "that a group event made in another node's name is refused and penalised, that a \
+         validly signed join to a closed group without an invitation changes no membership, \
+         and that a group-only owner answers an outsider's raw allocation request with \
+         forbidden",
+    )
+    .host(&node_toml("victim"))
+    .bare_host()
+    .start() else {
+        return;
+    };
+    let (victim, victim_id, victim_peer, victim_addr) = victim_of(&lan);
+    let (status, g) = victim.post("/api/v1/groups", r#"{"name": "inner", "max_members": 4}"#);
+    assert_eq!(status, 201, "{g}");
+    let gid = g["id"].as_str().unwrap().to_owned();
+    let (status, p) = lan.api(
+        0,
+        "PATCH",
+        "/api/v1/access",
+        Some(&serde_json::json!({ "group_peers_only": true })),
+    );
+    assert_eq!(status, 200, "{p}");
+    let members = || victim.get(&format!("/api/v1/groups/{gid}"))["members"].clone();
+    let before = members();
+
+    let attackers = Attackers::start(&lan, 1);
+    let rt = &attackers.rt;
+    let mallory = attackers.spawn("mallory", false);
+    connect(rt, &mallory, &victim_addr, victim_peer);
+    let mallory_id = NodeId(mallory.peer_id.to_base58());
+    let event = |actor: NodeId, kind: GroupEventKind| {
+        StateEvent::Group(GroupEvent {
+            group: GroupId(gid.clone()),
+            actor,
+            clock: 1_000,
+            kind,
+        })
+    };
+
+    // In the victim's name: an invitation for mallory, signed by mallory.
+    let forged = SignedEvent::sign(
+        &event(
+            NodeId(victim_id.clone()),
+            GroupEventKind::Invite {
+                node: mallory_id.clone(),
+            },
+        ),
+        &mallory.key,
+    )
+    .unwrap();
+    let r = rt.block_on(mallory.call(|r| {
+        let sync = SyncRequest {
+            announcements: vec![],
+            events: vec![forged.clone()],
+        };
+        Cmd::Sync(victim_peer, sync, r)
+    }));
+    eprintln!("forged invitation answered: {}", r.is_ok());
+    expect_offences(&victim, &mallory, 1, "1 invalid of 1 state events in sync");
+
+    // Its own, validly signed join, with no invitation: a void event.
+    let join = SignedEvent::sign(
+        &event(mallory_id.clone(), GroupEventKind::Join),
+        &mallory.key,
+    )
+    .unwrap();
+    let r = rt.block_on(mallory.call(|r| {
+        let sync = SyncRequest {
+            announcements: vec![],
+            events: vec![join.clone()],
+        };
+        Cmd::Sync(victim_peer, sync, r)
+    }));
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(
+        members(),
+        before,
+        "an uninvited join changed the membership"
+    );
+    let p = victim.penalty(&mallory.peer_id).unwrap();
+    assert_eq!(p["offences"], 1, "a well-formed event is no offence: {p}");
+
+    // The owner's check: a raw request from mallory's authenticated id.
+    let req = postcard::to_stdvec(&AllocRequest::Allocate {
+        request_id: "outsider".into(),
+        req: ResourceRequirements {
+            cpu_cores: 1,
+            ..Default::default()
+        },
+        task_type: String::new(),
+        priority: Priority::Normal,
+        lease_ms: 10_000,
+    })
+    .unwrap();
+    let resp = rt
+        .block_on(mallory.call(|r| Cmd::Raw(Raw::Alloc, victim_peer, req, r)))
+        .expect("the request is answered");
+    match decode_exact::<AllocReply>(&resp).map(|r| r.answer) {
+        Ok(AllocResponse::Denied(d)) => {
+            assert_eq!(d.reason, lanswarm::model::DenyReason::Forbidden, "{d:?}");
+        }
+        other => panic!("an outsider was not refused: {other:?}"),
+    }
+    let granted = victim.get("/api/v1/allocations")["granted"].clone();
+    assert_eq!(granted, serde_json::json!([]), "nothing is allocated");
 }

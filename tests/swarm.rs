@@ -421,7 +421,10 @@ async fn an_owner_restart_keeps_its_leases_and_renewals_continue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_does_not_lend_remotely_refuses_peers_but_serves_itself() {
-    let owner = spawn("private", cap(4, 8), None, |c| c.allow_remote = false).await;
+    let owner = spawn("private", cap(4, 8), None, |c| {
+        c.access.allow_remote = false
+    })
+    .await;
     let other = spawn("other", cap(0, 0), Some(owner.addr().await), |_| {}).await;
     eventually("other sees private", || async {
         node_named(&other.node, "private").await
@@ -435,7 +438,22 @@ async fn a_node_that_does_not_lend_remotely_refuses_peers_but_serves_itself() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(err, NodeError::NoCapacity { .. }), "{err:?}");
+    // Aimed at the owner, the owner's own answer comes back.
+    assert!(
+        matches!(&err, NodeError::Denied(d) if d.reason == lanswarm::model::DenyReason::Forbidden),
+        "{err:?}"
+    );
+    // Not aimed, the owner's announced policy keeps it off the list.
+    let err = other.node.request(req(1, 64)).await.unwrap_err();
+    let NodeError::NoCapacity { excluded, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        excluded
+            .iter()
+            .any(|e| e.node_name == "private" && e.why.contains("access policy")),
+        "{err:?}"
+    );
     assert!(owner.node.allocations().await.unwrap().granted.is_empty());
     let own = owner.node.request(req(1, 64)).await.unwrap();
     assert_eq!(own.node_name, "private");

@@ -70,6 +70,8 @@ impl From<NodeError> for ApiError {
             NodeError::Storage(m) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", m)
             }
+            NodeError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+            NodeError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
         }
     }
 }

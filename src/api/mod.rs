@@ -16,16 +16,16 @@ use axum::{
     http::{header, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
     Json, Router,
 };
-use serde::de::DeserializeOwned;
+use serde::{de::DeserializeOwned, Deserialize};
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 
 use crate::core::placement::StrategyConfig;
-use crate::handle::{AllocationRequest, Node};
+use crate::handle::{AccessChange, AllocationRequest, NewGroup, NewPool, Node};
 
 #[derive(Clone)]
 struct AppState {
@@ -42,6 +42,15 @@ pub fn router(node: Node, token: Option<String>) -> Router {
         .route("/allocations", get(allocations).post(request))
         .route("/allocations/{id}", get(allocation).delete(release))
         .route("/strategy", get(strategy).put(set_strategy))
+        .route("/groups", get(groups).post(create_group))
+        .route("/groups/{group}", get(group))
+        .route("/groups/{group}/members", get(group_members))
+        .route("/groups/{group}/join", post(join_group))
+        .route("/groups/{group}/leave", post(leave_group))
+        .route("/groups/{group}/invite", post(invite_to_group))
+        .route("/access", get(access).patch(set_access))
+        .route("/pools", get(pools).post(create_pool))
+        .route("/pools/{name}", get(pool).delete(delete_pool))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -94,7 +103,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Parse a request body. Every body is a JSON object: serde would also
+/// read a struct from an array (`[]` as "all defaults"), so anything else
+/// is refused up front.
 fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
@@ -155,6 +170,104 @@ async fn set_strategy(
     let cfg: StrategyConfig = parse_json(&body)?;
     st.node.set_strategy(cfg.clone()).await?;
     Ok(Json(cfg))
+}
+
+async fn groups(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.groups().await?))
+}
+
+async fn create_group(
+    State(st): State<AppState>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let new: NewGroup = parse_json(&body)?;
+    let g = st.node.create_group(new).await?;
+    Ok((StatusCode::CREATED, Json(g)))
+}
+
+async fn group(
+    State(st): State<AppState>,
+    Path(group): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.group(&group).await?))
+}
+
+async fn group_members(
+    State(st): State<AppState>,
+    Path(group): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.group(&group).await?.members))
+}
+
+async fn join_group(
+    State(st): State<AppState>,
+    Path(group): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.join_group(&group).await?))
+}
+
+async fn leave_group(
+    State(st): State<AppState>,
+    Path(group): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.leave_group(&group).await?))
+}
+
+/// The body of `POST /groups/{group}/invite`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Invite {
+    /// The invited node's peer id.
+    node: String,
+}
+
+async fn invite_to_group(
+    State(st): State<AppState>,
+    Path(group): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let inv: Invite = parse_json(&body)?;
+    Ok(Json(st.node.invite_to_group(&group, &inv.node).await?))
+}
+
+async fn access(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.access().await?))
+}
+
+async fn set_access(
+    State(st): State<AppState>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let change: AccessChange = parse_json(&body)?;
+    Ok(Json(st.node.set_access(change).await?))
+}
+
+async fn pools(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.pools().await?))
+}
+
+async fn create_pool(
+    State(st): State<AppState>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let new: NewPool = parse_json(&body)?;
+    let p = st.node.create_pool(new).await?;
+    Ok((StatusCode::CREATED, Json(p)))
+}
+
+async fn pool(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.pool(&name).await?))
+}
+
+async fn delete_pool(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    st.node.delete_pool(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn not_found() -> ApiError {

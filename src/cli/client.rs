@@ -71,7 +71,10 @@ impl Client {
                 source,
             })?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol {
+            // An empty answer (204 No Content) reads as JSON `null`, so
+            // callers can ask for `()`.
+            let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+            return serde_json::from_slice(bytes).map_err(|e| ClientError::Protocol {
                 url,
                 message: e.to_string(),
             });

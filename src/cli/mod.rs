@@ -3,19 +3,26 @@
 //! and prints a readable table, or JSON with `--json`.
 
 mod client;
+mod keygen;
 mod table;
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use reqwest::Method;
 use serde_json::Value;
 
 pub use client::{Client, ClientError};
+pub use keygen::KeygenArgs;
 
+use crate::core::access::AccessPolicy;
 use crate::core::placement::{Strategy, StrategyConfig};
-use crate::handle::{Allocation, AllocationRequest, Allocations, NodeInfo, ReleaseOutcome};
+use crate::core::pools::PoolSelector;
+use crate::handle::{
+    AccessChange, Allocation, AllocationRequest, Allocations, GroupInfo, GroupMember, NewGroup,
+    NewPool, NodeInfo, PoolInfo, ReleaseOutcome,
+};
 use crate::model::{Priority, ResourceRequirements};
 use crate::units::{format_mb, parse_duration, parse_size_mb};
 
@@ -61,6 +68,18 @@ pub enum Command {
     Allocations,
     /// Show or set the balancing strategy.
     Strategy(StrategyArgs),
+    /// Write a new private-swarm key (local; talks to no node). Nodes whose
+    /// config names it (network.swarm_key) only connect to each other.
+    Keygen(KeygenArgs),
+    /// Swarm groups: create, join, leave, invite, list, members.
+    #[command(subcommand)]
+    Groups(GroupsCommand),
+    /// Show or change who may use this node's resources.
+    #[command(subcommand)]
+    Access(AccessCommand),
+    /// Resource pools: named sets of nodes, by peer id or label.
+    #[command(subcommand)]
+    Pools(PoolsCommand),
 }
 
 /// Options of `lanswarm run`. Each overrides the config file.
@@ -122,6 +141,12 @@ pub struct RequestArgs {
     /// Only this node (id or name).
     #[arg(long)]
     pub node: Option<String>,
+    /// Only the nodes of this resource pool (by name).
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// Only the members of this swarm group (by id or name).
+    #[arg(long)]
+    pub group: Option<String>,
     /// Lease term, renewed automatically while this node runs, e.g. 5m.
     #[arg(long, value_parser = duration_arg)]
     pub lease: Option<u64>,
@@ -144,6 +169,142 @@ pub struct StrategyArgs {
     /// A weight for the `weighted` strategy, NODE=WEIGHT (id or name); repeat.
     #[arg(long = "weight", value_parser = custom_arg)]
     pub weights: Vec<(String, u64)>,
+}
+
+/// `lanswarm groups ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum GroupsCommand {
+    /// Create a group; this node becomes its first member.
+    Create {
+        /// Group name, 1 to 64 characters.
+        name: String,
+        /// Most members the group may have (1 to 10000).
+        #[arg(long, value_parser = max_members_arg)]
+        max_members: u32,
+        /// Anyone may join (default: only invited nodes).
+        #[arg(long)]
+        open: bool,
+    },
+    /// Join a group, by id or name (a closed group needs an invitation).
+    Join {
+        /// Group id or name.
+        group: String,
+    },
+    /// Leave a group.
+    Leave {
+        /// Group id or name.
+        group: String,
+    },
+    /// Invite a node into a group this node is a member of.
+    Invite {
+        /// Group id or name.
+        group: String,
+        /// The invited node's peer id.
+        peer_id: String,
+    },
+    /// List every group this node knows.
+    List,
+    /// List the members of a group.
+    Members {
+        /// Group id or name.
+        group: String,
+    },
+}
+
+/// `lanswarm access ...`. Every change prints the resulting policy.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AccessCommand {
+    /// Show the access policy.
+    Show,
+    /// Serve other nodes at all.
+    Remote {
+        /// `on` or `off`.
+        state: Switch,
+    },
+    /// Serve only nodes that share a group with this one (plus the allow list).
+    GroupOnly {
+        /// `on` or `off`.
+        state: Switch,
+    },
+    /// Add nodes to the allow list (a non-empty allow list means "only these").
+    Allow {
+        /// Peer ids.
+        #[arg(required = true, value_name = "PEER_ID")]
+        peers: Vec<String>,
+    },
+    /// Remove nodes from the allow list.
+    Unallow {
+        /// Peer ids.
+        #[arg(required = true, value_name = "PEER_ID")]
+        peers: Vec<String>,
+    },
+    /// Add nodes to the deny list (never served).
+    Deny {
+        /// Peer ids.
+        #[arg(required = true, value_name = "PEER_ID")]
+        peers: Vec<String>,
+    },
+    /// Remove nodes from the deny list.
+    Undeny {
+        /// Peer ids.
+        #[arg(required = true, value_name = "PEER_ID")]
+        peers: Vec<String>,
+    },
+}
+
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+/// `lanswarm pools ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum PoolsCommand {
+    /// Create (or redefine) a pool: the nodes listed, plus every node whose
+    /// labels include all the labels given.
+    Create {
+        /// Pool name.
+        name: String,
+        /// A member node, by peer id; repeat.
+        #[arg(long = "node", value_name = "PEER_ID")]
+        nodes: Vec<String>,
+        /// A label the members must carry, KEY=VALUE; repeat.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label_arg)]
+        labels: Vec<(String, String)>,
+    },
+    /// List every pool with its aggregate capacity.
+    List,
+    /// Show one pool: selector, members and capacity.
+    Show {
+        /// Pool name.
+        name: String,
+    },
+    /// Delete a pool, swarm-wide.
+    Delete {
+        /// Pool name.
+        name: String,
+    },
+}
+
+fn max_members_arg(s: &str) -> Result<u32, String> {
+    let max = crate::core::groups::MAX_MEMBERS;
+    match s.trim().parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a whole number from 1 to {max}")),
+    }
+}
+
+fn label_arg(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    let k = k.trim();
+    if k.is_empty() {
+        return Err(format!("{s:?} has an empty key; write KEY=VALUE"));
+    }
+    Ok((k.to_owned(), v.trim().to_owned()))
 }
 
 fn size_arg(s: &str) -> Result<u64, String> {
@@ -194,6 +355,8 @@ impl RequestArgs {
             duration_secs: self.duration,
             strategy: self.strategy,
             node_id: self.node.clone(),
+            pool: self.pool.clone(),
+            group: self.group.clone(),
             ..Default::default()
         }
     }
@@ -205,6 +368,7 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<()> {
     let json = cli.json;
     match &cli.command {
         Command::Run(_) => bail!("`run` is not a client command"),
+        Command::Keygen(args) => keygen::run(args, json),
         Command::Status => {
             let n: NodeInfo = c.get("/api/v1/node").await?;
             out(json, &n, || table::status(&n))
@@ -287,6 +451,137 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<()> {
                     s.push_str(&format!("  weight {k} = {v}\n"));
                 }
                 s
+            })
+        }
+        Command::Groups(cmd) => groups_client(&c, json, cmd).await,
+        Command::Access(cmd) => access_client(&c, json, cmd).await,
+        Command::Pools(cmd) => pools_client(&c, json, cmd).await,
+    }
+}
+
+/// Percent-encode one URL path segment (a group or pool name may hold
+/// spaces, slashes or other reserved characters).
+fn seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn groups_client(c: &Client, json: bool, cmd: &GroupsCommand) -> anyhow::Result<()> {
+    let path = |g: &str, action: &str| format!("/api/v1/groups/{}/{action}", seg(g));
+    let g: GroupInfo = match cmd {
+        GroupsCommand::List => {
+            let gs: Vec<GroupInfo> = c.get("/api/v1/groups").await?;
+            return out(json, &gs, || table::groups(&gs));
+        }
+        GroupsCommand::Members { group } => {
+            let ms: Vec<GroupMember> = c.get(&path(group, "members")).await?;
+            return out(json, &ms, || table::members(&ms));
+        }
+        GroupsCommand::Create {
+            name,
+            max_members,
+            open,
+        } => {
+            let new = NewGroup {
+                name: name.clone(),
+                max_members: *max_members,
+                open: *open,
+            };
+            c.call(Method::POST, "/api/v1/groups", Some(&new)).await?
+        }
+        GroupsCommand::Join { group } => {
+            c.call(Method::POST, &path(group, "join"), None::<&()>)
+                .await?
+        }
+        GroupsCommand::Leave { group } => {
+            c.call(Method::POST, &path(group, "leave"), None::<&()>)
+                .await?
+        }
+        GroupsCommand::Invite { group, peer_id } => {
+            let body = serde_json::json!({ "node": peer_id });
+            c.call(Method::POST, &path(group, "invite"), Some(&body))
+                .await?
+        }
+    };
+    out(json, &g, || table::group(&g))
+}
+
+async fn access_client(c: &Client, json: bool, cmd: &AccessCommand) -> anyhow::Result<()> {
+    let change = match cmd {
+        AccessCommand::Show => None,
+        AccessCommand::Remote { state } => Some(AccessChange {
+            allow_remote: Some(*state == Switch::On),
+            ..Default::default()
+        }),
+        AccessCommand::GroupOnly { state } => Some(AccessChange {
+            group_peers_only: Some(*state == Switch::On),
+            ..Default::default()
+        }),
+        AccessCommand::Allow { peers } => Some(AccessChange {
+            allow_add: peers.clone(),
+            ..Default::default()
+        }),
+        AccessCommand::Unallow { peers } => Some(AccessChange {
+            allow_remove: peers.clone(),
+            ..Default::default()
+        }),
+        AccessCommand::Deny { peers } => Some(AccessChange {
+            deny_add: peers.clone(),
+            ..Default::default()
+        }),
+        AccessCommand::Undeny { peers } => Some(AccessChange {
+            deny_remove: peers.clone(),
+            ..Default::default()
+        }),
+    };
+    let p: AccessPolicy = match change {
+        None => c.get("/api/v1/access").await?,
+        Some(ch) => c.call(Method::PATCH, "/api/v1/access", Some(&ch)).await?,
+    };
+    out(json, &p, || table::access(&p))
+}
+
+async fn pools_client(c: &Client, json: bool, cmd: &PoolsCommand) -> anyhow::Result<()> {
+    match cmd {
+        PoolsCommand::List => {
+            let ps: Vec<PoolInfo> = c.get("/api/v1/pools").await?;
+            out(json, &ps, || table::pools(&ps))
+        }
+        PoolsCommand::Show { name } => {
+            let p: PoolInfo = c.get(&format!("/api/v1/pools/{}", seg(name))).await?;
+            out(json, &p, || table::pool(&p))
+        }
+        PoolsCommand::Create {
+            name,
+            nodes,
+            labels,
+        } => {
+            let new = NewPool {
+                name: name.clone(),
+                selector: PoolSelector {
+                    nodes: nodes.iter().map(|n| n.as_str().into()).collect(),
+                    labels: labels.iter().cloned().collect(),
+                },
+            };
+            let p: PoolInfo = c.call(Method::POST, "/api/v1/pools", Some(&new)).await?;
+            out(json, &p, || table::pool(&p))
+        }
+        PoolsCommand::Delete { name } => {
+            c.call::<()>(
+                Method::DELETE,
+                &format!("/api/v1/pools/{}", seg(name)),
+                None::<&()>,
+            )
+            .await?;
+            out(json, &serde_json::json!({ "deleted": name }), || {
+                format!("deleted pool {name}\n")
             })
         }
     }

@@ -3,7 +3,8 @@
 use serde_json::Value;
 
 use super::size;
-use crate::handle::{Allocation, Allocations, NodeInfo};
+use crate::core::access::AccessPolicy;
+use crate::handle::{Allocation, Allocations, GroupInfo, GroupMember, NodeInfo, PoolInfo};
 use crate::model::{Capacity, NodeStatus};
 
 /// Lay out rows in aligned columns.
@@ -235,6 +236,178 @@ pub fn refusals(body: &Value) -> String {
             x["node_name"].as_str().unwrap_or("?"),
             x["why"].as_str().unwrap_or(""),
         ));
+    }
+    s
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+pub fn groups(gs: &[GroupInfo]) -> String {
+    let rows: Vec<Vec<String>> = gs
+        .iter()
+        .map(|g| {
+            vec![
+                g.name.clone(),
+                g.id.clone(),
+                format!("{}/{}", g.members.len(), g.max_members),
+                if g.open { "open" } else { "invite" }.into(),
+                yes_no(g.is_member).into(),
+            ]
+        })
+        .collect();
+    render(&["NAME", "ID", "MEMBERS", "JOIN", "MEMBER"], &rows)
+}
+
+pub fn group(g: &GroupInfo) -> String {
+    let mut s = String::new();
+    s.push_str(&format!("group     {} ({})\n", g.name, g.id));
+    s.push_str(&format!(
+        "members   {} of at most {}; {}\n",
+        g.members.len(),
+        g.max_members,
+        if g.open {
+            "anyone may join"
+        } else {
+            "invited nodes only"
+        }
+    ));
+    s.push_str(&format!("member    {}\n", yes_no(g.is_member)));
+    s.push_str(&format!("creator   {}\n", g.created_by));
+    for m in &g.members {
+        s.push_str(&format!("  {}\n", member_label(m)));
+    }
+    for i in &g.invited {
+        s.push_str(&format!("invited   {i}\n"));
+    }
+    s
+}
+
+fn member_label(m: &GroupMember) -> String {
+    match &m.name {
+        Some(n) => format!("{n} ({})", m.id),
+        None => m.id.to_string(),
+    }
+}
+
+pub fn members(ms: &[GroupMember]) -> String {
+    let rows: Vec<Vec<String>> = ms
+        .iter()
+        .map(|m| {
+            vec![
+                m.name.clone().unwrap_or_else(|| "-".into()),
+                m.id.to_string(),
+            ]
+        })
+        .collect();
+    render(&["NAME", "ID"], &rows)
+}
+
+pub fn access(p: &AccessPolicy) -> String {
+    let list = |ids: &std::collections::BTreeSet<crate::model::NodeId>| {
+        if ids.is_empty() {
+            "-".to_owned()
+        } else {
+            ids.iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let mut s = String::new();
+    s.push_str(&format!("remote access     {}\n", on_off(p.allow_remote)));
+    s.push_str(&format!(
+        "group peers only  {}\n",
+        on_off(p.group_peers_only)
+    ));
+    s.push_str(&format!("allow             {}\n", list(&p.allow)));
+    s.push_str(&format!("deny              {}\n", list(&p.deny)));
+    s
+}
+
+fn selector(p: &PoolInfo) -> String {
+    let mut parts: Vec<String> = p.selector.nodes.iter().map(|n| short(&n.0)).collect();
+    parts.extend(p.selector.labels.iter().map(|(k, v)| format!("{k}={v}")));
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+pub fn pools(ps: &[PoolInfo]) -> String {
+    let rows: Vec<Vec<String>> = ps
+        .iter()
+        .map(|p| {
+            let c = &p.capacity;
+            vec![
+                p.name.clone(),
+                c.nodes.to_string(),
+                format!("{}/{}", c.cpu_cores_free, c.cpu_cores_total),
+                format!("{}/{}", size(c.memory_mb_free), size(c.memory_mb_total)),
+                format!("{}/{}", c.gpus_free, c.gpus_total),
+                format!(
+                    "{}/{}",
+                    size(c.gpu_memory_mb_free),
+                    size(c.gpu_memory_mb_total)
+                ),
+                selector(p),
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "NAME",
+            "NODES",
+            "CORES",
+            "MEMORY",
+            "GPUS",
+            "GPU MEMORY",
+            "SELECTOR",
+        ],
+        &rows,
+    )
+}
+
+pub fn pool(p: &PoolInfo) -> String {
+    let c = &p.capacity;
+    let mut s = String::new();
+    s.push_str(&format!("pool      {}\n", p.name));
+    s.push_str(&format!("selector  {}\n", selector(p)));
+    s.push_str(&format!("creator   {}\n", p.created_by));
+    s.push_str(&format!(
+        "capacity  {} online node(s): {}/{} cores, {}/{} memory, {}/{} disk free\n",
+        c.nodes,
+        c.cpu_cores_free,
+        c.cpu_cores_total,
+        size(c.memory_mb_free),
+        size(c.memory_mb_total),
+        size(c.disk_mb_free),
+        size(c.disk_mb_total),
+    ));
+    s.push_str(&format!(
+        "gpus      {}/{} free, {}/{} GPU memory free\n",
+        c.gpus_free,
+        c.gpus_total,
+        size(c.gpu_memory_mb_free),
+        size(c.gpu_memory_mb_total),
+    ));
+    s.push_str(&format!("members   {}\n", p.members.len()));
+    for m in &p.members {
+        s.push_str(&format!("  {}\n", member_label(m)));
     }
     s
 }

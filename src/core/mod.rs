@@ -6,7 +6,10 @@
 //!
 //! - [`access`]: the access policy, and whether it admits a requester.
 //! - [`fit`]: whether a request fits in free capacity, and which GPUs.
-//! - [`groups`]: swarm groups, merged as a CRDT of join/leave events.
+//! - [`groups`]: swarm groups, merged as a CRDT of create, invite, join
+//!   and leave events.
+//! - [`pools`]: resource pools, named node sets merged as a last-writer-wins
+//!   CRDT, and their aggregate capacity.
 //! - [`ledger`]: the owner side. Leases, admission, GPU assignment, expiry.
 //! - [`view`]: the requester side. The peer table built from announcements.
 //! - [`placement`]: strategies that rank candidates, and the late-binding
@@ -17,4 +20,5 @@ pub mod fit;
 pub mod groups;
 pub mod ledger;
 pub mod placement;
+pub mod pools;
 pub mod view;

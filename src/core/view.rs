@@ -264,11 +264,12 @@ impl View {
     ///
     /// Checked in this order, the first failure giving the reason:
     /// `"leaving"`; not online (`"offline: silent for N ms"`, `"stale:
-    /// silent for N ms"`); `"remote access off"` (remote peers only); the
-    /// model filter (`"serves none of the preferred models: ..."`, only if
+    /// silent for N ms"`); the model filter (`"serves none of the preferred models: ..."`, only if
     /// `req.preferred_models` is non-empty); then
     /// [`fit`](crate::core::fit::fit) of `req` against the announced free
-    /// and total capacity, whose misfit text is the reason.
+    /// and total capacity, whose misfit text is the reason. Access
+    /// policies are not this function's business: the node narrows the
+    /// result with [`crate::core::access::hint_admits`].
     pub fn candidates(
         &self,
         req: &ResourceRequirements,
@@ -318,9 +319,6 @@ impl View {
                 NodeStatus::Online => {}
                 NodeStatus::Stale => return Some(format!("stale: silent for {silent} ms")),
                 NodeStatus::Offline => return Some(format!("offline: silent for {silent} ms")),
-            }
-            if !ann.allow_remote {
-                return Some("remote access off".to_owned());
             }
         }
         if !req.preferred_models.is_empty()
@@ -375,7 +373,11 @@ mod tests {
             location: Location::default(),
             weight: 2,
             active_leases: 1,
-            allow_remote: true,
+            labels: Default::default(),
+            access: crate::model::AccessHint {
+                allow_remote: true,
+                ..Default::default()
+            },
             leaving: false,
             instance: 1,
             started_at_ms: 0,
@@ -519,9 +521,6 @@ mod tests {
         let mut leaving = ann("leaving", 1);
         leaving.leaving = true;
         v.apply(leaving, 100_000);
-        let mut private = ann("private", 1);
-        private.allow_remote = false;
-        v.apply(private, 100_000);
         let mut other_model = ann("mistral", 1);
         other_model.models = vec!["mistral".into()];
         v.apply(other_model, 100_000);
@@ -541,8 +540,7 @@ mod tests {
             },
         ];
         v.apply(split, 100_000);
-        let mut local = ann("local", 2);
-        local.allow_remote = false; // does not apply to ourselves
+        let local = ann("local", 2);
         v.set_local(local);
 
         let req = ResourceRequirements {
@@ -569,12 +567,11 @@ mod tests {
         let ids: Vec<&str> = out.iter().map(|(n, _)| n.0.as_str()).collect();
         assert_eq!(
             ids,
-            ["full", "gone", "leaving", "mistral", "private", "split", "stale"]
+            ["full", "gone", "leaving", "mistral", "split", "stale"]
         );
         assert_eq!(why["leaving"], "leaving");
         assert!(why["gone"].starts_with("offline"), "{}", why["gone"]);
         assert!(why["stale"].starts_with("stale"), "{}", why["stale"]);
-        assert_eq!(why["private"], "remote access off");
         assert!(
             why["mistral"].contains("preferred models"),
             "{}",

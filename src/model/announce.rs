@@ -1,8 +1,26 @@
 //! What a node tells the swarm about itself.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::{Capacity, GpuInfo, NodeId};
+
+/// What a node says of its access policy, so that requesters can skip
+/// owners that would refuse them. Only a hint: the owner's own check is
+/// the only one that counts. The deny list is never announced (it would
+/// tell a denied node that it is denied, and publish the owner's list).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessHint {
+    /// Whether remote peers may allocate here at all.
+    pub allow_remote: bool,
+    /// Whether only peers that share a group with the owner are served
+    /// (plus the allow list).
+    pub group_peers_only: bool,
+    /// The allow list. When non-empty, only these (plus group peers with
+    /// `group_peers_only`) are served.
+    pub allow: Vec<NodeId>,
+}
 
 /// Where a node is. Used by the `geographic` strategy.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -70,8 +88,11 @@ pub struct Announcement {
     pub weight: u32,
     /// Number of active leases granted by this node.
     pub active_leases: u32,
-    /// Whether remote peers may allocate here at all.
-    pub allow_remote: bool,
+    /// Free-form `key = value` labels from the owner's config, matched by
+    /// pool selectors (and, later, placement constraints).
+    pub labels: BTreeMap<String, String>,
+    /// The owner's access policy, as far as requesters need it.
+    pub access: AccessHint,
     /// Set in the last announcement a node sends when it shuts down.
     pub leaving: bool,
 }

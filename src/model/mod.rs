@@ -9,7 +9,7 @@
 mod announce;
 mod resources;
 
-pub use announce::{Announcement, Location, NodeStatus};
+pub use announce::{AccessHint, Announcement, Location, NodeStatus};
 pub use resources::{
     Capacity, Denial, DenyReason, FreeCapacity, GpuInfo, GpuSlot, Lease, LeaseId, NodeId, Priority,
     ResourceRequirements,

@@ -13,6 +13,8 @@ use libp2p::identity::{Keypair, PublicKey};
 use libp2p::{PeerId, StreamProtocol};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use crate::core::groups::GroupEvent;
+use crate::core::pools::PoolEvent;
 use crate::model::{
     Announcement, Capacity, Denial, Lease, LeaseId, NodeId, Priority, ResourceRequirements,
 };
@@ -23,6 +25,8 @@ pub const ALLOC_PROTOCOL: StreamProtocol = StreamProtocol::new("/lanswarm/alloc/
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/lanswarm/sync/1");
 /// Gossipsub topic for signed capacity announcements.
 pub const CAPACITY_TOPIC: &str = "lanswarm/capacity/1";
+/// Gossipsub topic for signed swarm-state events (groups and pools).
+pub const STATE_TOPIC: &str = "lanswarm/state/1";
 
 /// Largest allocation request or response, bytes.
 pub const MAX_ALLOC_MESSAGE: usize = 16 * 1024;
@@ -32,10 +36,16 @@ pub const MAX_ANNOUNCEMENT: usize = 32 * 1024;
 pub const MAX_SYNC_MESSAGE: usize = 4 * 1024 * 1024;
 /// Most announcements accepted in one sync message.
 pub const MAX_SYNC_ANNOUNCEMENTS: usize = 1024;
+/// Largest signed state event (payload + key + signature), bytes.
+pub const MAX_STATE_EVENT: usize = 64 * 1024;
+/// Most state events sent or accepted in one sync message.
+pub const MAX_SYNC_EVENTS: usize = 8192;
 
 /// Domain separation for announcement signatures, so a signature made for
 /// anything else can never pass as an announcement.
 const ANNOUNCE_SIGNING_DOMAIN: &[u8] = b"lanswarm/announcement/1:";
+/// Domain separation for state-event signatures.
+const EVENT_SIGNING_DOMAIN: &[u8] = b"lanswarm/state-event/1:";
 
 /// A request on `/lanswarm/alloc/1`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,18 +108,139 @@ pub struct SignedAnnouncement {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncRequest {
     pub announcements: Vec<SignedAnnouncement>,
+    /// Every swarm-state event the asker holds (groups and pools).
+    pub events: Vec<SignedEvent>,
 }
 
 /// The answer on `/lanswarm/sync/1`: everything the answerer knows.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncResponse {
     pub announcements: Vec<SignedAnnouncement>,
+    /// Every swarm-state event the answerer holds (groups and pools).
+    pub events: Vec<SignedEvent>,
 }
 
-/// Why a signed announcement was refused.
+/// One change to the replicated swarm state. Each is made, and signed, by
+/// its actor; nobody can make an event in another node's name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StateEvent {
+    Group(GroupEvent),
+    Pool(PoolEvent),
+}
+
+impl StateEvent {
+    /// The node that made the event, which must be the node that signed it.
+    pub fn actor(&self) -> &NodeId {
+        match self {
+            StateEvent::Group(e) => &e.actor,
+            StateEvent::Pool(e) => &e.actor,
+        }
+    }
+}
+
+/// A state event with its signature, as gossiped on [`STATE_TOPIC`],
+/// synced and stored. Like [`SignedAnnouncement`], it carries its own
+/// signature, so any peer can relay it and none can forge it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedEvent {
+    /// postcard encoding of a [`StateEvent`].
+    pub payload: Vec<u8>,
+    /// Protobuf encoding of the actor's libp2p public key.
+    pub public_key: Vec<u8>,
+    /// Signature over the domain tag followed by the payload.
+    pub signature: Vec<u8>,
+}
+
+impl SignedEvent {
+    /// Encode and sign an event with the node's key.
+    pub fn sign(ev: &StateEvent, key: &Keypair) -> Result<Self, AnnounceError> {
+        let (payload, public_key, signature) = seal(EVENT_SIGNING_DOMAIN, ev, key)?;
+        Ok(SignedEvent {
+            payload,
+            public_key,
+            signature,
+        })
+    }
+
+    /// Size on the wire, roughly (the three byte strings).
+    pub fn len(&self) -> usize {
+        self.payload.len() + self.public_key.len() + self.signature.len()
+    }
+
+    /// Whether all three parts are empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Check the size, the signature and that the signer is the event's
+    /// actor, then decode. The event's own rules (names, sizes) are the
+    /// core's to check.
+    pub fn verify(&self) -> Result<StateEvent, AnnounceError> {
+        if self.len() > MAX_STATE_EVENT {
+            return Err(AnnounceError::TooLarge(self.len()));
+        }
+        let (ev, signer): (StateEvent, _) = open(
+            EVENT_SIGNING_DOMAIN,
+            &self.payload,
+            &self.public_key,
+            &self.signature,
+        )?;
+        check_signer(ev.actor(), signer)?;
+        Ok(ev)
+    }
+}
+
+/// A signed message's parts: payload, public key, signature.
+type Sealed = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// Encode `value` and sign it under `domain`.
+fn seal<T: Serialize>(domain: &[u8], value: &T, key: &Keypair) -> Result<Sealed, AnnounceError> {
+    let payload =
+        postcard::to_stdvec(value).map_err(|e| AnnounceError::BadPayload(e.to_string()))?;
+    let mut msg = Vec::with_capacity(domain.len() + payload.len());
+    msg.extend_from_slice(domain);
+    msg.extend_from_slice(&payload);
+    let signature = key
+        .sign(&msg)
+        .map_err(|e| AnnounceError::BadKey(e.to_string()))?;
+    Ok((payload, key.public().encode_protobuf(), signature))
+}
+
+/// Check a signature under `domain` and decode the payload exactly. Gives
+/// the value and the signer's id.
+fn open<T: DeserializeOwned>(
+    domain: &[u8],
+    payload: &[u8],
+    public_key: &[u8],
+    signature: &[u8],
+) -> Result<(T, String), AnnounceError> {
+    let key = PublicKey::try_decode_protobuf(public_key)
+        .map_err(|e| AnnounceError::BadKey(e.to_string()))?;
+    let mut msg = Vec::with_capacity(domain.len() + payload.len());
+    msg.extend_from_slice(domain);
+    msg.extend_from_slice(payload);
+    if !key.verify(&msg, signature) {
+        return Err(AnnounceError::BadSignature);
+    }
+    let value = decode_exact(payload).map_err(|e| AnnounceError::BadPayload(e.to_string()))?;
+    Ok((value, key.to_peer_id().to_base58()))
+}
+
+/// The node a message claims to come from must be the one that signed it.
+fn check_signer(claimed: &NodeId, signer: String) -> Result<(), AnnounceError> {
+    if claimed.0 != signer {
+        return Err(AnnounceError::WrongSigner {
+            claimed: claimed.0.clone(),
+            signer,
+        });
+    }
+    Ok(())
+}
+
+/// Why a signed announcement or state event was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AnnounceError {
-    #[error("announcement is {0} bytes, limit {MAX_ANNOUNCEMENT}")]
+    #[error("message is {0} bytes, over its limit")]
     TooLarge(usize),
     #[error("public key does not decode: {0}")]
     BadKey(String),
@@ -117,7 +248,7 @@ pub enum AnnounceError {
     BadSignature,
     #[error("payload does not decode: {0}")]
     BadPayload(String),
-    #[error("announcement claims to be {claimed} but is signed by {signer}")]
+    #[error("message claims to be {claimed} but is signed by {signer}")]
     WrongSigner { claimed: String, signer: String },
     #[error("announcement is out of bounds: {0}")]
     OutOfBounds(&'static str),
@@ -126,17 +257,10 @@ pub enum AnnounceError {
 impl SignedAnnouncement {
     /// Encode and sign an announcement with the node's key.
     pub fn sign(ann: &Announcement, key: &Keypair) -> Result<Self, AnnounceError> {
-        let payload =
-            postcard::to_stdvec(ann).map_err(|e| AnnounceError::BadPayload(e.to_string()))?;
-        let mut msg = Vec::with_capacity(ANNOUNCE_SIGNING_DOMAIN.len() + payload.len());
-        msg.extend_from_slice(ANNOUNCE_SIGNING_DOMAIN);
-        msg.extend_from_slice(&payload);
-        let signature = key
-            .sign(&msg)
-            .map_err(|e| AnnounceError::BadKey(e.to_string()))?;
+        let (payload, public_key, signature) = seal(ANNOUNCE_SIGNING_DOMAIN, ann, key)?;
         Ok(SignedAnnouncement {
             payload,
-            public_key: key.public().encode_protobuf(),
+            public_key,
             signature,
         })
     }
@@ -159,23 +283,13 @@ impl SignedAnnouncement {
         if self.len() > MAX_ANNOUNCEMENT {
             return Err(AnnounceError::TooLarge(self.len()));
         }
-        let key = PublicKey::try_decode_protobuf(&self.public_key)
-            .map_err(|e| AnnounceError::BadKey(e.to_string()))?;
-        let mut msg = Vec::with_capacity(ANNOUNCE_SIGNING_DOMAIN.len() + self.payload.len());
-        msg.extend_from_slice(ANNOUNCE_SIGNING_DOMAIN);
-        msg.extend_from_slice(&self.payload);
-        if !key.verify(&msg, &self.signature) {
-            return Err(AnnounceError::BadSignature);
-        }
-        let ann: Announcement =
-            decode_exact(&self.payload).map_err(|e| AnnounceError::BadPayload(e.to_string()))?;
-        let signer = key.to_peer_id().to_base58();
-        if ann.node_id.0 != signer {
-            return Err(AnnounceError::WrongSigner {
-                claimed: ann.node_id.0,
-                signer,
-            });
-        }
+        let (ann, signer): (Announcement, _) = open(
+            ANNOUNCE_SIGNING_DOMAIN,
+            &self.payload,
+            &self.public_key,
+            &self.signature,
+        )?;
+        check_signer(&ann.node_id, signer)?;
         check_bounds(&ann)?;
         Ok(ann)
     }
@@ -198,6 +312,19 @@ fn check_bounds(ann: &Announcement) -> Result<(), AnnounceError> {
     }
     if ann.capacity.custom.len() > 64 || ann.free.custom.len() > 64 {
         return Err(AnnounceError::OutOfBounds("more than 64 custom resources"));
+    }
+    if ann.labels.len() > 32
+        || ann
+            .labels
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 128)
+    {
+        return Err(AnnounceError::OutOfBounds("too many or bad labels"));
+    }
+    if ann.access.allow.len() > 256 || ann.access.allow.iter().any(|n| n.0.len() > 128) {
+        return Err(AnnounceError::OutOfBounds(
+            "access hint allow list too long",
+        ));
     }
     if !ann.cpu_usage_pct.is_finite() {
         return Err(AnnounceError::OutOfBounds("cpu usage is not finite"));
@@ -403,7 +530,11 @@ mod tests {
             location: Location::default(),
             weight: 1,
             active_leases: 0,
-            allow_remote: true,
+            labels: Default::default(),
+            access: crate::model::AccessHint {
+                allow_remote: true,
+                ..Default::default()
+            },
             leaving: false,
             instance: 1,
             started_at_ms: 0,
@@ -433,6 +564,54 @@ mod tests {
         let other = Keypair::generate_ed25519();
         let s = SignedAnnouncement::sign(&ann(&other), &key).unwrap();
         assert!(matches!(s.verify(), Err(AnnounceError::WrongSigner { .. })));
+    }
+
+    fn group_event(actor: &Keypair) -> StateEvent {
+        StateEvent::Group(GroupEvent {
+            group: "g".into(),
+            actor: node_id_of(&actor.public().to_peer_id()),
+            clock: 1,
+            kind: crate::core::groups::GroupEventKind::Join,
+        })
+    }
+
+    #[test]
+    fn signed_event_round_trips() {
+        let key = Keypair::generate_ed25519();
+        let ev = group_event(&key);
+        let signed = SignedEvent::sign(&ev, &key).unwrap();
+        assert_eq!(signed.verify().unwrap(), ev);
+    }
+
+    #[test]
+    fn event_in_another_nodes_name_fails() {
+        let (alice, mallory) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let forged = SignedEvent::sign(&group_event(&alice), &mallory).unwrap();
+        assert!(matches!(
+            forged.verify(),
+            Err(AnnounceError::WrongSigner { .. })
+        ));
+        let mut tampered = SignedEvent::sign(&group_event(&alice), &alice).unwrap();
+        let last = tampered.payload.len() - 1;
+        tampered.payload[last] ^= 1;
+        assert!(tampered.verify().is_err());
+    }
+
+    #[test]
+    fn an_announcement_signature_never_passes_as_an_event() {
+        // Domain separation: the same bytes signed as an announcement do
+        // not verify as an event.
+        let key = Keypair::generate_ed25519();
+        let ev = group_event(&key);
+        let payload = postcard::to_stdvec(&ev).unwrap();
+        let mut msg = ANNOUNCE_SIGNING_DOMAIN.to_vec();
+        msg.extend_from_slice(&payload);
+        let wrong = SignedEvent {
+            payload,
+            public_key: key.public().encode_protobuf(),
+            signature: key.sign(&msg).unwrap(),
+        };
+        assert_eq!(wrong.verify(), Err(AnnounceError::BadSignature));
     }
 
     #[test]

@@ -80,6 +80,42 @@ impl EventLoop {
                     }
                 }
             }
+            Command::Groups(reply) => {
+                let _ = reply.send(self.group_infos());
+            }
+            Command::Group(key, reply) => {
+                let _ = reply.send(self.group_by_key(&key));
+            }
+            Command::CreateGroup(new, reply) => {
+                let _ = reply.send(self.create_group(new));
+            }
+            Command::JoinGroup(key, reply) => {
+                let _ = reply.send(self.join_group(&key));
+            }
+            Command::LeaveGroup(key, reply) => {
+                let _ = reply.send(self.leave_group(&key));
+            }
+            Command::InviteToGroup(key, node, reply) => {
+                let _ = reply.send(self.invite_to_group(&key, &node));
+            }
+            Command::Access(reply) => {
+                let _ = reply.send(self.policy.clone());
+            }
+            Command::SetAccess(change, reply) => {
+                let _ = reply.send(self.set_access(change));
+            }
+            Command::Pools(reply) => {
+                let _ = reply.send(self.pool_infos());
+            }
+            Command::Pool(name, reply) => {
+                let _ = reply.send(self.pool_by_name(&name));
+            }
+            Command::CreatePool(new, reply) => {
+                let _ = reply.send(self.create_pool(new));
+            }
+            Command::DeletePool(name, reply) => {
+                let _ = reply.send(self.delete_pool(&name));
+            }
             Command::Dial(addr, reply) => {
                 let r = match addr.parse::<Multiaddr>() {
                     Ok(a) => self

@@ -27,6 +27,7 @@ impl EventLoop {
                     if endpoint.is_dialer() {
                         let req = SyncRequest {
                             announcements: self.sync_set(),
+                            events: self.state.sync_set(),
                         };
                         self.swarm
                             .behaviour_mut()
@@ -78,18 +79,27 @@ impl EventLoop {
                 message_id,
                 message,
             }) => {
-                let verdict = match decode_exact::<SignedAnnouncement>(&message.data) {
-                    Err(e) => Err(format!("not a signed announcement: {e}")),
-                    Ok(signed) => match message.source {
-                        None => Err("unsigned gossip message".to_owned()),
-                        Some(src) => self.accept_announcement(signed, Some(&src)),
-                    },
+                let verdict = if message.topic == self.state_topic.hash() {
+                    match decode_exact::<SignedEvent>(&message.data) {
+                        Err(e) => Err(format!("not a signed state event: {e}")),
+                        Ok(signed) => self.accept_event(signed),
+                    }
+                } else {
+                    match decode_exact::<SignedAnnouncement>(&message.data) {
+                        Err(e) => Err(format!("not a signed announcement: {e}")),
+                        Ok(signed) => match message.source {
+                            None => Err("unsigned gossip message".to_owned()),
+                            Some(src) => self
+                                .accept_announcement(signed, Some(&src))
+                                .map(|a| matches!(a, Applied::New | Applied::Updated)),
+                        },
+                    }
                 };
                 let acceptance = match verdict {
-                    Ok(Applied::New | Applied::Updated) => gossipsub::MessageAcceptance::Accept,
-                    Ok(_) => gossipsub::MessageAcceptance::Ignore,
+                    Ok(true) => gossipsub::MessageAcceptance::Accept,
+                    Ok(false) => gossipsub::MessageAcceptance::Ignore,
                     Err(why) => {
-                        self.penalise(propagation_source, format!("invalid announcement: {why}"));
+                        self.penalise(propagation_source, format!("invalid gossip: {why}"));
                         gossipsub::MessageAcceptance::Reject
                     }
                 };
@@ -138,8 +148,10 @@ impl EventLoop {
                     }
                 };
                 self.apply_synced(&peer, request.announcements);
+                self.apply_synced_events(&peer, request.events);
                 let resp = SyncResponse {
                     announcements: self.sync_set(),
+                    events: self.state.sync_set(),
                 };
                 let _ = self.swarm.behaviour_mut().sync.send_response(channel, resp);
             }
@@ -147,7 +159,10 @@ impl EventLoop {
                 peer,
                 message: request_response::Message::Response { response, .. },
                 ..
-            } => self.apply_synced(&peer, response.announcements),
+            } => {
+                self.apply_synced(&peer, response.announcements);
+                self.apply_synced_events(&peer, response.events);
+            }
             request_response::Event::OutboundFailure { peer, error, .. } => {
                 debug!(%peer, %error, "sync failed")
             }

@@ -51,7 +51,8 @@ impl EventLoop {
             location: self.cfg.location.clone(),
             weight: self.cfg.weight,
             active_leases: self.ledger.len() as u32,
-            allow_remote: self.cfg.allow_remote,
+            labels: self.cfg.labels.clone(),
+            access: self.access_hint(),
             leaving,
             instance: self.instance,
             started_at_ms: self.started_at_ms,
@@ -216,6 +217,7 @@ impl EventLoop {
         let peer = peers[self.resync_turn % peers.len()];
         let req = SyncRequest {
             announcements: self.sync_set(),
+            events: self.state.sync_set(),
         };
         self.swarm
             .behaviour_mut()

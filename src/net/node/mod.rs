@@ -33,18 +33,22 @@ use tracing::{debug, error, info, warn};
 use super::behaviour::{Behaviour, BehaviourConfig, BehaviourEvent};
 use super::protocol::{
     decode_exact, node_id_of, peer_id_of, AllocReply, AllocRequest, AllocResponse, Frame,
-    SignedAnnouncement, SyncRequest, SyncResponse, CAPACITY_TOPIC, MAX_SYNC_ANNOUNCEMENTS,
+    SignedAnnouncement, SignedEvent, SyncRequest, SyncResponse, CAPACITY_TOPIC,
+    MAX_SYNC_ANNOUNCEMENTS, STATE_TOPIC,
 };
+use crate::core::access::AccessPolicy;
+use crate::core::groups::Groups;
 use crate::core::ledger::{AllocateInput, LeaseLimits, Ledger};
 use crate::core::placement::{Attempt, Placer, StrategyConfig};
+use crate::core::pools::Pools;
 use crate::core::view::{Applied, View, ViewConfig};
 use crate::handle::{
     Allocation, AllocationRequest, Allocations, Command, Excluded, Node, NodeError, NodeInfo,
     Penalty, Refusal, ReleaseOutcome, COMMAND_QUEUE,
 };
 use crate::model::{
-    Announcement, Capacity, Denial, DenyReason, GpuInfo, Lease, LeaseId, Location, NodeId,
-    NodeStatus,
+    AccessHint, Announcement, Capacity, Denial, DenyReason, GpuInfo, Lease, LeaseId, Location,
+    NodeId, NodeStatus,
 };
 use crate::store::{HeldRecord, Store, WriteBatch};
 
@@ -55,6 +59,7 @@ mod gossip;
 mod holder;
 mod owner;
 mod requester;
+mod state;
 
 /// How often leases are expired, renewed and peers pruned.
 const MAINTENANCE_TICK: Duration = Duration::from_millis(250);
@@ -73,6 +78,8 @@ const MAX_OFFENDERS: usize = 1024;
 const ANNOUNCE_COALESCE: Duration = Duration::from_millis(2);
 /// Most swarm events handled before pending grants are written.
 const MAX_EVENT_BATCH: usize = 64;
+/// How long a connection with no open streams stays up.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long shutdown waits for peers to confirm releases.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
@@ -95,7 +102,11 @@ pub struct NodeConfig {
     pub models: Vec<String>,
     pub location: Location,
     pub weight: u32,
-    pub allow_remote: bool,
+    /// Labels announced to peers (pool selectors match them).
+    pub labels: BTreeMap<String, String>,
+    /// The access policy from the config. The stored policy (changed at
+    /// runtime) wins until this one changes; see [`crate::config::AccessConfig`].
+    pub access: AccessPolicy,
     pub limits: LeaseLimits,
     pub default_lease: Duration,
     pub strategy: StrategyConfig,
@@ -103,6 +114,10 @@ pub struct NodeConfig {
     pub api_addr: Option<String>,
     /// Most candidates asked for one request (late binding).
     pub max_tries: usize,
+    /// Private swarm: with a key, every connection goes through libp2p's
+    /// pnet layer and only nodes with the same key can connect. TCP only
+    /// (pnet does not cover QUIC). Never logged; its fingerprint is.
+    pub swarm_key: Option<libp2p::pnet::PreSharedKey>,
 }
 
 impl NodeConfig {
@@ -124,13 +139,15 @@ impl NodeConfig {
             models: vec![],
             location: Location::default(),
             weight: 1,
-            allow_remote: true,
+            labels: BTreeMap::new(),
+            access: AccessPolicy::default(),
             limits: LeaseLimits::default(),
             default_lease: Duration::from_secs(30),
             strategy: StrategyConfig::default(),
             store_path,
             api_addr: None,
             max_tries: 8,
+            swarm_key: None,
         }
     }
 }
@@ -167,19 +184,7 @@ pub async fn start(
         mdns_ttl: cfg.mdns_ttl,
         ping_interval: Duration::from_secs(5),
     };
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| StartError::Transport(e.to_string()))?
-        .with_quic()
-        .with_behaviour(|key| Behaviour::new(key, &bcfg))
-        .map_err(|e| StartError::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    let mut swarm = build_swarm(&cfg, &bcfg)?;
     for addr in &cfg.listen {
         swarm
             .listen_on(addr.clone())
@@ -189,11 +194,14 @@ pub async fn start(
             })?;
     }
     let topic = gossipsub::IdentTopic::new(CAPACITY_TOPIC);
-    swarm
-        .behaviour_mut()
-        .gossipsub
-        .subscribe(&topic)
-        .map_err(|e| StartError::Transport(format!("subscribing: {e}")))?;
+    let state_topic = gossipsub::IdentTopic::new(STATE_TOPIC);
+    for t in [&topic, &state_topic] {
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(t)
+            .map_err(|e| StartError::Transport(format!("subscribing: {e}")))?;
+    }
 
     let local_id = node_id_of(swarm.local_peer_id());
     let now = now_ms();
@@ -207,6 +215,8 @@ pub async fn start(
             ..Default::default()
         })?;
     }
+    let swarm_state = state::restore_state(&store)?;
+    let policy = state::restore_policy(&store, &cfg.access)?;
     let held: BTreeMap<LeaseId, Held> = store
         .held()?
         .into_iter()
@@ -227,6 +237,8 @@ pub async fn start(
         restored = n_stored - dropped.len(),
         dropped = dropped.len(),
         held = held.len(),
+        groups = swarm_state.groups.groups().len(),
+        pools = swarm_state.pools.pools().len(),
         "node starting"
     );
 
@@ -241,6 +253,9 @@ pub async fn start(
         view: View::new(placeholder_announcement(&local_id), view_cfg),
         swarm,
         topic,
+        state_topic,
+        state: swarm_state,
+        policy,
         rx,
         ledger,
         placer: Placer::new(),
@@ -275,6 +290,59 @@ pub async fn start(
     Ok((Node::new(tx, local_id), task))
 }
 
+/// Build the swarm: TCP (Noise, Yamux) and QUIC, or, with a swarm key,
+/// TCP with the pnet handshake under Noise and no QUIC at all.
+fn build_swarm(cfg: &NodeConfig, bcfg: &BehaviourConfig) -> Result<Swarm<Behaviour>, StartError> {
+    let transport_err = |e: &dyn std::fmt::Display| StartError::Transport(e.to_string());
+    let builder = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone()).with_tokio();
+    let Some(psk) = cfg.swarm_key else {
+        return Ok(builder
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| transport_err(&e))?
+            .with_quic()
+            .with_behaviour(|key| Behaviour::new(key, bcfg))
+            .map_err(|e| transport_err(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+            .build());
+    };
+    if let Some(addr) = cfg.listen.iter().find(|a| {
+        a.iter()
+            .any(|p| matches!(p, Protocol::Quic | Protocol::QuicV1 | Protocol::Udp(_)))
+    }) {
+        return Err(StartError::Listen {
+            addr: addr.to_string(),
+            reason: "a private swarm (swarm key) runs over TCP only; pnet does not cover QUIC"
+                .to_owned(),
+        });
+    }
+    info!(
+        fingerprint = %psk.fingerprint(),
+        "private swarm: only nodes with this swarm key can connect (TCP only)"
+    );
+    Ok(builder
+        .with_other_transport(|key| {
+            use libp2p::core::{upgrade::Version, Transport};
+            let noise = noise::Config::new(key)?;
+            let pnet = libp2p::pnet::PnetConfig::new(psk);
+            Ok::<_, super::behaviour::BoxError>(
+                tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .and_then(move |socket, _| pnet.handshake(socket))
+                    .upgrade(Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default()),
+            )
+        })
+        .map_err(|e| transport_err(&e))?
+        .with_behaviour(|key| Behaviour::new(key, bcfg))
+        .map_err(|e| transport_err(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build())
+}
+
 fn short(id: &NodeId) -> &str {
     let s = id.0.as_str();
     &s[s.len().saturating_sub(8)..]
@@ -299,7 +367,8 @@ fn placeholder_announcement(id: &NodeId) -> Announcement {
         location: Location::default(),
         weight: 1,
         active_leases: 0,
-        allow_remote: false,
+        labels: BTreeMap::new(),
+        access: AccessHint::default(),
         leaving: false,
         instance: 0,
         started_at_ms: 0,
@@ -351,6 +420,11 @@ struct EventLoop {
     cfg: NodeConfig,
     swarm: Swarm<Behaviour>,
     topic: gossipsub::IdentTopic,
+    state_topic: gossipsub::IdentTopic,
+    /// Groups and pools, replicated by signed events.
+    state: state::SwarmState,
+    /// This node's access policy, applied to every allocation request.
+    policy: AccessPolicy,
     rx: mpsc::Receiver<Command>,
     ledger: Ledger,
     view: View,

@@ -71,11 +71,9 @@ impl EventLoop {
                 priority,
                 lease_ms,
             } => {
-                if !self.cfg.allow_remote {
-                    AllocResponse::Denied(Denial::new(
-                        DenyReason::Forbidden,
-                        "this node does not lend to remote peers (lend.allow_remote = false)",
-                    ))
+                if let Err(denial) = self.admit(&holder) {
+                    debug!(%holder, reason = %denial.message, "request refused by access policy");
+                    AllocResponse::Denied(denial)
                 } else if request_id.len() > 128 || task_type.len() > 128 {
                     AllocResponse::Denied(Denial::new(
                         DenyReason::BadRequest,

@@ -64,6 +64,10 @@ impl EventLoop {
                 keep
             });
         }
+        if let Err(e) = self.scope_candidates(&req, &mut candidates, &mut excluded) {
+            let _ = reply.send(Err(e));
+            return;
+        }
         let mut strategy = self.strategy.clone();
         if let Some(s) = req.strategy {
             strategy.strategy = s;
@@ -100,6 +104,18 @@ impl EventLoop {
         loop {
             let Some(node) = p.attempt.next() else {
                 let refusals = self.refusals(p.attempt);
+                // A request aimed at one node that its policy refused gets
+                // the owner's own answer: forbidden.
+                if let (Some(_), [only]) = (&p.req.node_id, refusals.as_slice()) {
+                    if only.reason == DenyReason::Forbidden {
+                        let denial = Denial::new(
+                            DenyReason::Forbidden,
+                            format!("{} refused: {}", only.node_name, only.message),
+                        );
+                        let _ = p.reply.send(Err(NodeError::Denied(denial)));
+                        return;
+                    }
+                }
                 let _ = p.reply.send(Err(NodeError::NoCapacity {
                     refusals,
                     excluded: p.excluded,
