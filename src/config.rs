@@ -2097,4 +2097,39 @@ mod tests {
         assert_eq!(c.swarm_key_path(), Some(PathBuf::from("/srv/ls/swarm.key")));
         assert_eq!(parse("").unwrap().swarm_key_path(), None);
     }
+
+    #[test]
+    fn access_and_labels_are_read_and_checked() {
+        let peer = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+        let c = parse(&format!(
+            "[lend]\nallow_remote = false\n[labels]\ntier = \"gpu\"\n\
+             [access]\ngroup_peers_only = true\nallow = [\"{peer}\"]"
+        ))
+        .unwrap();
+        let p = c.access_policy();
+        assert!(!p.allow_remote && p.group_peers_only);
+        assert_eq!(p.allow.len(), 1);
+        assert!(p.deny.is_empty());
+        assert_eq!(c.labels["tier"], "gpu");
+
+        let e = err("[access]\nallow = [\"not-a-peer\"]");
+        assert!(
+            e.contains("access.allow") && e.contains("not a peer id"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "[access]\nallow = [\"{peer}\"]\ndeny = [\"{peer}\"]"
+        ));
+        assert!(e.contains("on both access.allow and access.deny"), "{e}");
+        let e = err("[access]\nmystery = 1");
+        assert!(e.contains("mystery"), "{e}");
+        let e = err("[labels]\n\"\" = \"x\"");
+        assert!(e.contains("label name"), "{e}");
+        let long = "v".repeat(129);
+        let e = err(&format!("[labels]\nk = \"{long}\""));
+        assert!(e.contains("labels.k") && e.contains("128"), "{e}");
+        let many: String = (0..33).map(|i| format!("k{i} = \"v\"\n")).collect();
+        let e = err(&format!("[labels]\n{many}"));
+        assert!(e.contains("at most 32 labels"), "{e}");
+    }
 }
