@@ -381,8 +381,9 @@ fn pool_and_group_requests_place_only_on_their_nodes() {
     let checks = "a pool made on one node is seen by all with aggregate capacity, requests \
                   naming it land only on its nodes, requests naming a group land only on \
                   members, unknown pools and groups are refused, and a delete spreads";
+    let gpu_host = "[labels]\ntier = \"gpu\"\n[[resources.gpus]]\nname = \"Synthetic GPU\"\nmemory = \"24GiB\"";
     let Some(mut lan) = Lan::builder(checks)
-        .hosts(2, "[labels]\ntier = \"gpu\"")
+        .hosts(2, gpu_host)
         .host("[labels]\ntier = \"cpu\"")
         .start()
     else {
@@ -425,6 +426,22 @@ fn pool_and_group_requests_place_only_on_their_nodes() {
         "two nodes lending 4 cores: {p}"
     );
     assert_eq!(p["capacity"]["memory_mb_total"], 2 * 8 * 1024, "{p}");
+    // Seed 004's GPU pooling: the pool's GPUs, whole and free, summed.
+    assert_eq!(p["capacity"]["gpus_total"], 2, "{p}");
+    assert_eq!(p["capacity"]["gpu_memory_mb_total"], 2 * 24 * 1024, "{p}");
+    let (status, v) = lan.request(
+        2,
+        &json!({ "required_resources": { "gpu_count": 1 }, "pool": "gpus" }),
+    );
+    assert_eq!(status, 201, "a whole GPU from the pool: {v}");
+    lan.eventually("the pool shows one GPU taken", CONVERGE, || {
+        let c = &lan.get(2, "/api/v1/pools/gpus")["capacity"];
+        (c["gpus_free"] == 1 && c["gpu_memory_mb_free"] == 24 * 1024)
+            .then_some(())
+            .ok_or_else(|| format!("{c}"))
+    });
+    let (status, _) = lan.release(2, v["allocation_id"].as_str().unwrap());
+    assert_eq!(status, 200);
 
     let mut on = BTreeSet::new();
     for _ in 0..4 {
