@@ -306,6 +306,37 @@ pub struct SyntheticGpu {
     /// Device memory, e.g. `"40GiB"`. Required.
     #[serde(with = "units::serde_size")]
     pub memory: u64,
+    /// CUDA compute capability to declare, e.g. `"8.0"`, matched by
+    /// requests that need at least some capability.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "compute_capability"
+    )]
+    pub compute_capability: Option<crate::model::ComputeCapability>,
+}
+
+/// `"8.0"` ⇄ [`crate::model::ComputeCapability`].
+mod compute_capability {
+    use super::*;
+    use crate::model::ComputeCapability;
+
+    pub fn serialize<S: Serializer>(
+        c: &Option<ComputeCapability>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match c {
+            Some(c) => s.serialize_str(&c.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<ComputeCapability>, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map(Some).map_err(de::Error::custom)
+    }
 }
 
 fn default_synthetic_gpu_name() -> String {
@@ -1705,6 +1736,7 @@ mod tests {
         c.resources.gpus.push(SyntheticGpu {
             name: "A100".into(),
             memory: 40 * 1024,
+            compute_capability: None,
         });
         c.resources.custom.insert("db-connections".into(), 20);
         c.resources.memory = Some(32 * 1024);

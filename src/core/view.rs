@@ -378,6 +378,9 @@ mod tests {
                 allow_remote: true,
                 ..Default::default()
             },
+            arch: "x86_64".into(),
+            usage: vec![],
+            queued: 0,
             leaving: false,
             instance: 1,
             started_at_ms: 0,

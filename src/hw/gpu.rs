@@ -170,6 +170,14 @@ impl GpuMonitor {
                 memory_free_mb: 0,
                 utilization_pct: 0,
                 synthetic: false,
+                compute_capability: nvml
+                    .device_by_index(index)
+                    .and_then(|d| d.cuda_compute_capability())
+                    .ok()
+                    .map(|c| crate::model::ComputeCapability {
+                        major: c.major.max(0) as u32,
+                        minor: c.minor.max(0) as u32,
+                    }),
             })
             .collect::<Vec<_>>();
         let warned = vec![false; gpus.len()];

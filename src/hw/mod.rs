@@ -60,6 +60,7 @@ pub fn lendable(
                 memory_free_mb: g.memory,
                 utilization_pct: 0,
                 synthetic: true,
+                compute_capability: g.compute_capability,
             }),
     );
 
@@ -151,6 +152,7 @@ mod tests {
             memory_free_mb: total / 2,
             utilization_pct: 30,
             synthetic: false,
+            compute_capability: None,
         }
     }
 
@@ -181,10 +183,12 @@ mod tests {
             SyntheticGpu {
                 name: "Synthetic A100".into(),
                 memory: 40 * 1024,
+                compute_capability: None,
             },
             SyntheticGpu {
                 name: "Synthetic T4".into(),
                 memory: 16 * 1024,
+                compute_capability: None,
             },
         ];
         c.resources.custom.insert("db-connections".into(), 20);

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Capacity, GpuInfo, NodeId};
+use super::{Capacity, GpuInfo, HolderUsage, NodeId};
 
 /// What a node says of its access policy, so that requesters can skip
 /// owners that would refuse them. Only a hint: the owner's own check is
@@ -93,6 +93,13 @@ pub struct Announcement {
     pub labels: BTreeMap<String, String>,
     /// The owner's access policy, as far as requesters need it.
     pub access: AccessHint,
+    /// CPU architecture, as Rust names it (`x86_64`, `aarch64`).
+    pub arch: String,
+    /// What each requester holds here (largest first, at most 256), for
+    /// swarm-wide quotas.
+    pub usage: Vec<HolderUsage>,
+    /// Requests waiting in this owner's queue.
+    pub queued: u32,
     /// Set in the last announcement a node sends when it shuts down.
     pub leaving: bool,
 }

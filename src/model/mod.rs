@@ -11,6 +11,6 @@ mod resources;
 
 pub use announce::{AccessHint, Announcement, Location, NodeStatus};
 pub use resources::{
-    Capacity, Denial, DenyReason, FreeCapacity, GpuInfo, GpuSlot, Lease, LeaseId, NodeId, Priority,
-    ResourceRequirements,
+    Capacity, ComputeCapability, Denial, DenyReason, FreeCapacity, GpuInfo, GpuSlot, HolderUsage,
+    Lease, LeaseId, NodeId, Priority, ResourceRequirements, Usage,
 };

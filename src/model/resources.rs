@@ -51,6 +51,36 @@ pub struct GpuInfo {
     pub utilization_pct: u8,
     /// Whether this GPU is declared in the config rather than detected.
     pub synthetic: bool,
+    /// CUDA compute capability (NVML, or declared), e.g. 8.0 for an A100.
+    #[serde(default)]
+    pub compute_capability: Option<ComputeCapability>,
+}
+
+/// A CUDA compute capability, `major.minor`, ordered as versions are.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct ComputeCapability {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl fmt::Display for ComputeCapability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+impl std::str::FromStr for ComputeCapability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a compute capability like \"8.0\" or \"9.0\"");
+        let (major, minor) = s.trim().split_once('.').unwrap_or((s.trim(), "0"));
+        Ok(ComputeCapability {
+            major: major.parse().map_err(|_| bad())?,
+            minor: minor.parse().map_err(|_| bad())?,
+        })
+    }
 }
 
 /// A GPU's lendable memory, as held in a [`Capacity`].
@@ -149,6 +179,44 @@ pub enum Priority {
     Critical,
 }
 
+impl Priority {
+    /// Every priority, lowest first.
+    pub const ALL: [Priority; 4] = [
+        Priority::Low,
+        Priority::Normal,
+        Priority::High,
+        Priority::Critical,
+    ];
+
+    /// The lowercase name used in JSON, the CLI and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+            Priority::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Priority::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| {
+                format!("unknown priority {s:?}: expected one of low, normal, high, critical")
+            })
+    }
+}
+
 /// A granted lease: capacity on `node_id` held by `holder` until
 /// `expires_at_ms`, unless renewed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,6 +276,18 @@ pub enum DenyReason {
     Unreachable,
     /// The owner could not write the lease durably.
     StorageError,
+    /// The owner is too busy (its queue is full, or this peer asks too
+    /// often); `retry_after_ms` says when to try again.
+    Busy,
+    /// Granting would exceed a quota of the requester or its group.
+    QuotaExceeded,
+    /// No node could ever satisfy the request (a constraint, or more than
+    /// the node has in total); waiting would not help.
+    Unsatisfiable,
+    /// The lease was taken back for a higher-priority request.
+    Preempted,
+    /// The request waited in the owner's queue until its wait ran out.
+    QueueTimeout,
 }
 
 impl DenyReason {
@@ -223,6 +303,11 @@ impl DenyReason {
             DenyReason::ShuttingDown => "shutting_down",
             DenyReason::Unreachable => "unreachable",
             DenyReason::StorageError => "storage_error",
+            DenyReason::Busy => "busy",
+            DenyReason::QuotaExceeded => "quota_exceeded",
+            DenyReason::Unsatisfiable => "unsatisfiable",
+            DenyReason::Preempted => "preempted",
+            DenyReason::QueueTimeout => "queue_timeout",
         }
     }
 }
@@ -239,6 +324,13 @@ impl fmt::Display for DenyReason {
 pub struct Denial {
     pub reason: DenyReason,
     pub message: String,
+    /// With `busy`: when to ask again, ms from now.
+    #[serde(default)]
+    pub retry_after_ms: Option<u64>,
+    /// Other nodes that, as far as the refusing owner knows, could serve
+    /// the request (the "redistribute" answer to contention).
+    #[serde(default)]
+    pub hints: Vec<NodeId>,
 }
 
 impl Denial {
@@ -246,6 +338,87 @@ impl Denial {
         Denial {
             reason,
             message: message.into(),
+            retry_after_ms: None,
+            hints: Vec::new(),
         }
     }
+
+    /// A `busy` refusal: try again after `retry_after_ms`.
+    pub fn busy(message: impl Into<String>, retry_after_ms: u64) -> Self {
+        Denial {
+            retry_after_ms: Some(retry_after_ms),
+            ..Denial::new(DenyReason::Busy, message)
+        }
+    }
+}
+
+/// How much of each dimension something uses (a lease, a requester's
+/// leases, a request once its GPUs are known). Quotas cap it, and nodes
+/// gossip it per requester for swarm-wide quotas.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Usage {
+    pub cpu_cores: u32,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+    /// Number of GPUs held (whole or shared).
+    pub gpus: u32,
+    /// GPU memory held, MiB, over all GPUs.
+    pub gpu_memory_mb: u64,
+    pub custom: BTreeMap<String, u64>,
+}
+
+impl Usage {
+    /// What one lease uses.
+    pub fn of_lease(l: &Lease) -> Self {
+        Usage {
+            cpu_cores: l.cpu_cores,
+            memory_mb: l.memory_mb,
+            disk_mb: l.disk_mb,
+            gpus: l.gpus.len() as u32,
+            gpu_memory_mb: l.gpus.iter().map(|g| g.memory_mb).sum(),
+            custom: l.custom.clone(),
+        }
+    }
+
+    /// Add `other` (saturating).
+    pub fn add(&mut self, other: &Usage) {
+        self.cpu_cores = self.cpu_cores.saturating_add(other.cpu_cores);
+        self.memory_mb = self.memory_mb.saturating_add(other.memory_mb);
+        self.disk_mb = self.disk_mb.saturating_add(other.disk_mb);
+        self.gpus = self.gpus.saturating_add(other.gpus);
+        self.gpu_memory_mb = self.gpu_memory_mb.saturating_add(other.gpu_memory_mb);
+        for (k, v) in &other.custom {
+            let e = self.custom.entry(k.clone()).or_insert(0);
+            *e = e.saturating_add(*v);
+        }
+    }
+
+    /// Subtract `other` (saturating at zero).
+    pub fn sub(&mut self, other: &Usage) {
+        self.cpu_cores = self.cpu_cores.saturating_sub(other.cpu_cores);
+        self.memory_mb = self.memory_mb.saturating_sub(other.memory_mb);
+        self.disk_mb = self.disk_mb.saturating_sub(other.disk_mb);
+        self.gpus = self.gpus.saturating_sub(other.gpus);
+        self.gpu_memory_mb = self.gpu_memory_mb.saturating_sub(other.gpu_memory_mb);
+        for (k, v) in &other.custom {
+            if let Some(e) = self.custom.get_mut(k) {
+                *e = e.saturating_sub(*v);
+            }
+        }
+        self.custom.retain(|_, v| *v > 0);
+    }
+
+    /// Whether nothing is used.
+    pub fn is_zero(&self) -> bool {
+        self == &Usage::default()
+    }
+}
+
+/// One requester's usage at the announcing owner, gossiped for
+/// swarm-wide quotas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderUsage {
+    pub holder: NodeId,
+    pub usage: Usage,
 }

@@ -3,6 +3,7 @@
 //! penalties for invalid messages.
 
 use super::*;
+use crate::model::{HolderUsage, Usage};
 
 impl EventLoop {
     /// Announce a change soon: after a short window that gathers a burst
@@ -53,6 +54,9 @@ impl EventLoop {
             active_leases: self.ledger.len() as u32,
             labels: self.cfg.labels.clone(),
             access: self.access_hint(),
+            arch: std::env::consts::ARCH.to_owned(),
+            usage: self.holder_usage(),
+            queued: 0,
             leaving,
             instance: self.instance,
             started_at_ms: self.started_at_ms,
@@ -282,5 +286,32 @@ impl EventLoop {
             self.swarm.behaviour_mut().blocked.unblock_peer(p);
             info!(peer = %p, "ban lifted");
         }
+    }
+}
+
+/// Most requesters whose usage an announcement carries.
+const MAX_ANNOUNCED_USAGE: usize = 256;
+
+impl EventLoop {
+    /// What each requester holds here, largest first, for swarm-wide
+    /// quotas (bounded; the smallest holders are left out).
+    pub(super) fn holder_usage(&self) -> Vec<HolderUsage> {
+        let mut by: BTreeMap<NodeId, Usage> = BTreeMap::new();
+        for l in self.ledger.leases() {
+            by.entry(l.holder.clone())
+                .or_default()
+                .add(&Usage::of_lease(l));
+        }
+        let mut out: Vec<HolderUsage> = by
+            .into_iter()
+            .map(|(holder, usage)| HolderUsage { holder, usage })
+            .collect();
+        out.sort_by(|a, b| {
+            (b.usage.cpu_cores, b.usage.memory_mb, b.usage.gpus)
+                .cmp(&(a.usage.cpu_cores, a.usage.memory_mb, a.usage.gpus))
+                .then_with(|| a.holder.cmp(&b.holder))
+        });
+        out.truncate(MAX_ANNOUNCED_USAGE);
+        out
     }
 }
