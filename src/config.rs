@@ -91,6 +91,11 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     /// `[access]`: who may allocate here, beyond `lend.allow_remote`.
     pub access: AccessConfig,
+    /// `[scheduler]`: preemption, the wait queue, the rate limit and
+    /// advance reservations on this node.
+    pub scheduler: SchedulerConfig,
+    /// `[elastic]`: lend less while the machine's owner is using it.
+    pub elastic: ElasticConfig,
     /// `[models]`: AI models this node serves.
     pub models: ModelsConfig,
     /// `[leases]`: lease lengths and limits this node grants.
@@ -390,6 +395,119 @@ pub struct AccessConfig {
 pub const MAX_ACCESS_LIST: usize = 1024;
 /// Most labels a node may carry.
 pub const MAX_LABELS: usize = 32;
+
+/// `[scheduler]`: how this node schedules what it lends. Changes made at
+/// runtime (`lanswarm scheduler set ...`) are kept across restarts until
+/// this section is edited, which then wins again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Let higher-priority requests take the resources of strictly
+    /// lower-priority leases. Default false.
+    pub preemption: bool,
+    /// Most requests waiting at once. Default 1024.
+    pub max_queue: usize,
+    /// Longest a request may wait in the queue. Default 1h.
+    #[serde(with = "units::serde_duration")]
+    pub max_wait: Duration,
+    /// Allocation requests each peer may make per second. Default 50.
+    pub rate_per_sec: f64,
+    /// Requests a peer may make back to back after a quiet spell. Default 100.
+    pub rate_burst: u32,
+    /// Most advance reservations held at once. Default 1024.
+    pub max_reservations: usize,
+    /// Farthest ahead a reservation may start. Default 30d.
+    #[serde(with = "units::serde_duration")]
+    pub reservation_horizon: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        let p = crate::core::sched::SchedPolicy::default();
+        SchedulerConfig {
+            preemption: p.preemption,
+            max_queue: p.max_queue,
+            max_wait: Duration::from_millis(p.max_wait_ms),
+            rate_per_sec: p.rate.per_sec,
+            rate_burst: p.rate.burst,
+            max_reservations: p.max_reservations,
+            reservation_horizon: Duration::from_millis(p.reservation_horizon_ms),
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// The policy this section asks for.
+    pub fn policy(&self) -> crate::core::sched::SchedPolicy {
+        crate::core::sched::SchedPolicy {
+            preemption: self.preemption,
+            max_queue: self.max_queue,
+            max_wait_ms: self.max_wait.as_millis() as u64,
+            rate: crate::core::throttle::RateLimit {
+                per_sec: self.rate_per_sec,
+                burst: self.rate_burst,
+            },
+            max_reservations: self.max_reservations,
+            reservation_horizon_ms: self.reservation_horizon.as_millis() as u64,
+        }
+    }
+}
+
+/// `[elastic]`: elastic sharing. When enabled, the lendable CPU and memory
+/// shrink while the machine's owner uses the machine, and grow back (up to
+/// `[lend]`) when it is idle.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ElasticConfig {
+    /// Default false.
+    pub enabled: bool,
+    /// Cores always left to the owner beyond their current use. Default 1.
+    pub headroom_cores: f64,
+    /// Memory always left to the owner beyond their current use. Default 1GiB.
+    #[serde(with = "units::serde_size")]
+    pub headroom_memory: u64,
+    /// How long local use must stay high before lending less. Default 10s.
+    #[serde(with = "units::serde_duration")]
+    pub shrink_after: Duration,
+    /// How long local use must stay low before lending more. Default 1m.
+    #[serde(with = "units::serde_duration")]
+    pub grow_after: Duration,
+    /// Largest growth per step, as a fraction of `[lend]`. Default 0.25.
+    pub step_fraction: f64,
+    /// End leases (lowest priority, newest first) when shrinking needs it.
+    /// Default false: leases are never broken by shrinking.
+    pub break_leases: bool,
+}
+
+impl Default for ElasticConfig {
+    fn default() -> Self {
+        let p = crate::core::elastic::ElasticPolicy::default();
+        ElasticConfig {
+            enabled: p.enabled,
+            headroom_cores: p.headroom_cores,
+            headroom_memory: p.headroom_memory_mb,
+            shrink_after: Duration::from_millis(p.shrink_after_ms),
+            grow_after: Duration::from_millis(p.grow_after_ms),
+            step_fraction: p.step_fraction,
+            break_leases: p.break_leases,
+        }
+    }
+}
+
+impl ElasticConfig {
+    /// The policy this section asks for.
+    pub fn policy(&self) -> crate::core::elastic::ElasticPolicy {
+        crate::core::elastic::ElasticPolicy {
+            enabled: self.enabled,
+            headroom_cores: self.headroom_cores,
+            headroom_memory_mb: self.headroom_memory,
+            shrink_after_ms: self.shrink_after.as_millis() as u64,
+            grow_after_ms: self.grow_after.as_millis() as u64,
+            step_fraction: self.step_fraction,
+            break_leases: self.break_leases,
+        }
+    }
+}
 
 /// `[models]`: AI models this node serves.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -1230,6 +1348,7 @@ impl Config {
         self.check_location()?;
         self.check_labels()?;
         self.check_access()?;
+        self.check_scheduler()?;
         self.check_models()?;
         self.check_leases()?;
         self.check_strategy()?;
@@ -1282,6 +1401,50 @@ impl Config {
                     "a label value is at most 128 bytes, without control characters",
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn check_scheduler(&self) -> Result<(), Problem> {
+        let s = &self.scheduler;
+        if s.max_queue == 0 || s.max_queue > 100_000 {
+            return Err(problem(
+                "scheduler.max_queue",
+                "must be between 1 and 100000",
+            ));
+        }
+        if s.max_wait.is_zero() || s.max_wait > Duration::from_secs(7 * 24 * 3600) {
+            return Err(problem("scheduler.max_wait", "must be between 1ms and 7d"));
+        }
+        if !s.rate_per_sec.is_finite() || s.rate_per_sec <= 0.0 || s.rate_per_sec > 1e6 {
+            return Err(problem(
+                "scheduler.rate_per_sec",
+                "must be a number above 0 and at most 1000000",
+            ));
+        }
+        if s.rate_burst == 0 {
+            return Err(problem("scheduler.rate_burst", "must be at least 1"));
+        }
+        if s.max_reservations == 0 || s.max_reservations > 100_000 {
+            return Err(problem(
+                "scheduler.max_reservations",
+                "must be between 1 and 100000",
+            ));
+        }
+        if s.reservation_horizon.is_zero()
+            || s.reservation_horizon > Duration::from_secs(366 * 24 * 3600)
+        {
+            return Err(problem(
+                "scheduler.reservation_horizon",
+                "must be between 1ms and 366d",
+            ));
+        }
+        let e = &self.elastic;
+        if !e.headroom_cores.is_finite() || e.headroom_cores < 0.0 {
+            return Err(problem("elastic.headroom_cores", "must be a number ≥ 0"));
+        }
+        if !e.step_fraction.is_finite() || e.step_fraction <= 0.0 || e.step_fraction > 1.0 {
+            return Err(problem("elastic.step_fraction", "must be in (0, 1]"));
         }
         Ok(())
     }

@@ -89,6 +89,8 @@ pub fn node_config(cfg: &Config, keypair: libp2p::identity::Keypair) -> anyhow::
         weight: cfg.lend.weight,
         labels: cfg.labels.clone(),
         access: cfg.access_policy(),
+        sched: cfg.scheduler.policy(),
+        elastic: cfg.elastic.policy(),
         limits: LeaseLimits {
             min_lease_ms: cfg.leases.min.as_millis() as u64,
             max_lease_ms: cfg.leases.max.as_millis() as u64,
@@ -217,16 +219,22 @@ async fn monitor_hardware(node: crate::Node, shutdown: CancellationToken) {
             return;
         };
         let joined = tokio::task::spawn_blocking(move || {
-            let (cpu_usage_pct, _) = sampler.sample();
+            let (cpu_usage_pct, memory_available_mb) = sampler.sample();
             let readings = gpus.refresh();
-            (sampler, gpus, cpu_usage_pct, readings)
+            (
+                sampler,
+                gpus,
+                (cpu_usage_pct, memory_available_mb),
+                readings,
+            )
         })
         .await;
         match joined {
-            Ok((sampler, gpus, cpu_usage_pct, readings)) => {
+            Ok((sampler, gpus, (cpu_usage_pct, memory_available_mb), readings)) => {
                 node.update_telemetry(crate::handle::Telemetry {
                     cpu_usage_pct,
                     gpus: readings,
+                    memory_available_mb,
                 });
                 state = Some((sampler, gpus));
             }

@@ -14,11 +14,16 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::access::AccessPolicy;
+use crate::core::calendar::Reservation;
+use crate::core::constraints::Constraints;
+use crate::core::contention::ContentionReport;
 use crate::core::placement::{Strategy, StrategyConfig};
 use crate::core::pools::{PoolCapacity, PoolSelector};
+use crate::core::quota::{Burst, Limits};
+use crate::core::sched::SchedPolicy;
 use crate::model::{
     AccessHint, Announcement, Capacity, DenyReason, GpuInfo, GpuSlot, Lease, Location, NodeId,
-    NodeStatus, Priority, ResourceRequirements,
+    NodeStatus, Priority, ResourceRequirements, Usage,
 };
 
 /// Capacity of the command channel into the event loop.
@@ -54,6 +59,12 @@ pub struct AllocationRequest {
     pub pool: Option<String>,
     /// Only consider the members of this swarm group (by id or name).
     pub group: Option<String>,
+    /// Wait this long in an owner's queue when nothing is free now
+    /// (default: do not wait). The answer then says `queued` and the
+    /// position; the grant follows when capacity frees.
+    pub wait_secs: Option<u64>,
+    /// Node capabilities and labels the request needs (seed 001).
+    pub constraints: Constraints,
 }
 
 /// What an allocation holds (seed 004's `AllocatedResources`).
@@ -76,6 +87,14 @@ pub struct AllocatedResources {
 pub enum AllocationStatus {
     /// Granted and not expired.
     Active,
+    /// Waiting in the owner's queue (`queue_position`).
+    Queued,
+    /// Taken back by the owner for a higher-priority request.
+    Preempted,
+    /// The wait in the owner's queue ran out.
+    TimedOut,
+    /// Ended by the owner for another reason (see `ended_reason`).
+    Ended,
 }
 
 /// One refusal on the way to a grant (late binding) or to a failure.
@@ -120,6 +139,13 @@ pub struct Allocation {
     /// grant, and for leases listed later).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refusals: Vec<Refusal>,
+    /// With status `queued`: the 1-based position in the owner's queue,
+    /// as the owner last said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u32>,
+    /// For an allocation the owner ended: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_reason: Option<String>,
 }
 
 /// Time in ms since the epoch as a UTC timestamp.
@@ -156,8 +182,124 @@ impl Allocation {
             lease_secs: lease.lease_ms as f64 / 1000.0,
             release_at: release_at_ms.map(ms_to_utc),
             refusals: Vec::new(),
+            queue_position: None,
+            ended_reason: None,
         }
     }
+}
+
+/// A request to reserve resources for a future window (seed 003).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReservationRequest {
+    pub request_id: Option<String>,
+    pub required_resources: ResourceRequirements,
+    /// When the window starts (RFC 3339). Or use `start_in_secs`.
+    pub start: Option<DateTime<Utc>>,
+    /// When the window starts, seconds from now.
+    pub start_in_secs: Option<u64>,
+    /// Length of the window, seconds (> 0).
+    pub duration_secs: u64,
+    /// Reserve on this node (id or name); default: the first that can.
+    pub node_id: Option<String>,
+    pub priority: Priority,
+    pub task_type: String,
+    pub constraints: Constraints,
+}
+
+/// A reservation as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReservationInfo {
+    /// Also the lease id once the window starts.
+    pub reservation_id: String,
+    pub node_id: NodeId,
+    pub node_name: String,
+    pub holder: NodeId,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// `confirmed`, `active`, `released`, `expired` or `cancelled`.
+    pub status: String,
+    pub priority: Priority,
+    pub required_resources: ResourceRequirements,
+    /// GPUs set aside on the owner.
+    pub gpus: Vec<GpuSlot>,
+}
+
+impl ReservationInfo {
+    pub fn from_reservation(r: &Reservation, node_name: &str, node_id: &NodeId) -> Self {
+        ReservationInfo {
+            reservation_id: r.id.0.clone(),
+            node_id: node_id.clone(),
+            node_name: node_name.to_owned(),
+            holder: r.holder.clone(),
+            start: ms_to_utc(r.start_ms),
+            end: ms_to_utc(r.end_ms),
+            status: serde_json::to_value(r.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            priority: r.priority,
+            required_resources: r.req.clone(),
+            gpus: r.gpus.clone(),
+        }
+    }
+}
+
+/// Reservations this node made elsewhere, and those it holds for others.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reservations {
+    pub held: Vec<ReservationInfo>,
+    pub granted: Vec<ReservationInfo>,
+}
+
+/// One quota and what its subject uses now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuotaEntry {
+    /// `default`, `node:<peer id>` or `group:<group id>`.
+    pub subject: String,
+    /// `local` (on this node) or `swarm` (across the swarm, as seen here).
+    pub scope: String,
+    pub limits: Limits,
+    pub burst: Option<Burst>,
+    /// What the subject uses now (here, or swarm-wide for `swarm`).
+    pub usage: Usage,
+}
+
+/// A quota to set (replacing any for the same subject and scope).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotaChange {
+    /// `default`, `node:<peer id>` (or a bare peer id) or `group:<id or name>`.
+    pub subject: String,
+    /// Swarm-wide (across every owner, as this node sees it) instead of
+    /// on this node.
+    pub swarm: bool,
+    pub limits: Limits,
+    pub burst: Option<Burst>,
+}
+
+/// A change to the scheduling policy; absent fields stay.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedPolicyChange {
+    pub preemption: Option<bool>,
+    pub max_queue: Option<usize>,
+    pub max_wait_secs: Option<u64>,
+    pub rate_per_sec: Option<f64>,
+    pub rate_burst: Option<u32>,
+}
+
+/// One request waiting in this node's queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    pub ticket: String,
+    pub holder: NodeId,
+    pub priority: Priority,
+    /// 1-based, in grant order.
+    pub position: u32,
+    pub required_resources: ResourceRequirements,
+    pub queued_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
 }
 
 /// Leases this node holds elsewhere, and leases it granted.
@@ -213,6 +355,10 @@ pub struct NodeInfo {
     /// requesters; the owner's check is the one that counts).
     pub access: AccessHint,
     pub active_allocations: u32,
+    /// Requests waiting in the node's queue.
+    pub queued: u32,
+    /// Whether the node lets higher priority preempt lower.
+    pub preemption: bool,
     pub status: NodeStatus,
     pub last_seen: DateTime<Utc>,
     /// Smoothed round-trip time, ms (None until measured, or for self).
@@ -271,6 +417,8 @@ impl NodeInfo {
             labels: ann.labels.clone(),
             access: ann.access.clone(),
             active_allocations: ann.active_leases,
+            queued: ann.queued,
+            preemption: ann.preemption,
             status,
             last_seen: ms_to_utc(last_seen_ms),
             rtt_ms,
@@ -409,6 +557,28 @@ pub(crate) enum Command {
         oneshot::Sender<Result<AccessPolicy, NodeError>>,
     ),
     Pools(oneshot::Sender<Vec<PoolInfo>>),
+    Reserve(
+        Box<ReservationRequest>,
+        oneshot::Sender<Result<ReservationInfo, NodeError>>,
+    ),
+    Reservations(oneshot::Sender<Reservations>),
+    Quotas(oneshot::Sender<Vec<QuotaEntry>>),
+    SetQuota(
+        QuotaChange,
+        oneshot::Sender<Result<Vec<QuotaEntry>, NodeError>>,
+    ),
+    RemoveQuota(
+        String,
+        bool,
+        oneshot::Sender<Result<Vec<QuotaEntry>, NodeError>>,
+    ),
+    SchedPolicy(oneshot::Sender<SchedPolicy>),
+    SetSchedPolicy(
+        SchedPolicyChange,
+        oneshot::Sender<Result<SchedPolicy, NodeError>>,
+    ),
+    Queue(oneshot::Sender<Vec<QueueEntry>>),
+    Contention(oneshot::Sender<ContentionReport>),
     Pool(String, oneshot::Sender<Result<PoolInfo, NodeError>>),
     CreatePool(NewPool, oneshot::Sender<Result<PoolInfo, NodeError>>),
     DeletePool(String, oneshot::Sender<Result<(), NodeError>>),
@@ -422,6 +592,8 @@ pub struct Telemetry {
     pub cpu_usage_pct: f32,
     /// Current readings of the detected (not synthetic) GPUs.
     pub gpus: Vec<GpuInfo>,
+    /// Host memory available, MiB (elastic sharing).
+    pub memory_available_mb: u64,
 }
 
 /// A cloneable handle to a running node.
@@ -563,6 +735,61 @@ impl Node {
     /// Create (or redefine) a pool, shared with the swarm.
     pub async fn create_pool(&self, new: NewPool) -> Result<PoolInfo, NodeError> {
         self.call(|tx| Command::CreatePool(new, tx)).await?
+    }
+
+    /// Reserve resources for a future window on some node (seed 003).
+    pub async fn reserve(&self, req: ReservationRequest) -> Result<ReservationInfo, NodeError> {
+        self.call(|tx| Command::Reserve(Box::new(req), tx)).await?
+    }
+
+    /// Reservations made here and held here. Cancel one with
+    /// [`Node::release`] and its id.
+    pub async fn reservations(&self) -> Result<Reservations, NodeError> {
+        self.call(Command::Reservations).await
+    }
+
+    /// Every quota this node enforces, with current usage.
+    pub async fn quotas(&self) -> Result<Vec<QuotaEntry>, NodeError> {
+        self.call(Command::Quotas).await
+    }
+
+    /// Set a quota (stored before this returns). A cap below what the
+    /// subject already uses is refused.
+    pub async fn set_quota(&self, change: QuotaChange) -> Result<Vec<QuotaEntry>, NodeError> {
+        self.call(|tx| Command::SetQuota(change, tx)).await?
+    }
+
+    /// Remove a quota.
+    pub async fn remove_quota(
+        &self,
+        subject: &str,
+        swarm: bool,
+    ) -> Result<Vec<QuotaEntry>, NodeError> {
+        self.call(|tx| Command::RemoveQuota(subject.to_owned(), swarm, tx))
+            .await?
+    }
+
+    /// The scheduling policy (preemption, queue, rate limit).
+    pub async fn sched_policy(&self) -> Result<SchedPolicy, NodeError> {
+        self.call(Command::SchedPolicy).await
+    }
+
+    /// Change the scheduling policy (stored before this returns).
+    pub async fn set_sched_policy(
+        &self,
+        change: SchedPolicyChange,
+    ) -> Result<SchedPolicy, NodeError> {
+        self.call(|tx| Command::SetSchedPolicy(change, tx)).await?
+    }
+
+    /// Requests waiting in this node's queue, in grant order.
+    pub async fn queue(&self) -> Result<Vec<QueueEntry>, NodeError> {
+        self.call(Command::Queue).await
+    }
+
+    /// Contention on this node: queued demand against free capacity.
+    pub async fn contention(&self) -> Result<ContentionReport, NodeError> {
+        self.call(Command::Contention).await
     }
 
     /// Delete a pool, swarm-wide.

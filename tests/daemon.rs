@@ -320,8 +320,8 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
             "POST",
             "/api/v1/allocations",
             r#"{"required_resources": {"cpu_cores": 64}}"#,
-            503,
-            "no_capacity",
+            422,
+            "unsatisfiable",
         ),
         (
             "DELETE",
@@ -357,15 +357,16 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
             "{v}"
         );
     }
-    // The 503 explains who refused or was not eligible, and why.
+    // More than any node has in total is refused at once, not left to
+    // wait, and the answer names what does not fit.
     let (_, v) = d.send(
         "POST",
         "/api/v1/allocations",
         r#"{"required_resources": {"cpu_cores": 64}}"#,
     );
-    let excluded = v["error"]["excluded"].as_array().unwrap();
+    let message = v["error"]["message"].as_str().unwrap();
     assert!(
-        excluded[0]["why"].as_str().unwrap().contains("cpu_cores"),
+        message.contains("cpu_cores") && message.contains("64"),
         "{v}"
     );
 
@@ -965,4 +966,531 @@ fn groups_pools_and_access_survive_a_restart() {
     assert_eq!(after[0]["name"], "mine", "{after}");
     assert_eq!(after[0]["selector"], pools[0]["selector"]);
     assert_eq!(after[0]["capacity"]["nodes"], 1, "{after}");
+}
+
+/// Poll `check` every 100 ms until it gives `Some`, or fail after `secs`.
+fn wait_for<T>(secs: u64, what: &str, d: &Daemon, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The reservation with this id in a `Reservations` list (`held` or
+/// `granted`).
+fn reservation_in<'a>(list: &'a Value, id: &str) -> Option<&'a Value> {
+    list.as_array()?.iter().find(|r| r["reservation_id"] == id)
+}
+
+#[test]
+fn reservations_quotas_the_scheduler_and_the_queue_through_the_api() {
+    let d = Daemon::start("sched", None, "");
+    let me = d.get("/api/v1/node").1["id"].as_str().unwrap().to_owned();
+    let allocs_before = d.get("/api/v1/allocations").1;
+
+    // (1) An unknown priority is a 400 that names the valid ones; nothing
+    // is allocated or booked.
+    for (path, body) in [
+        (
+            "/api/v1/allocations",
+            r#"{"required_resources": {"cpu_cores": 1}, "priority": "urgent"}"#,
+        ),
+        (
+            "/api/v1/reservations",
+            r#"{"required_resources": {"cpu_cores": 1}, "start_in_secs": 60, "duration_secs": 60, "priority": "urgent"}"#,
+        ),
+    ] {
+        let (s, v) = d.send("POST", path, body);
+        assert_eq!(s, 400, "{path}: {v}");
+        assert_eq!(v["error"]["code"], "bad_request", "{v}");
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(m.contains("urgent") && m.contains("critical"), "{m}");
+    }
+    assert_eq!(d.get("/api/v1/allocations").1, allocs_before);
+
+    // (2) Reservations: bad windows are 400 and book nothing.
+    let cases: Vec<(&str, String, String, u16, &str)> = [
+        r#"{"required_resources": {"cpu_cores": 1}, "start": "2020-01-01T00:00:00Z", "duration_secs": 60}"#,
+        r#"{"required_resources": {"cpu_cores": 1}, "start_in_secs": 10, "duration_secs": 0}"#,
+        r#"{"required_resources": {"cpu_cores": 1}, "start_in_secs": 10, "duration_secs": -5}"#,
+        r#"{"required_resources": {"cpu_cores": 1}, "duration_secs": 60}"#,
+        r#"{"required_resources": {}, "start_in_secs": 10, "duration_secs": 60}"#,
+    ]
+    .into_iter()
+    .map(|b| ("POST", "/api/v1/reservations".into(), b.into(), 400, "bad_request"))
+    .collect();
+    expect_errors(&d, &cases);
+    let empty = serde_json::json!({ "held": [], "granted": [] });
+    assert_eq!(d.get("/api/v1/reservations").1, empty);
+    expect_errors(
+        &d,
+        &[(
+            "DELETE",
+            "/api/v1/reservations/no-such-id".into(),
+            String::new(),
+            404,
+            "unknown_allocation",
+        )],
+    );
+
+    // A valid one: 1 core, starting in 2 s, for 2 s.
+    let (s, r) = d.send(
+        "POST",
+        "/api/v1/reservations",
+        r#"{"required_resources": {"cpu_cores": 1}, "start_in_secs": 2, "duration_secs": 2, "priority": "high"}"#,
+    );
+    assert_eq!(s, 201, "{r}");
+    assert_eq!(r["status"], "confirmed", "{r}");
+    assert_eq!(r["node_id"], me.as_str());
+    assert_eq!(r["priority"], "high");
+    let rid = r["reservation_id"].as_str().unwrap().to_owned();
+    let rs = d.get("/api/v1/reservations").1;
+    assert_eq!(
+        reservation_in(&rs["held"], &rid).unwrap()["status"],
+        "confirmed",
+        "{rs}"
+    );
+    assert_eq!(
+        reservation_in(&rs["granted"], &rid).unwrap()["status"],
+        "confirmed",
+        "{rs}"
+    );
+    // It starts: active on both sides, and held as an allocation with its id.
+    wait_for(6, "the reservation to start", &d, || {
+        let rs = d.get("/api/v1/reservations").1;
+        let held = reservation_in(&rs["held"], &rid)?["status"] == "active";
+        let granted = reservation_in(&rs["granted"], &rid)?["status"] == "active";
+        (held && granted).then_some(())
+    });
+    let a = d.get(&format!("/api/v1/allocations/{rid}")).1;
+    assert_eq!(a["status"], "active", "{a}");
+    assert_eq!(a["allocated_resources"]["cpu_cores"], 1, "{a}");
+    let all = d.get("/api/v1/allocations").1;
+    assert!(
+        all["held"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["allocation_id"] == rid.as_str()),
+        "{all}"
+    );
+    // It ends: no longer active, and the owner took the core back.
+    wait_for(8, "the reservation to end", &d, || {
+        let rs = d.get("/api/v1/reservations").1;
+        let granted = reservation_in(&rs["granted"], &rid).map(|r| r["status"].clone());
+        let held = reservation_in(&rs["held"], &rid).map(|r| r["status"].clone());
+        let still = |s: &Option<Value>| s.as_ref().is_some_and(|s| s == "active");
+        let leased = d.get("/api/v1/allocations").1["granted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["allocation_id"] == rid.as_str());
+        (!still(&granted) && !still(&held) && !leased).then_some(())
+    });
+    assert_eq!(d.get("/api/v1/node").1["resources"]["free"]["cpu_cores"], 4);
+
+    // (3) Quotas.
+    assert_eq!(d.get("/api/v1/quotas").1, serde_json::json!([]));
+    let subject = format!("node:{me}");
+    let (s, qs) = d.send(
+        "PUT",
+        "/api/v1/quotas",
+        &format!(r#"{{"subject": "{subject}", "limits": {{"cpu_cores": 8}}}}"#),
+    );
+    assert_eq!(s, 200, "{qs}");
+    assert_eq!(qs.as_array().unwrap().len(), 1, "{qs}");
+    assert_eq!(qs[0]["subject"], subject.as_str());
+    assert_eq!(qs[0]["scope"], "local");
+    assert_eq!(qs[0]["limits"]["cpu_cores"], 8);
+    let (s, three) = d.send(
+        "POST",
+        "/api/v1/allocations",
+        r#"{"required_resources": {"cpu_cores": 3}}"#,
+    );
+    assert_eq!(s, 201, "{three}");
+    let three = three["allocation_id"].as_str().unwrap().to_owned();
+    let quotas_before = d.get("/api/v1/quotas").1;
+    assert_eq!(quotas_before[0]["usage"]["cpu_cores"], 3, "{quotas_before}");
+    let (s, v) = d.send(
+        "PUT",
+        "/api/v1/quotas",
+        &format!(r#"{{"subject": "{subject}", "limits": {{"cpu_cores": 2}}}}"#),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["code"], "bad_request", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("below current use"),
+        "{v}"
+    );
+    let bad_quotas: Vec<(&str, String, String, u16, &str)> = vec![
+        (
+            "PUT",
+            "/api/v1/quotas".into(),
+            r#"{"subject": "nobody", "limits": {"cpu_cores": 1}}"#.into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            "/api/v1/quotas".into(),
+            r#"{"subject": "default", "limits": {"cpus": 1}}"#.into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            "/api/v1/quotas".into(),
+            r#"{"subject": "group:nope", "limits": {"cpu_cores": 1}}"#.into(),
+            404,
+            "not_found",
+        ),
+        (
+            "DELETE",
+            format!("/api/v1/quotas/{subject}?swarm=maybe"),
+            String::new(),
+            400,
+            "bad_request",
+        ),
+        (
+            "DELETE",
+            format!("/api/v1/quotas/{subject}?swarm=true"),
+            String::new(),
+            404,
+            "not_found",
+        ),
+        (
+            "DELETE",
+            "/api/v1/quotas/default".into(),
+            String::new(),
+            404,
+            "not_found",
+        ),
+    ];
+    expect_errors(&d, &bad_quotas);
+    assert_eq!(d.get("/api/v1/quotas").1, quotas_before, "quotas unchanged");
+    let (s, qs) = d.send(
+        "DELETE",
+        &format!("/api/v1/quotas/{subject}?swarm=false"),
+        "",
+    );
+    assert_eq!((s, qs), (200, serde_json::json!([])));
+
+    // (4) The scheduling policy.
+    let (s, p) = d.get("/api/v1/scheduler");
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["preemption"], false, "{p}");
+    let (s, p) = d.send("PATCH", "/api/v1/scheduler", r#"{"preemption": true}"#);
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["preemption"], true, "{p}");
+    assert_eq!(d.get("/api/v1/scheduler").1, p);
+    let bad_policy: Vec<(&str, String, String, u16, &str)> = [
+        r#"{"preemption": "maybe"}"#,
+        r#"{"max_queue": 0}"#,
+        r#"{"rate_per_sec": -1}"#,
+        r#"{"bogus": 1}"#,
+    ]
+    .into_iter()
+    .map(|b| {
+        (
+            "PATCH",
+            "/api/v1/scheduler".into(),
+            b.into(),
+            400,
+            "bad_request",
+        )
+    })
+    .collect();
+    expect_errors(&d, &bad_policy);
+    assert_eq!(d.get("/api/v1/scheduler").1, p, "policy unchanged");
+    let (s, p) = d.send("PATCH", "/api/v1/scheduler", r#"{"preemption": false}"#);
+    assert_eq!((s, &p["preemption"]), (200, &Value::Bool(false)), "{p}");
+
+    // (5) The queue: fill the node (3 + 1 cores), then wait for 2.
+    let (s, one) = d.send(
+        "POST",
+        "/api/v1/allocations",
+        r#"{"required_resources": {"cpu_cores": 1}}"#,
+    );
+    assert_eq!(s, 201, "{one}");
+    assert_eq!(d.get("/api/v1/queue").1, serde_json::json!([]));
+    assert_eq!(d.get("/api/v1/contention").1["severity"], "none");
+    let (s, q) = d.send(
+        "POST",
+        "/api/v1/allocations",
+        r#"{"required_resources": {"cpu_cores": 2}, "wait_secs": 20}"#,
+    );
+    assert_eq!(s, 202, "{q}");
+    assert_eq!(q["status"], "queued", "{q}");
+    assert_eq!(q["queue_position"], 1, "{q}");
+    assert_eq!(q["node_id"], me.as_str());
+    let qid = q["allocation_id"].as_str().unwrap().to_owned();
+    let queue = d.get("/api/v1/queue").1;
+    assert_eq!(queue.as_array().unwrap().len(), 1, "{queue}");
+    assert_eq!(queue[0]["ticket"], qid.as_str(), "{queue}");
+    assert_eq!(queue[0]["position"], 1);
+    assert_eq!(queue[0]["holder"], me.as_str());
+    assert_eq!(queue[0]["required_resources"]["cpu_cores"], 2);
+    assert_eq!(
+        d.get(&format!("/api/v1/allocations/{qid}")).1["status"],
+        "queued"
+    );
+    // (6) Contention while it waits.
+    let c = d.get("/api/v1/contention").1;
+    assert_ne!(c["severity"], "none", "{c}");
+    assert_eq!(c["queued"], 1, "{c}");
+    assert!(!c["suggestions"].as_array().unwrap().is_empty(), "{c}");
+    // Full, and not willing to wait: refused at once.
+    let (s, v) = d.send(
+        "POST",
+        "/api/v1/allocations",
+        r#"{"required_resources": {"cpu_cores": 1}}"#,
+    );
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["error"]["code"], "no_capacity", "{v}");
+    // A release lets the queued request in.
+    let (s, v) = d.send("DELETE", &format!("/api/v1/allocations/{three}"), "");
+    assert_eq!(s, 200, "{v}");
+    wait_for(5, "the queued request to be granted", &d, || {
+        let a = d.get(&format!("/api/v1/allocations/{qid}")).1;
+        (a["status"] == "active").then_some(())
+    });
+    let a = d.get(&format!("/api/v1/allocations/{qid}")).1;
+    assert_eq!(a["allocated_resources"]["cpu_cores"], 2, "{a}");
+    assert!(a.get("queue_position").is_none(), "{a}");
+    assert_eq!(d.get("/api/v1/queue").1, serde_json::json!([]));
+    assert_eq!(d.get("/api/v1/contention").1["severity"], "none");
+    assert_eq!(d.get("/api/v1/node").1["resources"]["free"]["cpu_cores"], 1);
+}
+
+#[test]
+fn the_cli_waits_in_the_queue_reserves_and_manages_quotas_and_the_scheduler() {
+    let d = Daemon::start("sched-cli", None, "");
+    let me = d.get("/api/v1/node").1["id"].as_str().unwrap().to_owned();
+    let ok = |args: &[&str]| {
+        let out = d.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout(&out)
+    };
+
+    // Fill the node, then wait in the queue; another thread releases.
+    let (s, full) = d.send(
+        "POST",
+        "/api/v1/allocations",
+        r#"{"required_resources": {"cpu_cores": 4}}"#,
+    );
+    assert_eq!(s, 201, "{full}");
+    let full = full["allocation_id"].as_str().unwrap().to_owned();
+    let api = d.api.clone();
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        http("DELETE", &format!("{api}/api/v1/allocations/{full}"), None).unwrap()
+    });
+    let out = d.cli(&[
+        "request",
+        "--cpu",
+        "2",
+        "--wait",
+        "10s",
+        "--priority",
+        "high",
+    ]);
+    let (s, _) = releaser.join().unwrap();
+    assert_eq!(s, 200);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(err.contains("queued at position 1 on sched-cli"), "{err}");
+    let text = stdout(&out);
+    assert!(
+        text.contains("ALLOCATION") && text.contains("sched-cli"),
+        "{text}"
+    );
+    assert!(!text.contains("status: queued"), "{text}");
+
+    // A bad priority is a usage error: exit 2, nothing sent.
+    let before = d.get("/api/v1/allocations").1;
+    let out = d.cli(&["request", "--cpu", "1", "--priority", "urgent"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("urgent"));
+    for args in [
+        &[
+            "reserve",
+            "--start",
+            "yesterday",
+            "--duration",
+            "1h",
+            "--cpu",
+            "1",
+        ][..],
+        &["reserve", "--start", "+1m", "--cpu", "1"],
+        &["quota", "set", "--cpu", "1"],
+        &["quota", "set", "--default", "--burst-cpu", "2"],
+        &["scheduler", "set"],
+        &["scheduler", "set", "--preemption", "maybe"],
+        &["request", "--cpu", "1", "--min-cc", "eight"],
+    ] {
+        let out = d.cli(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    }
+    assert_eq!(d.get("/api/v1/allocations").1, before);
+
+    // Reserve a core from 1 s on, for 2 s.
+    let text = ok(&[
+        "reserve",
+        "--start",
+        "+1s",
+        "--duration",
+        "2s",
+        "--cpu",
+        "1",
+    ]);
+    assert!(
+        text.contains("RESERVATION") && text.contains("confirmed"),
+        "{text}"
+    );
+    let rs: Value = serde_json::from_str(&ok(&["reservations", "--json"])).unwrap();
+    assert_eq!(rs["held"].as_array().unwrap().len(), 1, "{rs}");
+    let text = ok(&["reservations"]);
+    assert!(text.contains("HELD") && text.contains("GRANTED"), "{text}");
+    // And cancel another one.
+    let r: Value = serde_json::from_str(&ok(&[
+        "--json",
+        "reserve",
+        "--start",
+        "in 1h",
+        "--duration",
+        "10m",
+        "--cpu",
+        "1",
+    ]))
+    .unwrap();
+    let rid = r["reservation_id"].as_str().unwrap();
+    let text = ok(&["reservations", "cancel", rid]);
+    assert!(text.contains(rid), "{text}");
+    let rs = d.get("/api/v1/reservations").1;
+    assert!(
+        reservation_in(&rs["held"], rid).is_none(),
+        "cancelled reservation still held: {rs}"
+    );
+
+    // Quotas: 3 cores held (2 from the queue + 1), a cap of 1 is refused.
+    let (s, v) = d.send(
+        "POST",
+        "/api/v1/allocations",
+        r#"{"required_resources": {"cpu_cores": 1}}"#,
+    );
+    assert_eq!(s, 201, "{v}");
+    let out = d.cli(&["quota", "set", "--node", &me, "--cpu", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: ") && err.contains("below current use"),
+        "{err}"
+    );
+    assert_eq!(d.get("/api/v1/quotas").1, serde_json::json!([]));
+    let text = ok(&[
+        "quota",
+        "set",
+        "--node",
+        &me,
+        "--cpu",
+        "6",
+        "--memory",
+        "4GiB",
+        "--burst-cpu",
+        "8",
+        "--burst-for",
+        "1m",
+    ]);
+    assert!(
+        text.contains(&format!("node:{me}")) && text.contains("3/6"),
+        "{text}"
+    );
+    assert!(text.contains("8 cores for 1m"), "{text}");
+    let qs: Value = serde_json::from_str(&ok(&["quota", "list", "--json"])).unwrap();
+    assert_eq!(qs[0]["limits"]["memory_mb"], 4096, "{qs}");
+    assert_eq!(qs[0]["burst"]["secs"], 60, "{qs}");
+    let text = ok(&["quota", "set", "--default", "--swarm", "--gpus", "1"]);
+    assert!(text.contains("swarm"), "{text}");
+    ok(&["quota", "remove", "default", "--swarm"]);
+    let qs: Value = serde_json::from_str(&ok(&["--json", "quota", "remove", &me])).unwrap();
+    assert_eq!(qs, serde_json::json!([]));
+    let out = d.cli(&["quota", "remove", &me]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+
+    // The scheduler.
+    let text = ok(&[
+        "scheduler",
+        "set",
+        "--preemption",
+        "on",
+        "--max-wait",
+        "30m",
+    ]);
+    assert!(text.contains("preemption           on"), "{text}");
+    let p: Value = serde_json::from_str(&ok(&["scheduler", "show", "--json"])).unwrap();
+    assert_eq!(p["preemption"], true, "{p}");
+    assert_eq!(p["max_wait_ms"], 30 * 60 * 1000, "{p}");
+    let out = d.cli(&["scheduler", "set", "--max-queue", "0"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+
+    // Queue and contention, empty.
+    let text = ok(&["queue"]);
+    assert!(text.contains("nothing waiting"), "{text}");
+    let text = ok(&["contention"]);
+    assert!(text.starts_with("contention  none"), "{text}");
+}
+
+#[test]
+fn quotas_reservations_and_the_scheduling_policy_survive_a_restart() {
+    let mut d = Daemon::start("sched-keeper", None, "");
+    let me = d.get("/api/v1/node").1["id"].as_str().unwrap().to_owned();
+    let (s, qs) = d.send(
+        "PUT",
+        "/api/v1/quotas",
+        &format!(
+            r#"{{"subject": "node:{me}", "limits": {{"cpu_cores": 3, "memory_mb": 2048}}, "burst": {{"limits": {{"cpu_cores": 4}}, "secs": 30}}}}"#
+        ),
+    );
+    assert_eq!(s, 200, "{qs}");
+    let (s, r) = d.send(
+        "POST",
+        "/api/v1/reservations",
+        r#"{"required_resources": {"cpu_cores": 2}, "start_in_secs": 3600, "duration_secs": 600}"#,
+    );
+    assert_eq!(s, 201, "{r}");
+    let (s, p) = d.send(
+        "PATCH",
+        "/api/v1/scheduler",
+        r#"{"preemption": true, "max_queue": 7, "rate_per_sec": 5, "rate_burst": 9}"#,
+    );
+    assert_eq!(s, 200, "{p}");
+    let quotas = d.get("/api/v1/quotas").1;
+    let reservations = d.get("/api/v1/reservations").1;
+    assert_eq!(reservations["held"].as_array().unwrap().len(), 1);
+    assert_eq!(reservations["granted"].as_array().unwrap().len(), 1);
+
+    assert!(d.terminate().success(), "{}", d.log_text());
+    let config = d.dir.path().join("node.toml");
+    d.spawn(&config);
+    assert_eq!(d.get("/api/v1/node").1["id"], me.as_str());
+    assert_eq!(d.get("/api/v1/quotas").1, quotas, "quotas kept");
+    assert_eq!(d.get("/api/v1/scheduler").1, p, "policy kept");
+    let after = d.get("/api/v1/reservations").1;
+    assert_eq!(after, reservations, "reservations kept");
+    assert_eq!(after["granted"][0]["status"], "confirmed");
 }

@@ -793,6 +793,8 @@ fn bad_frames() -> Vec<(Raw, Vec<u8>, &'static str)> {
         task_type: "hostile".into(),
         priority: Priority::Normal,
         lease_ms: 60_000,
+        wait_ms: 0,
+        duration_ms: None,
     })
     .unwrap();
     assert!(decode_exact::<AllocRequest>(&valid).is_ok());
@@ -1291,6 +1293,8 @@ fn forged_group_events_change_nothing_and_the_owner_checks_the_authenticated_pee
         task_type: String::new(),
         priority: Priority::Normal,
         lease_ms: 10_000,
+        wait_ms: 0,
+        duration_ms: None,
     })
     .unwrap();
     let resp = rt

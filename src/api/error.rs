@@ -63,9 +63,16 @@ impl From<NodeError> for ApiError {
                     DenyReason::Forbidden => StatusCode::FORBIDDEN,
                     DenyReason::BadRequest => StatusCode::BAD_REQUEST,
                     DenyReason::UnknownLease => StatusCode::NOT_FOUND,
+                    DenyReason::Busy => StatusCode::TOO_MANY_REQUESTS,
+                    DenyReason::Unsatisfiable => StatusCode::UNPROCESSABLE_ENTITY,
                     _ => StatusCode::CONFLICT,
                 };
-                ApiError::new(status, d.reason.code(), d.message)
+                let details = (d.retry_after_ms.is_some() || !d.hints.is_empty())
+                    .then(|| json!({ "retry_after_ms": d.retry_after_ms, "hints": d.hints }));
+                ApiError {
+                    details,
+                    ..ApiError::new(status, d.reason.code(), d.message)
+                }
             }
             NodeError::Storage(m) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", m)

@@ -12,11 +12,11 @@ use std::net::SocketAddr;
 
 use axum::{
     body::Bytes,
-    extract::{Path, Request, State},
+    extract::{rejection::QueryRejection, Path, Query, Request, State},
     http::{header, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{delete, get, post},
     Json, Router,
 };
 use serde::{de::DeserializeOwned, Deserialize};
@@ -25,7 +25,10 @@ use tokio_util::sync::CancellationToken;
 pub use error::ApiError;
 
 use crate::core::placement::StrategyConfig;
-use crate::handle::{AccessChange, AllocationRequest, NewGroup, NewPool, Node};
+use crate::handle::{
+    AccessChange, AllocationRequest, AllocationStatus, NewGroup, NewPool, Node, QuotaChange,
+    ReservationRequest, SchedPolicyChange,
+};
 
 #[derive(Clone)]
 struct AppState {
@@ -51,6 +54,13 @@ pub fn router(node: Node, token: Option<String>) -> Router {
         .route("/access", get(access).patch(set_access))
         .route("/pools", get(pools).post(create_pool))
         .route("/pools/{name}", get(pool).delete(delete_pool))
+        .route("/reservations", get(reservations).post(reserve))
+        .route("/reservations/{id}", delete(cancel_reservation))
+        .route("/quotas", get(quotas).put(set_quota))
+        .route("/quotas/{subject}", delete(remove_quota))
+        .route("/scheduler", get(sched_policy).patch(set_sched_policy))
+        .route("/queue", get(queue))
+        .route("/contention", get(contention))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -132,7 +142,14 @@ async fn nodes(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError
 async fn request(State(st): State<AppState>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
     let req: AllocationRequest = parse_json(&body)?;
     let alloc = st.node.request(req).await?;
-    Ok((StatusCode::CREATED, Json(alloc)))
+    // A request left waiting in an owner's queue is accepted, not yet
+    // granted: 202, with its `queue_position`.
+    let status = if alloc.status == AllocationStatus::Queued {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(alloc)))
 }
 
 async fn allocations(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
@@ -268,6 +285,76 @@ async fn delete_pool(
 ) -> Result<impl IntoResponse, ApiError> {
     st.node.delete_pool(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn reservations(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.reservations().await?))
+}
+
+async fn reserve(State(st): State<AppState>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+    let req: ReservationRequest = parse_json(&body)?;
+    let r = st.node.reserve(req).await?;
+    Ok((StatusCode::CREATED, Json(r)))
+}
+
+/// A reservation's id is also its lease's id, so cancelling is releasing.
+async fn cancel_reservation(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.release(&id).await?))
+}
+
+async fn quotas(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.quotas().await?))
+}
+
+async fn set_quota(State(st): State<AppState>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+    let change: QuotaChange = parse_json(&body)?;
+    Ok(Json(st.node.set_quota(change).await?))
+}
+
+/// The query of `DELETE /quotas/{subject}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaScope {
+    /// The swarm-wide quota instead of the local one.
+    #[serde(default)]
+    swarm: bool,
+}
+
+async fn remove_quota(
+    State(st): State<AppState>,
+    Path(subject): Path<String>,
+    scope: Result<Query<QuotaScope>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Query(scope) = scope.map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid query: {}; the only parameter is `swarm=true|false`",
+            e.body_text()
+        ))
+    })?;
+    Ok(Json(st.node.remove_quota(&subject, scope.swarm).await?))
+}
+
+async fn sched_policy(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.sched_policy().await?))
+}
+
+async fn set_sched_policy(
+    State(st): State<AppState>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let change: SchedPolicyChange = parse_json(&body)?;
+    Ok(Json(st.node.set_sched_policy(change).await?))
+}
+
+async fn queue(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.queue().await?))
+}
+
+async fn contention(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.contention().await?))
 }
 
 async fn not_found() -> ApiError {

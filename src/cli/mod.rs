@@ -7,9 +7,11 @@ mod keygen;
 mod table;
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use chrono::{DateTime, Utc};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use reqwest::Method;
 use serde_json::Value;
 
@@ -17,13 +19,18 @@ pub use client::{Client, ClientError};
 pub use keygen::KeygenArgs;
 
 use crate::core::access::AccessPolicy;
+use crate::core::constraints::Constraints;
+use crate::core::contention::ContentionReport;
 use crate::core::placement::{Strategy, StrategyConfig};
 use crate::core::pools::PoolSelector;
+use crate::core::quota::{Burst, Limits};
+use crate::core::sched::SchedPolicy;
 use crate::handle::{
-    AccessChange, Allocation, AllocationRequest, Allocations, GroupInfo, GroupMember, NewGroup,
-    NewPool, NodeInfo, PoolInfo, ReleaseOutcome,
+    AccessChange, Allocation, AllocationRequest, AllocationStatus, Allocations, GroupInfo,
+    GroupMember, NewGroup, NewPool, NodeInfo, PoolInfo, QueueEntry, QuotaChange, QuotaEntry,
+    ReleaseOutcome, ReservationInfo, ReservationRequest, Reservations, SchedPolicyChange,
 };
-use crate::model::{Priority, ResourceRequirements};
+use crate::model::{ComputeCapability, Priority, ResourceRequirements};
 use crate::units::{format_mb, parse_duration, parse_size_mb};
 
 /// lanswarm: share CPU, memory, disk, GPUs and AI models between the
@@ -80,6 +87,20 @@ pub enum Command {
     /// Resource pools: named sets of nodes, by peer id or label.
     #[command(subcommand)]
     Pools(PoolsCommand),
+    /// Reserve resources for a future window (an advance reservation).
+    Reserve(ReserveArgs),
+    /// List reservations made here and held here, or cancel one.
+    Reservations(ReservationsArgs),
+    /// Quotas on what each requester (or group) may hold on this node.
+    #[command(subcommand)]
+    Quota(QuotaCommand),
+    /// Show or change the scheduling policy: preemption, queue, rate limit.
+    #[command(subcommand)]
+    Scheduler(SchedulerCommand),
+    /// Requests waiting in this node's queue, in grant order.
+    Queue,
+    /// Contention on this node: queued demand against free capacity.
+    Contention,
 }
 
 /// Options of `lanswarm run`. Each overrides the config file.
@@ -159,6 +180,199 @@ pub struct RequestArgs {
     /// Free-form task type recorded on the lease.
     #[arg(long, default_value = "")]
     pub task_type: String,
+    /// When nothing is free now, wait up to this long in an owner's queue,
+    /// e.g. 30s (default: do not wait).
+    #[arg(long, value_parser = duration_arg)]
+    pub wait: Option<u64>,
+    /// A label the node must carry, KEY=VALUE; repeat.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label_arg)]
+    pub labels: Vec<(String, String)>,
+    /// The node's CPU architecture, e.g. x86_64 or aarch64.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// The GPUs' name must contain this (ignoring case), e.g. A100.
+    #[arg(long)]
+    pub gpu_name: Option<String>,
+    /// The GPUs' least CUDA compute capability, e.g. 8.0.
+    #[arg(long, value_name = "MAJOR.MINOR", value_parser = cc_arg)]
+    pub min_cc: Option<ComputeCapability>,
+    /// The node's location zone.
+    #[arg(long)]
+    pub zone: Option<String>,
+}
+
+/// Options of `lanswarm reserve`.
+#[derive(Debug, Clone, Args)]
+pub struct ReserveArgs {
+    /// When the window starts: RFC 3339 (2026-12-01T09:00:00Z), `now`, or
+    /// from now: `+10m`, `in 10m`, `now+10m`.
+    #[arg(long, value_parser = start_arg)]
+    pub start: Start,
+    /// Length of the window, e.g. 1h.
+    #[arg(long, value_parser = duration_arg)]
+    pub duration: u64,
+    /// CPU cores.
+    #[arg(long, default_value_t = 0)]
+    pub cpu: u32,
+    /// Memory, e.g. 4GiB or 512MiB.
+    #[arg(long, value_parser = size_arg)]
+    pub memory: Option<u64>,
+    /// Disk, e.g. 10GiB.
+    #[arg(long, value_parser = size_arg)]
+    pub disk: Option<u64>,
+    /// Number of GPUs.
+    #[arg(long, default_value_t = 0)]
+    pub gpus: u32,
+    /// Memory needed on each GPU, e.g. 8GiB. Without it, whole GPUs.
+    #[arg(long, value_parser = size_arg)]
+    pub gpu_memory: Option<u64>,
+    /// A custom resource, NAME=AMOUNT; repeat.
+    #[arg(long = "custom", value_parser = custom_arg)]
+    pub custom: Vec<(String, u64)>,
+    /// Reserve on this node (id or name); default: the first that can.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Priority: low, normal, high, critical.
+    #[arg(long, default_value = "normal", value_parser = priority_arg)]
+    pub priority: Priority,
+    /// Free-form task type recorded on the lease.
+    #[arg(long, default_value = "")]
+    pub task_type: String,
+}
+
+/// When a reservation starts, as given on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// At this time.
+    At(DateTime<Utc>),
+    /// This many seconds from now (the node's now).
+    In(u64),
+}
+
+/// `lanswarm reservations [cancel ID]`.
+#[derive(Debug, Clone, Args)]
+pub struct ReservationsArgs {
+    #[command(subcommand)]
+    pub command: Option<ReservationsCommand>,
+}
+
+/// `lanswarm reservations ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ReservationsCommand {
+    /// List reservations made here and held here (the default).
+    List,
+    /// Cancel a reservation (or end it, if its window has started).
+    Cancel {
+        /// The reservation id.
+        id: String,
+    },
+}
+
+/// `lanswarm quota ...`. Every change prints the resulting list.
+#[derive(Debug, Clone, Subcommand)]
+pub enum QuotaCommand {
+    /// Every quota with what its subject uses now.
+    List,
+    /// Set (or replace) a quota. Refused if it is below what the subject
+    /// already uses.
+    Set(QuotaSetArgs),
+    /// Remove a quota.
+    Remove {
+        /// `default`, `node:<peer id>` (or a bare peer id) or `group:<id or name>`.
+        subject: String,
+        /// The swarm-wide quota instead of the local one.
+        #[arg(long)]
+        swarm: bool,
+    },
+}
+
+/// Options of `lanswarm quota set`. Dimensions not given are unlimited.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("subject").required(true).args(["default", "node", "group"])))]
+#[command(group(
+    ArgGroup::new("burst")
+        .multiple(true)
+        .args(["burst_cpu", "burst_memory", "burst_gpus"])
+))]
+pub struct QuotaSetArgs {
+    /// The default quota: every requester without one of its own.
+    #[arg(long)]
+    pub default: bool,
+    /// One requester, by peer id.
+    #[arg(long, value_name = "PEER_ID")]
+    pub node: Option<String>,
+    /// The members of a group together (by id or name).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// Swarm-wide (across every owner, as this node sees it) instead of on
+    /// this node.
+    #[arg(long)]
+    pub swarm: bool,
+    /// Most CPU cores.
+    #[arg(long)]
+    pub cpu: Option<u32>,
+    /// Most memory, e.g. 16GiB.
+    #[arg(long, value_parser = size_arg)]
+    pub memory: Option<u64>,
+    /// Most disk, e.g. 100GiB.
+    #[arg(long, value_parser = size_arg)]
+    pub disk: Option<u64>,
+    /// Most GPUs.
+    #[arg(long)]
+    pub gpus: Option<u32>,
+    /// Most GPU memory, over all GPUs, e.g. 24GiB.
+    #[arg(long, value_parser = size_arg)]
+    pub gpu_memory: Option<u64>,
+    /// Most of a custom resource, NAME=AMOUNT; repeat.
+    #[arg(long = "custom", value_parser = custom_arg)]
+    pub custom: Vec<(String, u64)>,
+    /// CPU cores allowed while bursting (needs --burst-for).
+    #[arg(long, requires = "burst_for")]
+    pub burst_cpu: Option<u32>,
+    /// Memory allowed while bursting (needs --burst-for).
+    #[arg(long, value_parser = size_arg, requires = "burst_for")]
+    pub burst_memory: Option<u64>,
+    /// GPUs allowed while bursting (needs --burst-for).
+    #[arg(long, requires = "burst_for")]
+    pub burst_gpus: Option<u32>,
+    /// Longest burst, e.g. 60s (needs a --burst-* cap).
+    #[arg(long, value_parser = duration_arg, requires = "burst")]
+    pub burst_for: Option<u64>,
+}
+
+/// `lanswarm scheduler ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum SchedulerCommand {
+    /// Show the scheduling policy.
+    Show,
+    /// Change the scheduling policy (stored; prints the result).
+    Set(SchedSetArgs),
+}
+
+/// Options of `lanswarm scheduler set`; those not given stay.
+#[derive(Debug, Clone, Args)]
+#[command(group(
+    ArgGroup::new("change")
+        .required(true)
+        .multiple(true)
+        .args(["preemption", "max_queue", "max_wait", "rate", "rate_burst"])
+))]
+pub struct SchedSetArgs {
+    /// Let higher-priority requests take the resources of lower-priority leases.
+    #[arg(long)]
+    pub preemption: Option<Switch>,
+    /// Most requests waiting at once.
+    #[arg(long, value_name = "N")]
+    pub max_queue: Option<usize>,
+    /// Longest a request may wait, e.g. 1h.
+    #[arg(long, value_parser = duration_arg)]
+    pub max_wait: Option<u64>,
+    /// Allocation requests per second each peer may make.
+    #[arg(long, value_name = "PER_SEC")]
+    pub rate: Option<f64>,
+    /// Requests a peer may make back to back after a quiet spell.
+    #[arg(long, value_name = "N")]
+    pub rate_burst: Option<u32>,
 }
 
 /// Options of `lanswarm strategy`.
@@ -324,6 +538,38 @@ fn priority_arg(s: &str) -> Result<Priority, String> {
         .map_err(|_| format!("{s:?} is not one of low, normal, high, critical"))
 }
 
+fn cc_arg(s: &str) -> Result<ComputeCapability, String> {
+    s.parse()
+}
+
+/// `--start`: RFC 3339, `now`, or a duration from now written `+10m`,
+/// `in 10m` or `now+10m`.
+fn start_arg(s: &str) -> Result<Start, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("now") {
+        return Ok(Start::In(0));
+    }
+    let rel = t
+        .strip_prefix('+')
+        .or_else(|| t.strip_prefix("in "))
+        .or_else(|| t.strip_prefix("now+"))
+        .or_else(|| t.strip_prefix("now +"));
+    if let Some(rel) = rel {
+        let d = parse_duration(rel.trim()).map_err(|e| e.to_string())?;
+        // Round up: a window never starts before the time asked for.
+        let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        return Ok(Start::In(secs));
+    }
+    DateTime::parse_from_rfc3339(t)
+        .map(|d| Start::At(d.with_timezone(&Utc)))
+        .map_err(|_| {
+            format!(
+                "{s:?} is not a start time: write RFC 3339 (2026-12-01T09:00:00Z), \
+                 `now`, or from now: `+10m`, `in 10m`, `now+10m`"
+            )
+        })
+}
+
 fn custom_arg(s: &str) -> Result<(String, u64), String> {
     let (k, v) = s
         .split_once('=')
@@ -335,20 +581,41 @@ fn custom_arg(s: &str) -> Result<(String, u64), String> {
     Ok((k.trim().to_owned(), v))
 }
 
+/// What `--cpu`, `--memory`, ... ask for.
+fn requirements(
+    cpu: u32,
+    memory: Option<u64>,
+    disk: Option<u64>,
+    gpus: u32,
+    gpu_memory: Option<u64>,
+    models: &[String],
+    custom: &[(String, u64)],
+) -> ResourceRequirements {
+    ResourceRequirements {
+        cpu_cores: cpu,
+        memory_mb: memory.unwrap_or(0),
+        disk_mb: disk.unwrap_or(0),
+        gpu_count: gpus,
+        gpu_required: gpus > 0,
+        gpu_memory_mb: gpu_memory.unwrap_or(0),
+        preferred_models: models.to_vec(),
+        custom: custom.iter().cloned().collect(),
+    }
+}
+
 impl RequestArgs {
     /// The API request these options describe.
     pub fn to_request(&self) -> AllocationRequest {
         AllocationRequest {
-            required_resources: ResourceRequirements {
-                cpu_cores: self.cpu,
-                memory_mb: self.memory.unwrap_or(0),
-                disk_mb: self.disk.unwrap_or(0),
-                gpu_count: self.gpus,
-                gpu_required: self.gpus > 0,
-                gpu_memory_mb: self.gpu_memory.unwrap_or(0),
-                preferred_models: self.models.clone(),
-                custom: self.custom.iter().cloned().collect(),
-            },
+            required_resources: requirements(
+                self.cpu,
+                self.memory,
+                self.disk,
+                self.gpus,
+                self.gpu_memory,
+                &self.models,
+                &self.custom,
+            ),
             task_type: self.task_type.clone(),
             priority: self.priority,
             timeout_secs: self.lease,
@@ -357,7 +624,94 @@ impl RequestArgs {
             node_id: self.node.clone(),
             pool: self.pool.clone(),
             group: self.group.clone(),
+            wait_secs: self.wait,
+            constraints: Constraints {
+                labels: self.labels.iter().cloned().collect(),
+                arch: self.arch.clone(),
+                gpu_name: self.gpu_name.clone(),
+                min_compute_capability: self.min_cc,
+                zone: self.zone.clone(),
+            },
             ..Default::default()
+        }
+    }
+}
+
+impl ReserveArgs {
+    /// The API request these options describe.
+    pub fn to_request(&self) -> ReservationRequest {
+        let (start, start_in_secs) = match self.start {
+            Start::At(t) => (Some(t), None),
+            Start::In(s) => (None, Some(s)),
+        };
+        ReservationRequest {
+            required_resources: requirements(
+                self.cpu,
+                self.memory,
+                self.disk,
+                self.gpus,
+                self.gpu_memory,
+                &[],
+                &self.custom,
+            ),
+            start,
+            start_in_secs,
+            duration_secs: self.duration,
+            node_id: self.node.clone(),
+            priority: self.priority,
+            task_type: self.task_type.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+impl QuotaSetArgs {
+    /// The subject as the API writes it.
+    fn subject(&self) -> String {
+        match (&self.node, &self.group) {
+            (Some(n), _) if n.contains(':') => n.clone(),
+            (Some(n), _) => format!("node:{n}"),
+            (None, Some(g)) => format!("group:{g}"),
+            (None, None) => "default".to_owned(),
+        }
+    }
+
+    /// The API change these options describe.
+    pub fn to_change(&self) -> QuotaChange {
+        let burst = self.burst_for.map(|secs| Burst {
+            limits: Limits {
+                cpu_cores: self.burst_cpu,
+                memory_mb: self.burst_memory,
+                gpus: self.burst_gpus,
+                ..Default::default()
+            },
+            secs,
+        });
+        QuotaChange {
+            subject: self.subject(),
+            swarm: self.swarm,
+            limits: Limits {
+                cpu_cores: self.cpu,
+                memory_mb: self.memory,
+                disk_mb: self.disk,
+                gpus: self.gpus,
+                gpu_memory_mb: self.gpu_memory,
+                custom: self.custom.iter().cloned().collect(),
+            },
+            burst,
+        }
+    }
+}
+
+impl SchedSetArgs {
+    /// The API change these options describe.
+    pub fn to_change(&self) -> SchedPolicyChange {
+        SchedPolicyChange {
+            preemption: self.preemption.map(|s| s == Switch::On),
+            max_queue: self.max_queue,
+            max_wait_secs: self.max_wait,
+            rate_per_sec: self.rate,
+            rate_burst: self.rate_burst,
         }
     }
 }
@@ -377,26 +731,7 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<()> {
             let ns: Vec<NodeInfo> = c.get("/api/v1/nodes").await?;
             out(json, &ns, || table::nodes(&ns))
         }
-        Command::Request(args) => {
-            let req = args.to_request();
-            match c
-                .call::<Allocation>(Method::POST, "/api/v1/allocations", Some(&req))
-                .await
-            {
-                Ok(a) => out(json, &a, || table::allocation(&a)),
-                Err(ClientError::Api { body, .. }) if json => {
-                    println!("{}", serde_json::to_string_pretty(&body)?);
-                    bail!("request refused")
-                }
-                Err(e @ ClientError::Api { .. }) => {
-                    if let ClientError::Api { body, .. } = &e {
-                        eprint!("{}", table::refusals(body));
-                    }
-                    Err(e.into())
-                }
-                Err(e) => Err(e.into()),
-            }
-        }
+        Command::Request(args) => request_client(&c, json, args).await,
         Command::Release { allocation_id } => {
             let r: ReleaseOutcome = c
                 .call(
@@ -456,6 +791,188 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<()> {
         Command::Groups(cmd) => groups_client(&c, json, cmd).await,
         Command::Access(cmd) => access_client(&c, json, cmd).await,
         Command::Pools(cmd) => pools_client(&c, json, cmd).await,
+        Command::Reserve(args) => {
+            let r: ReservationInfo = c
+                .call(
+                    Method::POST,
+                    "/api/v1/reservations",
+                    Some(&args.to_request()),
+                )
+                .await
+                .map_err(|e| explain_refusals(json, e))?;
+            out(json, &r, || table::reservation(&r))
+        }
+        Command::Reservations(args) => match &args.command {
+            None | Some(ReservationsCommand::List) => {
+                let rs: Reservations = c.get("/api/v1/reservations").await?;
+                out(json, &rs, || table::reservations(&rs))
+            }
+            Some(ReservationsCommand::Cancel { id }) => {
+                let r: ReleaseOutcome = c
+                    .call(
+                        Method::DELETE,
+                        &format!("/api/v1/reservations/{}", seg(id)),
+                        None::<&()>,
+                    )
+                    .await?;
+                out(json, &r, || {
+                    format!("cancelled reservation {}\n", r.allocation_id)
+                })
+            }
+        },
+        Command::Quota(cmd) => {
+            let qs: Vec<QuotaEntry> = match cmd {
+                QuotaCommand::List => c.get("/api/v1/quotas").await?,
+                QuotaCommand::Set(args) => {
+                    c.call(Method::PUT, "/api/v1/quotas", Some(&args.to_change()))
+                        .await?
+                }
+                QuotaCommand::Remove { subject, swarm } => {
+                    c.call(
+                        Method::DELETE,
+                        &format!("/api/v1/quotas/{}?swarm={swarm}", seg(subject)),
+                        None::<&()>,
+                    )
+                    .await?
+                }
+            };
+            out(json, &qs, || table::quotas(&qs))
+        }
+        Command::Scheduler(cmd) => {
+            let p: SchedPolicy = match cmd {
+                SchedulerCommand::Show => c.get("/api/v1/scheduler").await?,
+                SchedulerCommand::Set(args) => {
+                    c.call(Method::PATCH, "/api/v1/scheduler", Some(&args.to_change()))
+                        .await?
+                }
+            };
+            out(json, &p, || table::sched_policy(&p))
+        }
+        Command::Queue => {
+            let q: Vec<QueueEntry> = c.get("/api/v1/queue").await?;
+            out(json, &q, || table::queue(&q))
+        }
+        Command::Contention => {
+            let r: ContentionReport = c.get("/api/v1/contention").await?;
+            out(json, &r, || table::contention(&r))
+        }
+    }
+}
+
+/// How often `request --wait` asks whether a queued request was granted.
+const QUEUE_POLL: Duration = Duration::from_millis(250);
+/// How long past its wait `request --wait` keeps asking, for the owner to
+/// report the time-out itself.
+const QUEUE_GRACE: Duration = Duration::from_secs(3);
+
+/// `lanswarm request`: place the request and, if it is queued, follow it
+/// until it is granted, or ends, or its wait runs out.
+async fn request_client(c: &Client, json: bool, args: &RequestArgs) -> anyhow::Result<()> {
+    let req = args.to_request();
+    let a: Allocation = c
+        .call(Method::POST, "/api/v1/allocations", Some(&req))
+        .await
+        .map_err(|e| explain_refusals(json, e))?;
+    if a.status != AllocationStatus::Queued {
+        return settled(json, &a);
+    }
+    let id = a.allocation_id.clone();
+    let mut position = a.queue_position;
+    eprintln!(
+        "queued at position {} on {}",
+        position.map_or("?".to_owned(), |p| p.to_string()),
+        a.node_name
+    );
+    let wait = Duration::from_secs(args.wait.unwrap_or(0));
+    let deadline = Instant::now() + wait + QUEUE_GRACE;
+    loop {
+        tokio::time::sleep(QUEUE_POLL).await;
+        match c
+            .get::<Allocation>(&format!("/api/v1/allocations/{}", seg(&id)))
+            .await
+        {
+            Ok(now) if now.status != AllocationStatus::Queued => return settled(json, &now),
+            Ok(now) => {
+                if now.queue_position != position && now.queue_position.is_some() {
+                    position = now.queue_position;
+                    eprintln!(
+                        "now at position {} on {}",
+                        position.unwrap_or(0),
+                        now.node_name
+                    );
+                }
+            }
+            Err(ClientError::Api { status, .. }) if status == reqwest::StatusCode::NOT_FOUND => {
+                bail!(
+                    "queued request {id} on {} is gone: its wait ran out or it was cancelled",
+                    a.node_name
+                )
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if Instant::now() >= deadline {
+            // Give up the place in the queue, so a late grant is not left
+            // held by nobody. Best effort: the owner times it out anyway.
+            let _ = c
+                .call::<ReleaseOutcome>(
+                    Method::DELETE,
+                    &format!("/api/v1/allocations/{}", seg(&id)),
+                    None::<&()>,
+                )
+                .await;
+            bail!(
+                "still queued on {} after {}s; gave up the place in the queue",
+                a.node_name,
+                wait.as_secs()
+            )
+        }
+    }
+}
+
+/// An API error to a request or a reservation, with who refused and why:
+/// the error body on stdout with `--json`, else a list on stderr.
+fn explain_refusals(json: bool, e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Api { body, .. } if json => {
+            match serde_json::to_string_pretty(&body) {
+                Ok(text) => println!("{text}"),
+                Err(e) => return e.into(),
+            }
+            anyhow::anyhow!("request refused")
+        }
+        ClientError::Api { ref body, .. } => {
+            eprint!("{}", table::refusals(body));
+            e.into()
+        }
+        e => e.into(),
+    }
+}
+
+/// Print an allocation that is no longer queued; an error unless active.
+fn settled(json: bool, a: &Allocation) -> anyhow::Result<()> {
+    out(json, a, || table::allocation(a))?;
+    let why = a
+        .ended_reason
+        .as_deref()
+        .map(|r| format!(": {r}"))
+        .unwrap_or_default();
+    match a.status {
+        AllocationStatus::Active | AllocationStatus::Queued => Ok(()),
+        AllocationStatus::TimedOut => bail!(
+            "request {} timed out in {}'s queue{why}",
+            a.allocation_id,
+            a.node_name
+        ),
+        AllocationStatus::Preempted => bail!(
+            "allocation {} on {} was preempted{why}",
+            a.allocation_id,
+            a.node_name
+        ),
+        AllocationStatus::Ended => bail!(
+            "allocation {} on {} was ended{why}",
+            a.allocation_id,
+            a.node_name
+        ),
     }
 }
 

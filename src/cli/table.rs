@@ -2,10 +2,19 @@
 
 use serde_json::Value;
 
+use std::time::Duration;
+
 use super::size;
 use crate::core::access::AccessPolicy;
-use crate::handle::{Allocation, Allocations, GroupInfo, GroupMember, NodeInfo, PoolInfo};
-use crate::model::{Capacity, NodeStatus};
+use crate::core::contention::ContentionReport;
+use crate::core::quota::Limits;
+use crate::core::sched::SchedPolicy;
+use crate::handle::{
+    Allocation, AllocationStatus, Allocations, GroupInfo, GroupMember, NodeInfo, PoolInfo,
+    QueueEntry, QuotaEntry, ReservationInfo, Reservations,
+};
+use crate::model::{Capacity, NodeStatus, ResourceRequirements, Usage};
+use crate::units::format_duration;
 
 /// Lay out rows in aligned columns.
 fn render(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -166,13 +175,50 @@ fn alloc_row(a: &Allocation) -> Vec<String> {
                 .join(",")
         },
         a.expires_at.format("%H:%M:%S").to_string(),
+        match a.queue_position {
+            Some(p) if a.status == AllocationStatus::Queued => format!("queued #{p}"),
+            _ => alloc_status_word(a.status).to_owned(),
+        },
     ]
 }
 
-const ALLOC_HEADER: [&str; 6] = ["ALLOCATION", "NODE", "CPU", "MEMORY", "GPUS", "EXPIRES"];
+const ALLOC_HEADER: [&str; 7] = [
+    "ALLOCATION",
+    "NODE",
+    "CPU",
+    "MEMORY",
+    "GPUS",
+    "EXPIRES",
+    "STATUS",
+];
+
+fn alloc_status_word(s: AllocationStatus) -> &'static str {
+    match s {
+        AllocationStatus::Active => "active",
+        AllocationStatus::Queued => "queued",
+        AllocationStatus::Preempted => "preempted",
+        AllocationStatus::TimedOut => "timed_out",
+        AllocationStatus::Ended => "ended",
+    }
+}
 
 pub fn allocation(a: &Allocation) -> String {
     let mut s = render(&ALLOC_HEADER, &[alloc_row(a)]);
+    if a.status != AllocationStatus::Active {
+        s.push_str(&format!("status: {}", alloc_status_word(a.status)));
+        if let Some(p) = a.queue_position {
+            s.push_str(&format!(
+                ", position {p} in {}'s queue, waiting until {}",
+                a.node_name,
+                a.expires_at.format("%H:%M:%S")
+            ));
+        }
+        if let Some(r) = &a.ended_reason {
+            s.push_str(&format!(" ({r})"));
+        }
+        s.push('\n');
+        return s;
+    }
     let r = &a.allocated_resources;
     if r.disk_mb > 0 {
         s.push_str(&format!("disk: {}\n", size(r.disk_mb)));
@@ -408,6 +454,275 @@ pub fn pool(p: &PoolInfo) -> String {
     s.push_str(&format!("members   {}\n", p.members.len()));
     for m in &p.members {
         s.push_str(&format!("  {}\n", member_label(m)));
+    }
+    s
+}
+
+/// What a request asks for, briefly: `2 cores, 4GiB, 1 GPU`.
+fn wants(r: &ResourceRequirements) -> String {
+    let mut parts = Vec::new();
+    match r.cpu_cores {
+        0 => {}
+        1 => parts.push("1 core".to_owned()),
+        n => parts.push(format!("{n} cores")),
+    }
+    if r.memory_mb > 0 {
+        parts.push(size(r.memory_mb));
+    }
+    if r.disk_mb > 0 {
+        parts.push(format!("{} disk", size(r.disk_mb)));
+    }
+    let gpus = if r.gpu_count == 0 && (r.gpu_required || r.gpu_memory_mb > 0) {
+        1
+    } else {
+        r.gpu_count
+    };
+    if gpus > 0 {
+        if r.gpu_memory_mb > 0 {
+            parts.push(format!("{gpus} GPU x {}", size(r.gpu_memory_mb)));
+        } else {
+            parts.push(format!("{gpus} GPU"));
+        }
+    }
+    for (k, v) in &r.custom {
+        parts.push(format!("{k}={v}"));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn reservation_row(r: &ReservationInfo) -> Vec<String> {
+    vec![
+        r.reservation_id.clone(),
+        format!("{} ({})", r.node_name, short(&r.node_id.0)),
+        r.start.format("%Y-%m-%d %H:%M:%S").to_string(),
+        r.end.format("%Y-%m-%d %H:%M:%S").to_string(),
+        r.status.clone(),
+        r.priority.to_string(),
+        wants(&r.required_resources),
+    ]
+}
+
+const RESERVATION_HEADER: [&str; 7] = [
+    "RESERVATION",
+    "NODE",
+    "START (UTC)",
+    "END (UTC)",
+    "STATUS",
+    "PRIORITY",
+    "RESOURCES",
+];
+
+pub fn reservation(r: &ReservationInfo) -> String {
+    let mut s = render(&RESERVATION_HEADER, &[reservation_row(r)]);
+    for g in &r.gpus {
+        s.push_str(&format!(
+            "gpu #{} set aside: {}\n",
+            g.index,
+            size(g.memory_mb)
+        ));
+    }
+    s
+}
+
+pub fn reservations(rs: &Reservations) -> String {
+    let mut s = String::from("HELD (this node reserved them)\n");
+    s.push_str(&render(
+        &RESERVATION_HEADER,
+        &rs.held.iter().map(reservation_row).collect::<Vec<_>>(),
+    ));
+    s.push_str("\nGRANTED (this node keeps them for others)\n");
+    let mut header = RESERVATION_HEADER.to_vec();
+    header[1] = "HOLDER";
+    let rows: Vec<Vec<String>> = rs
+        .granted
+        .iter()
+        .map(|r| {
+            let mut row = reservation_row(r);
+            row[1] = short(&r.holder.0);
+            row
+        })
+        .collect();
+    s.push_str(&render(&header, &rows));
+    s
+}
+
+/// `used/cap`, with `-` for no cap.
+fn used_of<T: std::fmt::Display>(used: String, cap: Option<T>) -> String {
+    match cap {
+        Some(c) => format!("{used}/{c}"),
+        None => format!("{used}/-"),
+    }
+}
+
+fn quota_cells(l: &Limits, u: &Usage) -> Vec<String> {
+    let mut custom: Vec<String> = l
+        .custom
+        .iter()
+        .map(|(k, cap)| format!("{k} {}/{cap}", u.custom.get(k).copied().unwrap_or(0)))
+        .collect();
+    if custom.is_empty() {
+        custom.push("-".into());
+    }
+    vec![
+        used_of(u.cpu_cores.to_string(), l.cpu_cores),
+        used_of(size(u.memory_mb), l.memory_mb.map(size)),
+        used_of(size(u.disk_mb), l.disk_mb.map(size)),
+        used_of(u.gpus.to_string(), l.gpus),
+        used_of(size(u.gpu_memory_mb), l.gpu_memory_mb.map(size)),
+        custom.join(","),
+    ]
+}
+
+/// Quotas: each dimension as `used/cap` (`-`: no cap).
+pub fn quotas(qs: &[QuotaEntry]) -> String {
+    let rows: Vec<Vec<String>> = qs
+        .iter()
+        .map(|q| {
+            let mut row = vec![q.subject.clone(), q.scope.clone()];
+            row.extend(quota_cells(&q.limits, &q.usage));
+            row.push(match &q.burst {
+                None => "-".into(),
+                Some(b) => {
+                    let l = &b.limits;
+                    let mut parts = Vec::new();
+                    if let Some(c) = l.cpu_cores {
+                        parts.push(format!("{c} cores"));
+                    }
+                    if let Some(m) = l.memory_mb {
+                        parts.push(size(m));
+                    }
+                    if let Some(d) = l.disk_mb {
+                        parts.push(format!("{} disk", size(d)));
+                    }
+                    if let Some(g) = l.gpus {
+                        parts.push(format!("{g} GPU"));
+                    }
+                    if let Some(g) = l.gpu_memory_mb {
+                        parts.push(format!("{} GPU memory", size(g)));
+                    }
+                    for (k, v) in &l.custom {
+                        parts.push(format!("{k}={v}"));
+                    }
+                    format!(
+                        "{} for {}",
+                        parts.join(", "),
+                        format_duration(Duration::from_secs(b.secs))
+                    )
+                }
+            });
+            row
+        })
+        .collect();
+    let mut s = render(
+        &[
+            "SUBJECT",
+            "SCOPE",
+            "CPU",
+            "MEMORY",
+            "DISK",
+            "GPUS",
+            "GPU MEMORY",
+            "CUSTOM",
+            "BURST",
+        ],
+        &rows,
+    );
+    if qs.is_empty() {
+        s.push_str("(no quotas)\n");
+    }
+    s
+}
+
+fn ms(ms: u64) -> String {
+    format_duration(Duration::from_millis(ms))
+}
+
+pub fn sched_policy(p: &SchedPolicy) -> String {
+    let mut s = String::new();
+    s.push_str(&format!("preemption           {}\n", on_off(p.preemption)));
+    s.push_str(&format!("max queue            {}\n", p.max_queue));
+    s.push_str(&format!("max wait             {}\n", ms(p.max_wait_ms)));
+    s.push_str(&format!(
+        "rate                 {}/s per peer, burst {}\n",
+        p.rate.per_sec, p.rate.burst
+    ));
+    s.push_str(&format!("max reservations     {}\n", p.max_reservations));
+    s.push_str(&format!(
+        "reservation horizon  {}\n",
+        ms(p.reservation_horizon_ms)
+    ));
+    s
+}
+
+pub fn queue(q: &[QueueEntry]) -> String {
+    let rows: Vec<Vec<String>> = q
+        .iter()
+        .map(|e| {
+            vec![
+                e.position.to_string(),
+                e.ticket.clone(),
+                short(&e.holder.0),
+                e.priority.to_string(),
+                wants(&e.required_resources),
+                e.queued_at.format("%H:%M:%S").to_string(),
+                e.deadline.format("%H:%M:%S").to_string(),
+            ]
+        })
+        .collect();
+    let mut s = render(
+        &[
+            "POS", "TICKET", "HOLDER", "PRIORITY", "WANTS", "QUEUED", "DEADLINE",
+        ],
+        &rows,
+    );
+    if q.is_empty() {
+        s.push_str("(nothing waiting)\n");
+    }
+    s
+}
+
+/// Contention: the overall severity, then each dimension the queue wants.
+pub fn contention(r: &ContentionReport) -> String {
+    let mut s = format!(
+        "contention  {} ({} request(s) queued)\n",
+        r.severity, r.queued
+    );
+    if !r.suggestions.is_empty() {
+        let sug: Vec<&str> = r.suggestions.iter().map(|x| x.name()).collect();
+        s.push_str(&format!("suggested   {}\n", sug.join(", ")));
+    }
+    let rows: Vec<Vec<String>> = r
+        .dimensions
+        .iter()
+        .filter(|d| d.demand > 0 || d.severity > crate::core::contention::Severity::None)
+        .map(|d| {
+            vec![
+                d.dimension.clone(),
+                d.demand.to_string(),
+                d.free.to_string(),
+                d.capacity.to_string(),
+                format!("{:.2}", d.ratio),
+                d.severity.to_string(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        s.push('\n');
+        s.push_str(&render(
+            &[
+                "DIMENSION",
+                "DEMAND",
+                "FREE",
+                "CAPACITY",
+                "RATIO",
+                "SEVERITY",
+            ],
+            &rows,
+        ));
     }
     s
 }

@@ -74,7 +74,7 @@ impl LeaseLimits {
 
 /// One request for a lease, as the network shell hands it to
 /// [`Ledger::allocate`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AllocateInput {
     /// Id for the new lease, chosen by the caller (a UUID v4).
     pub lease_id: LeaseId,
@@ -284,6 +284,18 @@ impl Ledger {
     /// [`LeaseLimits`] (the lease records the length actually granted), on
     /// the GPUs that [`fit`] chose, and returned.
     pub fn allocate(&mut self, input: AllocateInput, now_ms: u64) -> Result<Lease, Denial> {
+        self.allocate_reserving(input, &Capacity::default(), now_ms)
+    }
+
+    /// [`Ledger::allocate`], keeping `reserved` out of reach: the request
+    /// must fit in what is free minus `reserved` (the owner's advance
+    /// reservations, or what waiting requests are owed).
+    pub fn allocate_reserving(
+        &mut self,
+        input: AllocateInput,
+        reserved: &Capacity,
+        now_ms: u64,
+    ) -> Result<Lease, Denial> {
         if input.req.is_empty() {
             return Err(Denial::new(
                 DenyReason::BadRequest,
@@ -322,7 +334,13 @@ impl Ledger {
                 ),
             ));
         }
-        let gpus = self.check(&input.req)?;
+        let gpus =
+            fit(&self.free().minus(reserved), &self.capacity, &input.req).map_err(|misfit| {
+                Denial::new(
+                    DenyReason::InsufficientCapacity,
+                    format!("does not fit on {}: {misfit}", self.node_id),
+                )
+            })?;
         let lease_ms = self.limits.clamp_lease_ms(input.lease_ms);
         let AllocateInput {
             lease_id,
@@ -411,6 +429,21 @@ impl Ledger {
         self.by_expiry
             .insert((updated.expires_at_ms, lease_id.clone()));
         Ok(updated)
+    }
+
+    /// Make a lease run out no later than `at_ms` (a hard end: a fixed
+    /// duration, or a reservation's window). Returns the updated lease.
+    pub fn cap_expiry(&mut self, lease_id: &LeaseId, at_ms: u64) -> Option<Lease> {
+        let lease = self.leases.get_mut(lease_id)?;
+        if lease.expires_at_ms > at_ms {
+            let old = lease.expires_at_ms;
+            lease.expires_at_ms = at_ms;
+            let updated = lease.clone();
+            self.by_expiry.remove(&(old, lease_id.clone()));
+            self.by_expiry.insert((at_ms, lease_id.clone()));
+            return Some(updated);
+        }
+        Some(lease.clone())
     }
 
     /// Give a lease back. Idempotent: an unknown id is `Ok(None)`.

@@ -11,14 +11,45 @@
 //! - [`pools`]: resource pools, named node sets merged as a last-writer-wins
 //!   CRDT, and their aggregate capacity.
 //! - [`ledger`]: the owner side. Leases, admission, GPU assignment, expiry.
+//! - [`queue`]: the owner side. The wait queue: priority then FIFO order,
+//!   deadlines, and drains by conservative backfill.
+//! - [`preempt`]: the owner side. Which strictly lower-priority leases to
+//!   end so that a request fits: fewest, then lowest, then smallest.
+//! - [`elastic`]: the owner side. Elastic sharing: lendable CPU and memory
+//!   shrink as the owner's own use rises and grow back when idle, with
+//!   hysteresis, never under existing leases unless the owner says so.
+//! - [`throttle`]: the owner side. Per-peer token-bucket rate limits,
+//!   bounded in memory.
+//! - [`contention`]: the owner side. Queued demand against free capacity,
+//!   classified per dimension, with suggested resolutions.
+//! - [`calendar`]: the owner side. Advance reservations of future windows,
+//!   and how much of the node they keep out of reach of new leases.
+//! - [`quota`]: the owner side. Quotas per requester, per group, default
+//!   and swarm-wide, with timed burst allowances.
 //! - [`view`]: the requester side. The peer table built from announcements.
 //! - [`placement`]: strategies that rank candidates, and the late-binding
 //!   attempt that walks them.
+//! - [`constraints`]: placement constraints (labels, zone, arch, GPU name
+//!   and compute capability), and whether any node could ever serve.
+//! - [`sched`]: the owner-side scheduler that composes the ledger, queue,
+//!   calendar, quotas, rate limit and preemption.
+//! - [`multi`]: requests split over several nodes, their plan, and the
+//!   hold-then-confirm reservation lifecycle.
 
 pub mod access;
+pub mod calendar;
+pub mod constraints;
+pub mod contention;
+pub mod elastic;
 pub mod fit;
 pub mod groups;
 pub mod ledger;
+pub mod multi;
 pub mod placement;
 pub mod pools;
+pub mod preempt;
+pub mod queue;
+pub mod quota;
+pub mod sched;
+pub mod throttle;
 pub mod view;

@@ -381,6 +381,7 @@ mod tests {
             arch: "x86_64".into(),
             usage: vec![],
             queued: 0,
+            preemption: false,
             leaving: false,
             instance: 1,
             started_at_ms: 0,

@@ -100,6 +100,9 @@ pub struct Announcement {
     pub usage: Vec<HolderUsage>,
     /// Requests waiting in this owner's queue.
     pub queued: u32,
+    /// Whether this owner lets higher-priority requests preempt
+    /// lower-priority leases (so a full node is still worth asking).
+    pub preemption: bool,
     /// Set in the last announcement a node sends when it shuts down.
     pub leaving: bool,
 }

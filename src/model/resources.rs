@@ -119,6 +119,41 @@ impl Capacity {
     pub fn gpu_memory_mb(&self) -> u64 {
         self.gpus.iter().map(|g| g.memory_mb).sum()
     }
+
+    /// `self − other`, saturating at zero: per dimension, per GPU (matched
+    /// by index; GPUs only in `other` are ignored) and per custom key.
+    pub fn minus(&self, other: &Capacity) -> Capacity {
+        Capacity {
+            cpu_cores: self.cpu_cores.saturating_sub(other.cpu_cores),
+            memory_mb: self.memory_mb.saturating_sub(other.memory_mb),
+            disk_mb: self.disk_mb.saturating_sub(other.disk_mb),
+            gpus: self
+                .gpus
+                .iter()
+                .map(|g| GpuSlot {
+                    index: g.index,
+                    memory_mb: g.memory_mb.saturating_sub(
+                        other
+                            .gpus
+                            .iter()
+                            .filter(|o| o.index == g.index)
+                            .map(|o| o.memory_mb)
+                            .sum(),
+                    ),
+                })
+                .collect(),
+            custom: self
+                .custom
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.saturating_sub(*other.custom.get(k).unwrap_or(&0)),
+                    )
+                })
+                .collect(),
+        }
+    }
 }
 
 /// What a requester asks for. Field names follow seed 004's

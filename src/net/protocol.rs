@@ -13,6 +13,7 @@ use libp2p::identity::{Keypair, PublicKey};
 use libp2p::{PeerId, StreamProtocol};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use crate::core::calendar::Reservation;
 use crate::core::groups::GroupEvent;
 use crate::core::pools::PoolEvent;
 use crate::model::{
@@ -57,11 +58,42 @@ pub enum AllocRequest {
         task_type: String,
         priority: Priority,
         lease_ms: u64,
+        /// How long the requester will wait in the owner's queue, ms (0:
+        /// not at all).
+        wait_ms: u64,
+        /// A hard end, ms after the grant: the lease ends then, renewed
+        /// or not.
+        duration_ms: Option<u64>,
     },
     /// Extend a lease this peer holds.
     Renew { lease_id: LeaseId, lease_ms: u64 },
-    /// Give a lease back. Idempotent.
+    /// Give a lease back, stop waiting for one (a queue ticket), or cancel
+    /// a reservation. Idempotent.
     Release { lease_id: LeaseId },
+    /// Book resources for a future window `[start_ms, end_ms)` (the
+    /// owner's clock, ms since the epoch).
+    Reserve {
+        request_id: String,
+        req: ResourceRequirements,
+        task_type: String,
+        priority: Priority,
+        start_ms: u64,
+        end_ms: u64,
+    },
+    /// Owner → holder: something happened to one of its leases or
+    /// tickets. Answered with `Ack`.
+    Notice(Notice),
+}
+
+/// What an owner tells a holder without being asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Notice {
+    /// A queued request (its ticket is the lease id) was granted.
+    Granted(Lease),
+    /// A reservation's window began: this is its lease.
+    ReservationStarted(Lease),
+    /// A lease or ticket ended early: preempted, or the wait ran out.
+    Ended { lease_id: LeaseId, denial: Denial },
 }
 
 /// The answer on `/lanswarm/alloc/1`.
@@ -75,6 +107,13 @@ pub enum AllocResponse {
     Released { lease_id: LeaseId, existed: bool },
     /// Refused, with a machine-readable reason.
     Denied(Denial),
+    /// Waiting in the owner's queue: `ticket` becomes the lease id when
+    /// granted; `position` is 1-based, in grant order.
+    Queued { ticket: LeaseId, position: u32 },
+    /// A reservation was booked.
+    Reserved(Reservation),
+    /// A notice was received.
+    Ack,
 }
 
 /// What goes back on `/lanswarm/alloc/1`: the answer, and the owner's free
@@ -538,6 +577,7 @@ mod tests {
             arch: "x86_64".into(),
             usage: vec![],
             queued: 0,
+            preemption: false,
             leaving: false,
             instance: 1,
             started_at_ms: 0,

@@ -308,7 +308,12 @@ pub fn worker(
             }
             Ok((status, v, d)) => {
                 let code = v["error"]["code"].as_str().unwrap_or("").to_owned();
-                if status == 503 && code == "no_capacity" {
+                if status == 422 && code == "unsatisfiable" {
+                    // Bigger than any node: refused at once, as it should.
+                    t.denial_ms.push(ms(d));
+                    t.by_strategy.entry(strat).or_default().1 += 1;
+                    *t.denial_codes.entry(code).or_default() += 1;
+                } else if status == 503 && code == "no_capacity" {
                     t.denial_ms.push(ms(d));
                     t.by_strategy.entry(strat).or_default().1 += 1;
                     *t.denial_codes.entry(code).or_default() += 1;

@@ -26,18 +26,21 @@ impl EventLoop {
                 if self.held.contains_key(&lease_id) {
                     self.release_held(&lease_id, Some(reply));
                 } else {
-                    match self.ledger.release(&lease_id, None) {
-                        Ok(Some(lease)) => {
-                            info!(lease = %lease.lease_id, holder = %lease.holder, "lease revoked by local release");
-                            self.forget_granted(&[lease]);
-                            let _ = reply.send(Ok(ReleaseOutcome {
-                                allocation_id: id,
-                                owner_confirmed: true,
-                            }));
+                    // Ours elsewhere: a waiting ticket or a reservation.
+                    let ours = self.cancel_ticket(&lease_id).is_some()
+                        || self.cancel_held_reservation(&lease_id).is_some();
+                    // Or granted here: the local admin may end any.
+                    let here = !ours && matches!(self.owner_release(&lease_id, None), Ok(true));
+                    if ours || here {
+                        if here {
+                            info!(lease = %lease_id, "lease, ticket or reservation ended by local release");
                         }
-                        _ => {
-                            let _ = reply.send(Err(NodeError::UnknownAllocation(id)));
-                        }
+                        let _ = reply.send(Ok(ReleaseOutcome {
+                            allocation_id: id,
+                            owner_confirmed: true,
+                        }));
+                    } else {
+                        let _ = reply.send(Err(NodeError::UnknownAllocation(id)));
                     }
                 }
             }
@@ -48,9 +51,11 @@ impl EventLoop {
                     .map(|h| {
                         Allocation::from_lease(&h.rec.lease, &h.rec.owner_name, h.rec.release_at_ms)
                     })
+                    .chain(self.ticket_allocations())
                     .collect();
                 let granted = self
-                    .ledger
+                    .sched
+                    .ledger()
                     .leases()
                     .map(|l| Allocation::from_lease(l, &self.cfg.name, None))
                     .collect();
@@ -69,6 +74,16 @@ impl EventLoop {
             }
             Command::Telemetry(t) => {
                 self.cpu_usage_pct = t.cpu_usage_pct;
+                // No swarm work runs as processes yet (tasks come later),
+                // so all host use is the owner's own.
+                self.on_local_load(crate::core::elastic::LocalLoad {
+                    cpu_busy_cores: f64::from(t.cpu_usage_pct) / 100.0
+                        * f64::from(self.cfg.machine_cpu_cores),
+                    memory_used_mb: self
+                        .cfg
+                        .machine_memory_mb
+                        .saturating_sub(t.memory_available_mb),
+                });
                 for g in t.gpus {
                     if let Some(slot) = self
                         .cfg
@@ -115,6 +130,31 @@ impl EventLoop {
             }
             Command::DeletePool(name, reply) => {
                 let _ = reply.send(self.delete_pool(&name));
+            }
+            Command::Reserve(req, reply) => self.on_reserve(*req, reply),
+            Command::Reservations(reply) => {
+                let _ = reply.send(self.reservations_view());
+            }
+            Command::Quotas(reply) => {
+                let _ = reply.send(self.quota_entries());
+            }
+            Command::SetQuota(change, reply) => {
+                let _ = reply.send(self.set_quota(change));
+            }
+            Command::RemoveQuota(subject, swarm, reply) => {
+                let _ = reply.send(self.remove_quota(&subject, swarm));
+            }
+            Command::SchedPolicy(reply) => {
+                let _ = reply.send(self.sched.policy().clone());
+            }
+            Command::SetSchedPolicy(change, reply) => {
+                let _ = reply.send(self.set_sched_policy(change));
+            }
+            Command::Queue(reply) => {
+                let _ = reply.send(self.queue_entries());
+            }
+            Command::Contention(reply) => {
+                let _ = reply.send(self.contention_report());
             }
             Command::Dial(addr, reply) => {
                 let r = match addr.parse::<Multiaddr>() {

@@ -42,8 +42,8 @@ impl EventLoop {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             addrs,
             api: self.cfg.api_addr.clone(),
-            capacity: self.ledger.capacity().clone(),
-            free: self.ledger.free(),
+            capacity: self.sched.ledger().capacity().clone(),
+            free: self.sched.ledger().free(),
             gpus: self.cfg.gpus.clone(),
             machine_cpu_cores: self.cfg.machine_cpu_cores,
             machine_memory_mb: self.cfg.machine_memory_mb,
@@ -51,12 +51,13 @@ impl EventLoop {
             models: self.cfg.models.clone(),
             location: self.cfg.location.clone(),
             weight: self.cfg.weight,
-            active_leases: self.ledger.len() as u32,
+            active_leases: self.sched.ledger().len() as u32,
             labels: self.cfg.labels.clone(),
             access: self.access_hint(),
             arch: std::env::consts::ARCH.to_owned(),
             usage: self.holder_usage(),
-            queued: 0,
+            queued: self.sched.queue().len() as u32,
+            preemption: self.sched.policy().preemption,
             leaving,
             instance: self.instance,
             started_at_ms: self.started_at_ms,
@@ -297,7 +298,7 @@ impl EventLoop {
     /// quotas (bounded; the smallest holders are left out).
     pub(super) fn holder_usage(&self) -> Vec<HolderUsage> {
         let mut by: BTreeMap<NodeId, Usage> = BTreeMap::new();
-        for l in self.ledger.leases() {
+        for l in self.sched.ledger().leases() {
             by.entry(l.holder.clone())
                 .or_default()
                 .add(&Usage::of_lease(l));

@@ -48,9 +48,8 @@ impl EventLoop {
         let owner = h.rec.lease.node_id.clone();
         self.drop_held(lease_id);
         if owner == self.local_id {
-            if let Ok(Some(lease)) = self.ledger.release(lease_id, Some(&self.local_id.clone())) {
-                self.forget_granted(&[lease]);
-            }
+            let me = self.local_id.clone();
+            let _ = self.owner_release(lease_id, Some(&me));
             if let Some(reply) = reply {
                 let _ = reply.send(Ok(ReleaseOutcome {
                     allocation_id: lease_id.0.clone(),
@@ -91,13 +90,8 @@ impl EventLoop {
     pub(super) fn maintain(&mut self) {
         let now = now_ms();
         self.flush_deferred();
-        let expired = self.ledger.expire(now);
-        if !expired.is_empty() {
-            for l in &expired {
-                info!(lease = %l.lease_id, holder = %l.holder, "lease expired; resources taken back");
-            }
-            self.forget_granted(&expired);
-        }
+        self.sched_tick(now);
+        self.prune_tickets(now);
         let due: Vec<LeaseId> = self
             .held
             .iter()
@@ -132,10 +126,8 @@ impl EventLoop {
             .collect();
         for (id, owner, lease_ms) in to_renew {
             if owner == self.local_id {
-                let result = match self
-                    .ledger
-                    .renew(&id, &self.local_id.clone(), lease_ms, now)
-                {
+                let me = self.local_id.clone();
+                let result = match self.sched.renew(&id, &me, lease_ms, now) {
                     Ok(l) => {
                         self.deferred.put_granted.push(l.clone());
                         AllocResponse::Renewed(l)

@@ -37,10 +37,12 @@ use super::protocol::{
     MAX_SYNC_ANNOUNCEMENTS, STATE_TOPIC,
 };
 use crate::core::access::AccessPolicy;
+use crate::core::elastic::{Elastic, ElasticPolicy};
 use crate::core::groups::Groups;
-use crate::core::ledger::{AllocateInput, LeaseLimits, Ledger};
+use crate::core::ledger::{AllocateInput, LeaseLimits};
 use crate::core::placement::{Attempt, Placer, StrategyConfig};
 use crate::core::pools::Pools;
+use crate::core::sched::{SchedPolicy, Scheduler};
 use crate::core::view::{Applied, View, ViewConfig};
 use crate::handle::{
     Allocation, AllocationRequest, Allocations, Command, Excluded, Node, NodeError, NodeInfo,
@@ -59,6 +61,7 @@ mod gossip;
 mod holder;
 mod owner;
 mod requester;
+mod sched;
 mod state;
 
 /// How often leases are expired, renewed and peers pruned.
@@ -107,6 +110,10 @@ pub struct NodeConfig {
     /// The access policy from the config. The stored policy (changed at
     /// runtime) wins until this one changes; see [`crate::config::AccessConfig`].
     pub access: AccessPolicy,
+    /// Scheduling policy: preemption, queue, rate limit, reservations.
+    pub sched: SchedPolicy,
+    /// Elastic sharing of the lendable capacity.
+    pub elastic: ElasticPolicy,
     pub limits: LeaseLimits,
     pub default_lease: Duration,
     pub strategy: StrategyConfig,
@@ -141,6 +148,8 @@ impl NodeConfig {
             weight: 1,
             labels: BTreeMap::new(),
             access: AccessPolicy::default(),
+            sched: SchedPolicy::default(),
+            elastic: ElasticPolicy::default(),
             limits: LeaseLimits::default(),
             default_lease: Duration::from_secs(30),
             strategy: StrategyConfig::default(),
@@ -205,7 +214,13 @@ pub async fn start(
 
     let local_id = node_id_of(swarm.local_peer_id());
     let now = now_ms();
-    let mut ledger = Ledger::new(local_id.clone(), cfg.capacity.clone(), cfg.limits.clone());
+    let mut sched = Scheduler::new(
+        local_id.clone(),
+        cfg.capacity.clone(),
+        cfg.limits.clone(),
+        cfg.sched.clone(),
+    );
+    let ledger = sched.ledger_mut();
     let stored = store.granted()?;
     let n_stored = stored.len();
     let dropped = ledger.restore(stored, now);
@@ -215,6 +230,7 @@ pub async fn start(
             ..Default::default()
         })?;
     }
+    let requester = sched::restore(&store, &mut sched, &cfg.sched, now)?;
     let swarm_state = state::restore_state(&store)?;
     let policy = state::restore_policy(&store, &cfg.access)?;
     let held: BTreeMap<LeaseId, Held> = store
@@ -257,7 +273,19 @@ pub async fn start(
         state: swarm_state,
         policy,
         rx,
-        ledger,
+        sched,
+        tickets: requester.tickets,
+        ended: std::collections::VecDeque::new(),
+        held_reservations: requester.reservations,
+        reserving: HashMap::new(),
+        elastic: cfg.elastic.enabled.then(|| {
+            Elastic::new(
+                cfg.elastic.clone(),
+                cfg.capacity.clone(),
+                cfg.machine_cpu_cores,
+                cfg.machine_memory_mb,
+            )
+        }),
         placer: Placer::new(),
         strategy: cfg.strategy.clone(),
         store,
@@ -372,6 +400,7 @@ fn placeholder_announcement(id: &NodeId) -> Announcement {
         arch: String::new(),
         usage: Vec::new(),
         queued: 0,
+        preemption: false,
         leaving: false,
         instance: 0,
         started_at_ms: 0,
@@ -400,6 +429,12 @@ struct Placement {
     request_id: String,
     lease_ms: u64,
     release_at_ms: Option<u64>,
+    /// How long the request may wait in an owner's queue, ms.
+    wait_ms: u64,
+    /// When the request was made, ms.
+    created_ms: u64,
+    /// Whether the queueing pass (asking one owner to queue it) was made.
+    queue_tried: bool,
     excluded: Vec<Excluded>,
     reply: oneshot::Sender<Result<Allocation, NodeError>>,
 }
@@ -417,6 +452,13 @@ enum Pending {
         lease_id: LeaseId,
         reply: Option<oneshot::Sender<Result<ReleaseOutcome, NodeError>>>,
     },
+    /// A notice to a holder; the answer does not matter.
+    Notice,
+    /// Booking a reservation on `node`.
+    Reserve {
+        reserving: u64,
+        node: NodeId,
+    },
 }
 
 struct EventLoop {
@@ -429,7 +471,19 @@ struct EventLoop {
     /// This node's access policy, applied to every allocation request.
     policy: AccessPolicy,
     rx: mpsc::Receiver<Command>,
-    ledger: Ledger,
+    /// The owner side: leases, queue, reservations, quotas, preemption.
+    sched: Scheduler,
+    /// Requests of ours waiting in an owner's queue, by ticket.
+    tickets: BTreeMap<LeaseId, sched::Ticket>,
+    /// Our allocations that owners ended (preempted, timed out), recent
+    /// first, for the API.
+    ended: std::collections::VecDeque<Allocation>,
+    /// Reservations we made on owners.
+    held_reservations: BTreeMap<LeaseId, sched::HeldReservation>,
+    /// Reservations being placed (late binding over candidates).
+    reserving: HashMap<u64, sched::Reserving>,
+    /// Elastic sharing, when enabled.
+    elastic: Option<Elastic>,
     view: View,
     placer: Placer,
     strategy: StrategyConfig,

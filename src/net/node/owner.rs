@@ -70,6 +70,8 @@ impl EventLoop {
                 task_type,
                 priority,
                 lease_ms,
+                wait_ms,
+                duration_ms,
             } => {
                 if let Err(denial) = self.admit(&holder) {
                     debug!(%holder, reason = %denial.message, "request refused by access policy");
@@ -80,28 +82,28 @@ impl EventLoop {
                         "request_id and task_type are limited to 128 bytes",
                     ))
                 } else {
-                    let input = AllocateInput {
-                        lease_id: LeaseId(uuid::Uuid::new_v4().to_string()),
+                    let args = sched::AllocateArgs {
                         request_id,
-                        holder,
                         req,
                         task_type,
                         priority,
                         lease_ms,
+                        wait_ms,
+                        duration_ms,
                     };
-                    match self.ledger.allocate(input, now) {
+                    match self.decide_allocate(holder, args) {
                         // Answered by `flush_grants`, once it is durable.
-                        Ok(lease) => {
+                        sched::OwnerAnswer::Granted(lease) => {
                             return self
                                 .unanswered
                                 .push((AllocResponse::Granted(lease), channel))
                         }
-                        Err(d) => AllocResponse::Denied(d),
+                        sched::OwnerAnswer::Now(answer) => answer,
                     }
                 }
             }
             AllocRequest::Renew { lease_id, lease_ms } => {
-                match self.ledger.renew(&lease_id, &holder, lease_ms, now) {
+                match self.sched.renew(&lease_id, &holder, lease_ms, now) {
                     Ok(lease) => {
                         return self
                             .unanswered
@@ -111,20 +113,40 @@ impl EventLoop {
                 }
             }
             AllocRequest::Release { lease_id } => {
-                match self.ledger.release(&lease_id, Some(&holder)) {
-                    Ok(Some(lease)) => {
-                        self.forget_granted(&[lease]);
-                        AllocResponse::Released {
-                            lease_id,
-                            existed: true,
-                        }
-                    }
-                    Ok(None) => AllocResponse::Released {
-                        lease_id,
-                        existed: false,
-                    },
+                match self.owner_release(&lease_id, Some(&holder)) {
+                    Ok(existed) => AllocResponse::Released { lease_id, existed },
                     Err(d) => AllocResponse::Denied(d),
                 }
+            }
+            AllocRequest::Reserve {
+                request_id,
+                req,
+                task_type,
+                priority,
+                start_ms,
+                end_ms,
+            } => {
+                let args = sched::ReserveArgs {
+                    req,
+                    task_type,
+                    priority,
+                    start_ms,
+                    end_ms,
+                };
+                if let Err(denial) = self.admit(&holder) {
+                    AllocResponse::Denied(denial)
+                } else if request_id.len() > 128 || args.task_type.len() > 128 {
+                    AllocResponse::Denied(Denial::new(
+                        DenyReason::BadRequest,
+                        "request_id and task_type are limited to 128 bytes",
+                    ))
+                } else {
+                    self.decide_reserve(holder, args)
+                }
+            }
+            AllocRequest::Notice(notice) => {
+                self.on_notice(&holder, notice);
+                AllocResponse::Ack
             }
         };
         if let AllocResponse::Denied(d) = &response {
@@ -137,32 +159,14 @@ impl EventLoop {
     pub(super) fn reply(&mut self, channel: ResponseChannel<AllocReply>, answer: AllocResponse) {
         let reply = AllocReply {
             answer,
-            free: self.ledger.free(),
-            active_leases: self.ledger.len() as u32,
+            free: self.sched.ledger().free(),
+            active_leases: self.sched.ledger().len() as u32,
         };
         let _ = self
             .swarm
             .behaviour_mut()
             .alloc
             .send_response(channel, reply);
-    }
-
-    /// Admit a local request and write it durably before anyone hears of
-    /// it. On a storage error the grant is undone.
-    pub(super) fn grant(&mut self, input: AllocateInput, now: u64) -> Result<Lease, Denial> {
-        let lease = self.ledger.allocate(input, now)?;
-        let mut batch = std::mem::take(&mut self.deferred);
-        batch.put_granted.push(lease.clone());
-        if let Err(e) = self.store.apply(&batch) {
-            error!(error = %e, "cannot write lease; refusing the grant");
-            let _ = self.ledger.release(&lease.lease_id, None);
-            batch.put_granted.pop();
-            self.deferred = batch;
-            return Err(Denial::new(DenyReason::StorageError, e.to_string()));
-        }
-        log_grant(&lease);
-        self.schedule_announce();
-        Ok(lease)
     }
 
     /// Group commit: write every grant and renewal admitted since the last
@@ -196,7 +200,7 @@ impl EventLoop {
                 (Ok(()), resp) => resp,
                 (Err(e), resp) => {
                     if let AllocResponse::Granted(l) = resp {
-                        let _ = self.ledger.release(&l.lease_id, None);
+                        let _ = self.sched.release(&l.lease_id, None, now_ms());
                     }
                     AllocResponse::Denied(Denial::new(DenyReason::StorageError, e.to_string()))
                 }
@@ -260,6 +264,9 @@ impl EventLoop {
                         }
                     }
                     Ok(AllocResponse::Denied(d)) => p.attempt.refused(node, d),
+                    Ok(AllocResponse::Queued { ticket, position }) if !ticket.0.is_empty() => {
+                        return self.on_queued(p, node, ticket, position);
+                    }
                     Ok(other) => p.attempt.refused(
                         node,
                         Denial::new(
@@ -274,6 +281,14 @@ impl EventLoop {
                 self.drive(placement, p);
             }
             Pending::Renew { lease_id } => self.on_renewed(&lease_id, result),
+            Pending::Notice => {
+                if let Err(e) = result {
+                    debug!(error = %e, "notice not delivered; the holder learns at its next renewal");
+                }
+            }
+            Pending::Reserve { reserving, node } => {
+                self.on_reserve_response(reserving, node, result)
+            }
             Pending::Release { lease_id, reply } => {
                 let confirmed = matches!(result, Ok(AllocResponse::Released { .. }));
                 if let Err(e) = &result {

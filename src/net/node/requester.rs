@@ -68,6 +68,10 @@ impl EventLoop {
             let _ = reply.send(Err(e));
             return;
         }
+        if let Err(e) = self.apply_constraints(&req, &mut candidates, &mut excluded, now) {
+            let _ = reply.send(Err(e));
+            return;
+        }
         let mut strategy = self.strategy.clone();
         if let Some(s) = req.strategy {
             strategy.strategy = s;
@@ -81,6 +85,8 @@ impl EventLoop {
             &self.cfg.location,
             seed,
         );
+        let mut ranked = ranked;
+        ranked.extend(self.preemption_candidates(&req));
         debug!(strategy = %strategy.strategy, candidates = ranked.len(), "placing request");
         let placement = Placement {
             attempt: Attempt::new(ranked, self.cfg.max_tries),
@@ -88,6 +94,9 @@ impl EventLoop {
                 .request_id
                 .clone()
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            wait_ms: req.wait_secs.unwrap_or(0).saturating_mul(1000),
+            created_ms: now,
+            queue_tried: false,
             req,
             lease_ms,
             release_at_ms,
@@ -101,15 +110,29 @@ impl EventLoop {
 
     /// Ask the next candidate. Local candidates are answered inline.
     pub(super) fn drive(&mut self, id: u64, mut p: Placement) {
-        loop {
+        {
             let Some(node) = p.attempt.next() else {
+                if p.wait_ms > 0 && !p.queue_tried {
+                    p.queue_tried = true;
+                    if let Some(node) = self.queue_target(&p) {
+                        return self.ask(id, p, node, true);
+                    }
+                }
                 let refusals = self.refusals(p.attempt);
-                // A request aimed at one node that its policy refused gets
-                // the owner's own answer: forbidden.
+                // A request aimed at one node gets that owner's own answer
+                // when waiting elsewhere would not help (forbidden, quota,
+                // busy, bad request).
                 if let (Some(_), [only]) = (&p.req.node_id, refusals.as_slice()) {
-                    if only.reason == DenyReason::Forbidden {
+                    if matches!(
+                        only.reason,
+                        DenyReason::Forbidden
+                            | DenyReason::QuotaExceeded
+                            | DenyReason::Busy
+                            | DenyReason::Unsatisfiable
+                            | DenyReason::BadRequest
+                    ) {
                         let denial = Denial::new(
-                            DenyReason::Forbidden,
+                            only.reason,
                             format!("{} refused: {}", only.node_name, only.message),
                         );
                         let _ = p.reply.send(Err(NodeError::Denied(denial)));
@@ -122,47 +145,225 @@ impl EventLoop {
                 }));
                 return;
             };
-            if node == self.local_id {
-                let input = AllocateInput {
-                    lease_id: LeaseId(uuid::Uuid::new_v4().to_string()),
-                    request_id: p.request_id.clone(),
-                    holder: self.local_id.clone(),
-                    req: p.req.required_resources.clone(),
-                    task_type: p.req.task_type.clone(),
-                    priority: p.req.priority,
-                    lease_ms: p.lease_ms,
-                };
-                match self.grant(input, now_ms()) {
-                    Ok(lease) => return self.finish_placement(p, lease),
-                    Err(d) => p.attempt.refused(node, d),
-                }
-                continue;
-            }
-            let Some(peer) = peer_id_of(&node) else {
-                p.attempt
-                    .refused(node, Denial::new(DenyReason::Unreachable, "not a peer id"));
-                continue;
-            };
-            let rid = self.swarm.behaviour_mut().alloc.send_request(
-                &peer,
-                Frame::Valid(AllocRequest::Allocate {
+            self.ask(id, p, node, false)
+        }
+    }
+
+    /// Ask `node` for the placement's request: inline for ourselves,
+    /// over `/lanswarm/alloc/1` otherwise. With `queue`, the owner may
+    /// queue it for the placement's wait.
+    fn ask(&mut self, id: u64, mut p: Placement, node: NodeId, queue: bool) {
+        let wait_ms = if queue { p.wait_ms } else { 0 };
+        let duration_ms = p.release_at_ms.map(|at| at.saturating_sub(p.created_ms));
+        if node == self.local_id {
+            let me = self.local_id.clone();
+            let answer = self.decide_allocate(
+                me,
+                sched::AllocateArgs {
                     request_id: p.request_id.clone(),
                     req: p.req.required_resources.clone(),
                     task_type: p.req.task_type.clone(),
                     priority: p.req.priority,
                     lease_ms: p.lease_ms,
-                }),
-            );
-            self.pending.insert(
-                rid,
-                Pending::Place {
-                    placement: id,
-                    node,
+                    wait_ms,
+                    duration_ms,
                 },
             );
-            self.placements.insert(id, p);
-            return;
+            match answer {
+                sched::OwnerAnswer::Granted(lease) => match self.commit_local_grant(lease) {
+                    Ok(lease) => return self.finish_placement(p, lease),
+                    Err(d) => p.attempt.refused(node, d),
+                },
+                sched::OwnerAnswer::Now(AllocResponse::Queued { ticket, position }) => {
+                    return self.on_queued(p, node, ticket, position);
+                }
+                sched::OwnerAnswer::Now(AllocResponse::Denied(d)) => p.attempt.refused(node, d),
+                sched::OwnerAnswer::Now(other) => p.attempt.refused(
+                    node,
+                    Denial::new(
+                        DenyReason::BadRequest,
+                        format!("unexpected answer {other:?}"),
+                    ),
+                ),
+            }
+            return self.drive(id, p);
         }
+        let Some(peer) = peer_id_of(&node) else {
+            p.attempt
+                .refused(node, Denial::new(DenyReason::Unreachable, "not a peer id"));
+            return self.drive(id, p);
+        };
+        let rid = self.swarm.behaviour_mut().alloc.send_request(
+            &peer,
+            Frame::Valid(AllocRequest::Allocate {
+                request_id: p.request_id.clone(),
+                req: p.req.required_resources.clone(),
+                task_type: p.req.task_type.clone(),
+                priority: p.req.priority,
+                lease_ms: p.lease_ms,
+                wait_ms,
+                duration_ms,
+            }),
+        );
+        self.pending.insert(
+            rid,
+            Pending::Place {
+                placement: id,
+                node,
+            },
+        );
+        self.placements.insert(id, p);
+    }
+
+    /// The owner to queue a waiting request at, once no one could grant
+    /// it at once: among the nodes that could ever hold it, the one with
+    /// the shortest announced queue, then the most free.
+    fn queue_target(&self, p: &Placement) -> Option<NodeId> {
+        let refused_otherwise: std::collections::BTreeSet<&NodeId> = p
+            .attempt
+            .refusals()
+            .iter()
+            .filter(|(_, d)| {
+                !matches!(
+                    d.reason,
+                    DenyReason::InsufficientCapacity | DenyReason::Busy
+                )
+            })
+            .map(|(n, _)| n)
+            .collect();
+        self.eligible_by_total(&p.req)
+            .into_iter()
+            .filter(|a| !refused_otherwise.contains(&a.node_id))
+            .min_by_key(|a| {
+                (
+                    a.queued,
+                    std::cmp::Reverse(a.free.cpu_cores),
+                    a.node_id.clone(),
+                )
+            })
+            .map(|a| a.node_id.clone())
+    }
+
+    /// Nodes that could ever serve `req` (by total capacity, not what is
+    /// free), online, within its scope, constraints and the owners'
+    /// announced access policy.
+    fn eligible_by_total(&self, req: &AllocationRequest) -> Vec<&Announcement> {
+        let now = now_ms();
+        let local = self.view.local();
+        let anns = std::iter::once((local, true)).chain(
+            self.view
+                .peers()
+                .filter(|e| self.view.status(&e.ann.node_id, now) == Some(NodeStatus::Online))
+                .map(|e| (&e.ann, false)),
+        );
+        anns.filter(|(ann, is_local)| {
+            !ann.leaving
+                && req
+                    .node_id
+                    .as_ref()
+                    .is_none_or(|t| &ann.node_id.0 == t || &ann.name == t)
+                && crate::core::fit::fit(&ann.capacity, &ann.capacity, &req.required_resources)
+                    .is_ok()
+                && crate::core::constraints::check(&req.constraints, &req.required_resources, ann)
+                    .is_ok()
+                && (*is_local
+                    || crate::core::access::hint_admits(
+                        &ann.access,
+                        &ann.node_id,
+                        &self.local_id,
+                        &self.state.groups,
+                    ))
+                && self.in_scope(req, ann)
+        })
+        .map(|(ann, _)| ann)
+        .collect()
+    }
+
+    /// Full nodes worth asking anyway because they may preempt for this
+    /// request: they announce preemption and could hold it in total. Asked
+    /// after every node with room.
+    fn preemption_candidates(&self, req: &AllocationRequest) -> Vec<NodeId> {
+        if req.priority == crate::model::Priority::Low {
+            return Vec::new();
+        }
+        let mut out: Vec<&Announcement> = self
+            .eligible_by_total(req)
+            .into_iter()
+            .filter(|a| a.preemption)
+            .collect();
+        out.sort_by_key(|a| (a.active_leases, a.node_id.clone()));
+        out.into_iter().map(|a| a.node_id.clone()).collect()
+    }
+
+    /// Write a grant to ourselves durably before anyone hears of it. On a
+    /// storage error the grant is undone.
+    fn commit_local_grant(&mut self, lease: Lease) -> Result<Lease, Denial> {
+        let mut batch = std::mem::take(&mut self.deferred);
+        batch.put_granted.push(lease.clone());
+        if let Err(e) = self.store.apply(&batch) {
+            error!(error = %e, "cannot write lease; refusing the grant");
+            let _ = self.sched.release(&lease.lease_id, None, now_ms());
+            batch.put_granted.pop();
+            self.deferred = batch;
+            return Err(Denial::new(DenyReason::StorageError, e.to_string()));
+        }
+        log_grant(&lease);
+        self.schedule_announce();
+        Ok(lease)
+    }
+
+    /// Keep the candidates that meet the request's constraints; refuse the
+    /// request outright if no known node could ever serve it.
+    fn apply_constraints(
+        &self,
+        req: &AllocationRequest,
+        candidates: &mut Vec<crate::core::placement::Candidate>,
+        excluded: &mut Vec<Excluded>,
+        now: u64,
+    ) -> Result<(), NodeError> {
+        use crate::core::constraints;
+        req.constraints
+            .validate()
+            .map_err(|e| NodeError::BadRequest(format!("constraints: {e}")))?;
+        let local = self.view.local();
+        let known: Vec<&Announcement> = std::iter::once(local)
+            .chain(
+                self.view
+                    .peers()
+                    .filter(|e| self.view.status(&e.ann.node_id, now) != Some(NodeStatus::Offline))
+                    .map(|e| &e.ann),
+            )
+            .collect();
+        if let Some(why) = constraints::never_satisfiable(
+            &req.constraints,
+            &req.required_resources,
+            known.iter().copied(),
+        ) {
+            return Err(NodeError::Denied(Denial::new(
+                DenyReason::Unsatisfiable,
+                format!("no known node could ever serve this request: {why}"),
+            )));
+        }
+        if req.constraints.is_empty() {
+            return Ok(());
+        }
+        candidates.retain(|c| {
+            let Some(ann) = known.iter().find(|a| a.node_id == c.node_id) else {
+                return false;
+            };
+            match constraints::check(&req.constraints, &req.required_resources, ann) {
+                Ok(()) => true,
+                Err(why) => {
+                    excluded.push(Excluded {
+                        node_id: c.node_id.clone(),
+                        node_name: c.name.clone(),
+                        why,
+                    });
+                    false
+                }
+            }
+        });
+        Ok(())
     }
 
     pub(super) fn finish_placement(&mut self, p: Placement, lease: Lease) {

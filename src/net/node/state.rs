@@ -571,6 +571,24 @@ impl EventLoop {
         Ok(())
     }
 
+    /// Whether `ann` is within the request's pool and group, if it names
+    /// them (unknown ones count as out of scope).
+    pub(super) fn in_scope(&self, req: &AllocationRequest, ann: &Announcement) -> bool {
+        if let Some(name) = &req.pool {
+            match self.state.pools.get(name) {
+                Some(p) if pools::matches(&p.selector, &ann.node_id, &ann.labels) => {}
+                _ => return false,
+            }
+        }
+        if let Some(key) = &req.group {
+            match self.state.groups.resolve(key) {
+                Ok(g) if g.members.contains(&ann.node_id) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
     /// Narrow a request's candidates to a pool's nodes or a group's
     /// members, noting why others were left out.
     pub(super) fn scope_candidates(

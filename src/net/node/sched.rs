@@ -1,0 +1,1164 @@
+//! Scheduling depth on the node: the owner side of queueing, preemption,
+//! quotas and advance reservations (decided by [`Scheduler`] in the core),
+//! the notices an owner sends holders, and the requester side of queued
+//! requests and reservations. Everything here is persisted: the owner's
+//! queue, calendar and quotas (`sched_v1`), its policy (`sched_policy_v1`),
+//! and the requester's tickets and reservations (`requester_v1`).
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+use crate::core::calendar::{Reservation, ReservationStatus};
+use crate::core::contention::{self, ContentionReport};
+use crate::core::groups::GroupId;
+use crate::core::quota::{Quota, Subject};
+use crate::core::sched::{Events, Outcome, SchedSnapshot, Submit};
+use crate::handle::{
+    ms_to_utc, AllocationStatus, QueueEntry, QuotaChange, QuotaEntry, ReservationInfo,
+    ReservationRequest, Reservations, SchedPolicyChange,
+};
+use crate::model::{Priority, ResourceRequirements, Usage};
+use crate::net::protocol::Notice;
+
+const META_SCHED: &str = "sched_v1";
+const META_POLICY: &str = "sched_policy_v1";
+const META_POLICY_CONFIG: &str = "sched_policy_config_v1";
+const META_REQUESTER: &str = "requester_v1";
+/// Ended allocations kept for the API.
+const MAX_ENDED: usize = 256;
+/// Longest reservation window, ms.
+const MAX_WINDOW_MS: u64 = 7 * 24 * 3_600_000;
+
+/// One of our requests waiting in an owner's queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Ticket {
+    pub owner: NodeId,
+    pub owner_name: String,
+    pub request_id: String,
+    pub req: ResourceRequirements,
+    pub priority: Priority,
+    pub task_type: String,
+    pub position: u32,
+    pub queued_at_ms: u64,
+    pub deadline_ms: u64,
+    pub lease_ms: u64,
+    /// Release this long after the grant (the request's duration).
+    pub duration_ms: Option<u64>,
+}
+
+/// A reservation we made on an owner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct HeldReservation {
+    pub owner: NodeId,
+    pub owner_name: String,
+    pub reservation: Reservation,
+}
+
+/// A reservation being placed: candidates asked one at a time.
+pub(super) struct Reserving {
+    pub attempt: Attempt,
+    pub req: ReservationRequest,
+    pub request_id: String,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub reply: oneshot::Sender<Result<ReservationInfo, NodeError>>,
+}
+
+/// The requester's persisted state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(super) struct RequesterState {
+    pub tickets: BTreeMap<LeaseId, Ticket>,
+    pub reservations: BTreeMap<LeaseId, HeldReservation>,
+}
+
+/// Restore the owner's queue, calendar, quotas and policy, and the
+/// requester's tickets and reservations. The leases must already be in the
+/// scheduler's ledger.
+pub(super) fn restore(
+    store: &Store,
+    sched: &mut Scheduler,
+    from_config: &SchedPolicy,
+    now: u64,
+) -> Result<RequesterState, crate::store::StoreError> {
+    let seen: Option<SchedPolicy> = store.meta(META_POLICY_CONFIG)?;
+    let stored: Option<SchedPolicy> = store.meta(META_POLICY)?;
+    match (seen, stored) {
+        (Some(seen), Some(stored)) if &seen == from_config => sched.set_policy(stored),
+        _ => store.apply(&policy_batch(from_config, from_config))?,
+    }
+    if let Some(snap) = store.meta::<SchedSnapshot>(META_SCHED)? {
+        sched.restore(snap, now);
+    }
+    Ok(store.meta(META_REQUESTER)?.unwrap_or_default())
+}
+
+fn policy_batch(policy: &SchedPolicy, from_config: &SchedPolicy) -> WriteBatch {
+    let enc = |p: &SchedPolicy| postcard::to_stdvec(p).unwrap_or_default();
+    WriteBatch {
+        put_meta: vec![
+            (META_POLICY.to_owned(), enc(policy)),
+            (META_POLICY_CONFIG.to_owned(), enc(from_config)),
+        ],
+        ..Default::default()
+    }
+}
+
+/// An allocation request as the owner reads it off the wire.
+pub(super) struct AllocateArgs {
+    pub request_id: String,
+    pub req: ResourceRequirements,
+    pub task_type: String,
+    pub priority: Priority,
+    pub lease_ms: u64,
+    pub wait_ms: u64,
+    pub duration_ms: Option<u64>,
+}
+
+/// A reservation request as the owner reads it off the wire.
+pub(super) struct ReserveArgs {
+    pub req: ResourceRequirements,
+    pub task_type: String,
+    pub priority: Priority,
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+/// What the owner answers at once.
+pub(super) enum OwnerAnswer {
+    /// Granted: answer after the grant is durable (group commit).
+    Granted(Lease),
+    /// Anything else: answer now.
+    Now(AllocResponse),
+}
+
+impl EventLoop {
+    /// The groups `holder` is a member of, as this node sees them.
+    fn groups_of(&self, holder: &NodeId) -> Vec<GroupId> {
+        self.state
+            .groups
+            .groups()
+            .into_iter()
+            .filter(|g| g.members.contains(holder))
+            .map(|g| g.id)
+            .collect()
+    }
+
+    /// What `holder` holds on every other owner, as they last announced.
+    fn swarm_usage_of(&self, holder: &NodeId) -> Usage {
+        let mut u = Usage::default();
+        for p in self.view.peers() {
+            if let Some(h) = p.ann.usage.iter().find(|h| &h.holder == holder) {
+                u.add(&h.usage);
+            }
+        }
+        u
+    }
+
+    /// Owner side: decide an allocation request from `holder` (a peer, or
+    /// this node).
+    pub(super) fn decide_allocate(&mut self, holder: NodeId, a: AllocateArgs) -> OwnerAnswer {
+        let now = now_ms();
+        let members = self
+            .state
+            .groups
+            .groups()
+            .into_iter()
+            .map(|g| (g.id, g.members))
+            .collect();
+        self.sched.set_group_members(members);
+        let submit = Submit {
+            input: AllocateInput {
+                lease_id: LeaseId(uuid::Uuid::new_v4().to_string()),
+                request_id: a.request_id,
+                holder: holder.clone(),
+                req: a.req,
+                task_type: a.task_type,
+                priority: a.priority,
+                lease_ms: a.lease_ms,
+            },
+            wait_ms: a.wait_ms,
+            until_ms: a.duration_ms.map(|d| now.saturating_add(d)),
+            groups: self.groups_of(&holder),
+        };
+        let swarm = self.swarm_usage_of(&holder);
+        let req = submit.input.req.clone();
+        let ticket = submit.input.lease_id.clone();
+        let outcome = self.sched.submit(submit, &swarm, now);
+        let answer = match outcome {
+            Outcome::Granted { lease, preempted } => {
+                self.on_preempted(preempted);
+                OwnerAnswer::Granted(lease)
+            }
+            Outcome::Queued { position } => {
+                info!(%holder, ticket = %ticket, position, "request queued");
+                self.persist_sched();
+                OwnerAnswer::Now(AllocResponse::Queued {
+                    ticket,
+                    position: position as u32,
+                })
+            }
+            Outcome::Denied(mut d) => {
+                if d.reason == DenyReason::InsufficientCapacity {
+                    d.hints = self.hints_for(&req, &holder);
+                }
+                OwnerAnswer::Now(AllocResponse::Denied(d))
+            }
+        };
+        self.sched_tick(now);
+        answer
+    }
+
+    /// Peers that, by our view, could serve `req` now: the "redistribute"
+    /// answer to contention.
+    fn hints_for(&self, req: &ResourceRequirements, holder: &NodeId) -> Vec<NodeId> {
+        let now = now_ms();
+        let (candidates, _) = self.view.candidates(req, now);
+        candidates
+            .into_iter()
+            .filter(|c| !c.is_local && &c.node_id != holder)
+            .map(|c| c.node_id)
+            .take(3)
+            .collect()
+    }
+
+    /// Leases we ended for higher priority: forget them, tell the holders.
+    fn on_preempted(&mut self, preempted: Vec<Lease>) {
+        if preempted.is_empty() {
+            return;
+        }
+        self.forget_granted(&preempted);
+        for l in preempted {
+            info!(lease = %l.lease_id, holder = %l.holder, priority = %l.priority, "lease preempted");
+            let denial = Denial::new(
+                DenyReason::Preempted,
+                format!(
+                    "lease {} on {} was preempted for a higher-priority request",
+                    l.lease_id, self.cfg.name
+                ),
+            );
+            self.notify(
+                &l.holder,
+                Notice::Ended {
+                    lease_id: l.lease_id.clone(),
+                    denial,
+                },
+            );
+        }
+    }
+
+    /// Run the scheduler's timers and carry out what happened.
+    pub(super) fn sched_tick(&mut self, now: u64) {
+        let ev: Events = self.sched.tick(now);
+        if ev.is_empty() {
+            return;
+        }
+        for l in &ev.expired {
+            info!(lease = %l.lease_id, holder = %l.holder, "lease expired; resources taken back");
+        }
+        self.forget_granted(&ev.expired);
+        self.on_preempted(ev.preempted);
+        // Grants from the queue and reservation starts: durable first,
+        // then the holders hear of them.
+        let new: Vec<Lease> = ev
+            .granted
+            .iter()
+            .chain(ev.reservations_started.iter())
+            .cloned()
+            .collect();
+        if !new.is_empty() {
+            let mut batch = std::mem::take(&mut self.deferred);
+            batch.put_granted.extend(new.iter().cloned());
+            if let Err(e) = self.store.apply(&batch) {
+                // Keep them (in memory they are granted) and retry the
+                // write; holders are told now, as the lease exists.
+                error!(error = %e, "cannot write leases granted from the queue; will retry");
+                self.deferred = batch;
+            }
+            self.schedule_announce();
+        }
+        for l in ev.granted {
+            log_grant(&l);
+            let holder = l.holder.clone();
+            self.notify(&holder, Notice::Granted(l));
+        }
+        for l in ev.reservations_started {
+            info!(reservation = %l.lease_id, holder = %l.holder, "reservation started");
+            let holder = l.holder.clone();
+            self.notify(&holder, Notice::ReservationStarted(l));
+        }
+        for r in &ev.reservations_ended {
+            info!(reservation = %r.id, status = ?r.status, "reservation ended");
+        }
+        for w in ev.timed_out {
+            let holder = w.input.holder.clone();
+            let denial = Denial::new(
+                DenyReason::QueueTimeout,
+                format!("waited on {} until the wait ran out", self.cfg.name),
+            );
+            self.notify(
+                &holder,
+                Notice::Ended {
+                    lease_id: w.input.lease_id,
+                    denial,
+                },
+            );
+        }
+        for (w, denial) in ev.failed {
+            let holder = w.input.holder.clone();
+            self.notify(
+                &holder,
+                Notice::Ended {
+                    lease_id: w.input.lease_id,
+                    denial,
+                },
+            );
+        }
+        self.persist_sched();
+    }
+
+    /// Write the owner's queue, calendar and quotas (with the next batch).
+    pub(super) fn persist_sched(&mut self) {
+        match postcard::to_stdvec(&self.sched.snapshot()) {
+            Ok(bytes) => self.deferred.put_meta.push((META_SCHED.to_owned(), bytes)),
+            Err(e) => error!(error = %e, "cannot encode the scheduler state"),
+        }
+    }
+
+    /// Write the owner's state now, durably (before answering).
+    fn persist_sched_now(&mut self) -> Result<(), NodeError> {
+        self.persist_sched();
+        let batch = std::mem::take(&mut self.deferred);
+        self.store.apply(&batch).map_err(|e| {
+            self.deferred = batch;
+            NodeError::Storage(e.to_string())
+        })
+    }
+
+    /// Write the requester's tickets and reservations (with the next batch).
+    pub(super) fn persist_requester(&mut self) {
+        let st = RequesterState {
+            tickets: self.tickets.clone(),
+            reservations: self.held_reservations.clone(),
+        };
+        match postcard::to_stdvec(&st) {
+            Ok(bytes) => self
+                .deferred
+                .put_meta
+                .push((META_REQUESTER.to_owned(), bytes)),
+            Err(e) => error!(error = %e, "cannot encode the requester state"),
+        }
+    }
+
+    /// Tell a holder about one of its leases or tickets.
+    fn notify(&mut self, holder: &NodeId, notice: Notice) {
+        if holder == &self.local_id {
+            let me = self.local_id.clone();
+            self.on_notice(&me, notice);
+            return;
+        }
+        let Some(peer) = peer_id_of(holder) else {
+            return;
+        };
+        let rid = self
+            .swarm
+            .behaviour_mut()
+            .alloc
+            .send_request(&peer, Frame::Valid(AllocRequest::Notice(notice)));
+        self.pending.insert(rid, Pending::Notice);
+    }
+
+    /// Holder side: an owner tells us about one of our leases or tickets.
+    /// Only the owner of that lease or ticket is listened to.
+    pub(super) fn on_notice(&mut self, from: &NodeId, notice: Notice) {
+        match notice {
+            Notice::Granted(lease) => {
+                let Some(t) = self.tickets.get(&lease.lease_id) else {
+                    debug!(lease = %lease.lease_id, "grant for a ticket we do not have");
+                    return;
+                };
+                if &t.owner != from || lease.holder != self.local_id || &lease.node_id != from {
+                    warn!(%from, lease = %lease.lease_id, "grant notice from a node that does not own the ticket; ignored");
+                    return;
+                }
+                let t = self.tickets.remove(&lease.lease_id).expect("checked above");
+                info!(lease = %lease.lease_id, owner = %t.owner_name, "queued request granted");
+                let release_at_ms = t.duration_ms.map(|d| now_ms().saturating_add(d));
+                self.hold(lease, t.owner_name, release_at_ms);
+                self.persist_requester();
+            }
+            Notice::ReservationStarted(lease) => {
+                let Some(r) = self.held_reservations.get(&lease.lease_id) else {
+                    return;
+                };
+                if &r.owner != from || lease.holder != self.local_id {
+                    return;
+                }
+                let owner_name = r.owner_name.clone();
+                if let Some(r) = self.held_reservations.get_mut(&lease.lease_id) {
+                    r.reservation.status = ReservationStatus::Active;
+                }
+                info!(reservation = %lease.lease_id, owner = %owner_name, "reservation active");
+                self.hold(lease, owner_name, None);
+                self.persist_requester();
+            }
+            Notice::Ended { lease_id, denial } => {
+                if let Some(h) = self.held.get(&lease_id) {
+                    if &h.rec.lease.node_id != from {
+                        return;
+                    }
+                    let mut a = Allocation::from_lease(
+                        &h.rec.lease,
+                        &h.rec.owner_name,
+                        h.rec.release_at_ms,
+                    );
+                    a.status = match denial.reason {
+                        DenyReason::Preempted => AllocationStatus::Preempted,
+                        _ => AllocationStatus::Ended,
+                    };
+                    a.ended_reason = Some(denial.to_string());
+                    warn!(lease = %lease_id, reason = %denial.reason, "the owner ended our lease");
+                    self.drop_held(&lease_id);
+                    self.remember_ended(a);
+                } else if let Some(t) = self.tickets.get(&lease_id) {
+                    if &t.owner != from {
+                        return;
+                    }
+                    let t = self.tickets.remove(&lease_id).expect("checked above");
+                    let mut a = ticket_allocation(&lease_id, &t, &self.local_id);
+                    a.status = match denial.reason {
+                        DenyReason::QueueTimeout => AllocationStatus::TimedOut,
+                        _ => AllocationStatus::Ended,
+                    };
+                    a.queue_position = None;
+                    a.ended_reason = Some(denial.to_string());
+                    info!(ticket = %lease_id, reason = %denial.reason, "queued request ended");
+                    self.remember_ended(a);
+                    self.persist_requester();
+                }
+            }
+        }
+    }
+
+    fn remember_ended(&mut self, a: Allocation) {
+        self.ended.retain(|e| e.allocation_id != a.allocation_id);
+        self.ended.push_front(a);
+        self.ended.truncate(MAX_ENDED);
+    }
+
+    /// Start holding (renewing) a lease granted to us.
+    fn hold(&mut self, lease: Lease, owner_name: String, release_at_ms: Option<u64>) {
+        let rec = HeldRecord {
+            lease: lease.clone(),
+            owner_name,
+            release_at_ms,
+        };
+        self.deferred.put_held.push(rec.clone());
+        let renew_at_ms = renew_time(&lease);
+        self.held.insert(
+            lease.lease_id.clone(),
+            Held {
+                rec,
+                renew_at_ms,
+                renewing: false,
+            },
+        );
+    }
+
+    /// Requester side: the owner queued our request.
+    pub(super) fn on_queued(&mut self, p: Placement, node: NodeId, ticket: LeaseId, position: u32) {
+        let now = now_ms();
+        let t = Ticket {
+            owner_name: self.name_of(&node),
+            owner: node,
+            request_id: p.request_id.clone(),
+            req: p.req.required_resources.clone(),
+            priority: p.req.priority,
+            task_type: p.req.task_type.clone(),
+            position,
+            queued_at_ms: now,
+            deadline_ms: now.saturating_add(p.wait_ms),
+            lease_ms: p.lease_ms,
+            duration_ms: p.release_at_ms.map(|at| at.saturating_sub(p.created_ms)),
+        };
+        let mut a = ticket_allocation(&ticket, &t, &self.local_id);
+        a.refusals = self.refusals(p.attempt);
+        info!(ticket = %ticket, owner = %t.owner_name, position, "request queued at the owner");
+        self.tickets.insert(ticket, t);
+        self.persist_requester();
+        let _ = p.reply.send(Ok(a));
+    }
+
+    /// Our waiting tickets and recently ended allocations, for the API.
+    pub(super) fn ticket_allocations(&self) -> Vec<Allocation> {
+        self.tickets
+            .iter()
+            .map(|(id, t)| ticket_allocation(id, t, &self.local_id))
+            .chain(self.ended.iter().cloned())
+            .collect()
+    }
+
+    /// Drop tickets whose wait is over (the owner says so too, unless it
+    /// is gone).
+    pub(super) fn prune_tickets(&mut self, now: u64) {
+        let gone: Vec<LeaseId> = self
+            .tickets
+            .iter()
+            .filter(|(_, t)| t.deadline_ms.saturating_add(5_000) <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            if let Some(t) = self.tickets.remove(&id) {
+                let mut a = ticket_allocation(&id, &t, &self.local_id);
+                a.status = AllocationStatus::TimedOut;
+                a.queue_position = None;
+                a.ended_reason = Some("the wait ran out".into());
+                self.remember_ended(a);
+            }
+        }
+        let before = self.held_reservations.len();
+        self.held_reservations
+            .retain(|_, r| r.reservation.end_ms.saturating_add(600_000) > now);
+        if before != self.held_reservations.len() {
+            self.persist_requester();
+        }
+    }
+
+    /// Stop waiting: tell the owner, forget the ticket.
+    pub(super) fn cancel_ticket(&mut self, id: &LeaseId) -> Option<NodeId> {
+        let t = self.tickets.remove(id)?;
+        self.persist_requester();
+        if t.owner == self.local_id {
+            let me = self.local_id.clone();
+            self.sched.cancel_wait(id, Some(&me));
+            self.persist_sched();
+        } else if let Some(peer) = peer_id_of(&t.owner) {
+            let rid = self.swarm.behaviour_mut().alloc.send_request(
+                &peer,
+                Frame::Valid(AllocRequest::Release {
+                    lease_id: id.clone(),
+                }),
+            );
+            self.pending.insert(
+                rid,
+                Pending::Release {
+                    lease_id: id.clone(),
+                    reply: None,
+                },
+            );
+        }
+        Some(t.owner)
+    }
+
+    /// Owner side: a peer (or we) asks to release a lease, a ticket or a
+    /// reservation. `holder` None is the local admin.
+    pub(super) fn owner_release(
+        &mut self,
+        lease_id: &LeaseId,
+        holder: Option<&NodeId>,
+    ) -> Result<bool, Denial> {
+        let now = now_ms();
+        let existed = match self.sched.release(lease_id, holder, now)? {
+            Some(lease) => {
+                self.forget_granted(&[lease]);
+                true
+            }
+            None => {
+                if self.sched.cancel_wait(lease_id, holder).is_some() {
+                    true
+                } else {
+                    self.sched.cancel_reservation(lease_id, holder).is_ok()
+                }
+            }
+        };
+        if existed {
+            self.persist_sched();
+        }
+        self.sched_tick(now);
+        Ok(existed)
+    }
+
+    /// Owner side: book a reservation for `holder`.
+    pub(super) fn decide_reserve(&mut self, holder: NodeId, a: ReserveArgs) -> AllocResponse {
+        let now = now_ms();
+        let ReserveArgs {
+            req,
+            task_type,
+            priority,
+            start_ms,
+            end_ms,
+        } = a;
+        if end_ms > start_ms && end_ms - start_ms > MAX_WINDOW_MS {
+            return AllocResponse::Denied(Denial::new(
+                DenyReason::BadRequest,
+                "a reservation window is at most 7 days",
+            ));
+        }
+        let r = Reservation {
+            id: LeaseId(uuid::Uuid::new_v4().to_string()),
+            holder,
+            req,
+            priority,
+            task_type,
+            start_ms,
+            end_ms,
+            gpus: Vec::new(),
+            status: ReservationStatus::Confirmed,
+            created_at_ms: now,
+        };
+        match self.sched.reserve(r, now) {
+            Ok(r) => match self.persist_sched_now() {
+                Ok(()) => {
+                    info!(reservation = %r.id, holder = %r.holder, start_ms, end_ms, "reservation booked");
+                    AllocResponse::Reserved(r)
+                }
+                Err(e) => {
+                    let _ = self.sched.cancel_reservation(&r.id, None);
+                    AllocResponse::Denied(Denial::new(DenyReason::StorageError, e.to_string()))
+                }
+            },
+            Err(d) => AllocResponse::Denied(d),
+        }
+    }
+
+    /// Requester side: place a reservation on the first candidate that
+    /// books it.
+    pub(super) fn on_reserve(
+        &mut self,
+        req: ReservationRequest,
+        reply: oneshot::Sender<Result<ReservationInfo, NodeError>>,
+    ) {
+        let now = now_ms();
+        let start_ms = match (req.start, req.start_in_secs) {
+            (Some(_), Some(_)) => {
+                let _ = reply.send(Err(NodeError::BadRequest(
+                    "give start or start_in_secs, not both".into(),
+                )));
+                return;
+            }
+            (Some(t), None) => t.timestamp_millis().max(0) as u64,
+            (None, Some(s)) => now.saturating_add(s.saturating_mul(1000)),
+            (None, None) => {
+                let _ = reply.send(Err(NodeError::BadRequest(
+                    "a reservation needs start (RFC 3339) or start_in_secs".into(),
+                )));
+                return;
+            }
+        };
+        if start_ms + 1_000 < now {
+            let _ = reply.send(Err(NodeError::BadRequest(format!(
+                "the reservation would start at {}, which is in the past",
+                ms_to_utc(start_ms)
+            ))));
+            return;
+        }
+        if req.duration_secs == 0 {
+            let _ = reply.send(Err(NodeError::BadRequest(
+                "duration_secs must be > 0: a window has a positive length".into(),
+            )));
+            return;
+        }
+        if req.duration_secs > MAX_WINDOW_MS / 1000 {
+            let _ = reply.send(Err(NodeError::BadRequest(
+                "a reservation window is at most 7 days".into(),
+            )));
+            return;
+        }
+        if req.required_resources.is_empty() {
+            let _ = reply.send(Err(NodeError::BadRequest(
+                "required_resources asks for nothing".into(),
+            )));
+            return;
+        }
+        let end_ms = start_ms.saturating_add(req.duration_secs * 1000);
+        // Rank by total capacity: what is free now says little about a
+        // window in the future.
+        let mut candidates = Vec::new();
+        let local = self.view.local().clone();
+        let peers: Vec<Announcement> = self
+            .view
+            .peers()
+            .filter(|p| self.view.status(&p.ann.node_id, now) == Some(NodeStatus::Online))
+            .map(|p| p.ann.clone())
+            .collect();
+        for ann in std::iter::once(local).chain(peers) {
+            if let Some(target) = &req.node_id {
+                if &ann.node_id.0 != target && &ann.name != target {
+                    continue;
+                }
+            }
+            if crate::core::fit::fit(&ann.capacity, &ann.capacity, &req.required_resources).is_err()
+            {
+                continue;
+            }
+            if crate::core::constraints::check(&req.constraints, &req.required_resources, &ann)
+                .is_err()
+            {
+                continue;
+            }
+            candidates.push(ann.node_id.clone());
+        }
+        if candidates.is_empty() {
+            let _ = reply.send(Err(NodeError::Denied(Denial::new(
+                DenyReason::Unsatisfiable,
+                "no known node has that much in total (or meets the constraints)",
+            ))));
+            return;
+        }
+        let r = Reserving {
+            attempt: Attempt::new(candidates, self.cfg.max_tries),
+            request_id: req
+                .request_id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            req,
+            start_ms,
+            end_ms,
+            reply,
+        };
+        let id = self.next_placement;
+        self.next_placement += 1;
+        self.drive_reserve(id, r);
+    }
+
+    fn drive_reserve(&mut self, id: u64, mut r: Reserving) {
+        loop {
+            let Some(node) = r.attempt.next() else {
+                let refusals = self.refusals(r.attempt);
+                let _ = r.reply.send(Err(NodeError::NoCapacity {
+                    refusals,
+                    excluded: Vec::new(),
+                }));
+                return;
+            };
+            if node == self.local_id {
+                let answer = self.decide_reserve(
+                    self.local_id.clone(),
+                    ReserveArgs {
+                        req: r.req.required_resources.clone(),
+                        task_type: r.req.task_type.clone(),
+                        priority: r.req.priority,
+                        start_ms: r.start_ms,
+                        end_ms: r.end_ms,
+                    },
+                );
+                match answer {
+                    AllocResponse::Reserved(res) => return self.finish_reserve(r, node, res),
+                    AllocResponse::Denied(d) => r.attempt.refused(node, d),
+                    _ => {}
+                }
+                continue;
+            }
+            let Some(peer) = peer_id_of(&node) else {
+                continue;
+            };
+            let rid = self.swarm.behaviour_mut().alloc.send_request(
+                &peer,
+                Frame::Valid(AllocRequest::Reserve {
+                    request_id: r.request_id.clone(),
+                    req: r.req.required_resources.clone(),
+                    task_type: r.req.task_type.clone(),
+                    priority: r.req.priority,
+                    start_ms: r.start_ms,
+                    end_ms: r.end_ms,
+                }),
+            );
+            self.pending.insert(
+                rid,
+                Pending::Reserve {
+                    reserving: id,
+                    node,
+                },
+            );
+            self.reserving.insert(id, r);
+            return;
+        }
+    }
+
+    pub(super) fn on_reserve_response(
+        &mut self,
+        id: u64,
+        node: NodeId,
+        result: Result<AllocResponse, String>,
+    ) {
+        let Some(mut r) = self.reserving.remove(&id) else {
+            return;
+        };
+        match result {
+            Ok(AllocResponse::Reserved(res)) if res.holder == self.local_id => {
+                return self.finish_reserve(r, node, res)
+            }
+            Ok(AllocResponse::Denied(d)) => r.attempt.refused(node, d),
+            Ok(other) => r.attempt.refused(
+                node,
+                Denial::new(
+                    DenyReason::BadRequest,
+                    format!("unexpected answer {other:?}"),
+                ),
+            ),
+            Err(e) => r
+                .attempt
+                .refused(node, Denial::new(DenyReason::Unreachable, e)),
+        }
+        self.drive_reserve(id, r);
+    }
+
+    fn finish_reserve(&mut self, r: Reserving, node: NodeId, res: Reservation) {
+        let owner_name = self.name_of(&node);
+        let info = ReservationInfo::from_reservation(&res, &owner_name, &node);
+        self.held_reservations.insert(
+            res.id.clone(),
+            HeldReservation {
+                owner: node,
+                owner_name,
+                reservation: res,
+            },
+        );
+        self.persist_requester();
+        self.flush_deferred();
+        let _ = r.reply.send(Ok(info));
+    }
+
+    /// Reservations made here, and those held here for others.
+    pub(super) fn reservations_view(&self) -> Reservations {
+        let held = self
+            .held_reservations
+            .values()
+            .map(|h| {
+                let mut r = h.reservation.clone();
+                // Our copy learns of the start from the owner's notice; the
+                // end we can tell ourselves.
+                if r.end_ms <= now_ms() && r.status == ReservationStatus::Active {
+                    r.status = ReservationStatus::Expired;
+                }
+                ReservationInfo::from_reservation(&r, &h.owner_name, &h.owner)
+            })
+            .collect();
+        let granted = self
+            .sched
+            .calendar()
+            .list()
+            .iter()
+            .map(|r| ReservationInfo::from_reservation(r, &self.cfg.name, &self.local_id))
+            .collect();
+        Reservations { held, granted }
+    }
+
+    /// Cancel a reservation we made (before or during its window).
+    pub(super) fn cancel_held_reservation(&mut self, id: &LeaseId) -> Option<NodeId> {
+        let h = self.held_reservations.remove(id)?;
+        self.persist_requester();
+        if h.owner == self.local_id {
+            let me = self.local_id.clone();
+            let _ = self.owner_release(id, Some(&me));
+        } else if let Some(peer) = peer_id_of(&h.owner) {
+            let rid = self.swarm.behaviour_mut().alloc.send_request(
+                &peer,
+                Frame::Valid(AllocRequest::Release {
+                    lease_id: id.clone(),
+                }),
+            );
+            self.pending.insert(
+                rid,
+                Pending::Release {
+                    lease_id: id.clone(),
+                    reply: None,
+                },
+            );
+        }
+        Some(h.owner)
+    }
+
+    /// Parse a quota subject: `default`, `node:<id>` or a bare peer id,
+    /// `group:<id or name>`.
+    fn parse_subject(&self, s: &str) -> Result<Subject, NodeError> {
+        let s = s.trim();
+        if s == "default" {
+            return Ok(Subject::Default);
+        }
+        if let Some(g) = s.strip_prefix("group:") {
+            let g = self
+                .state
+                .groups
+                .resolve(g)
+                .map_err(|e| NodeError::NotFound(e.to_string()))?;
+            return Ok(Subject::Group(g.id));
+        }
+        let id = s.strip_prefix("node:").unwrap_or(s);
+        id.parse::<PeerId>()
+            .map(|_| Subject::Requester(NodeId(id.to_owned())))
+            .map_err(|_| {
+                NodeError::BadRequest(format!(
+                    "{s:?} is not a quota subject: use default, node:<peer id> or group:<group>"
+                ))
+            })
+    }
+
+    /// Every quota with current usage.
+    pub(super) fn quota_entries(&self) -> Vec<QuotaEntry> {
+        let (local, swarm) = self.sched.quotas().list();
+        let mut out: Vec<QuotaEntry> = local
+            .into_iter()
+            .map(|(subject, q)| QuotaEntry {
+                usage: self.sched.usage_of(&subject),
+                subject: subject.to_string(),
+                scope: "local".into(),
+                limits: q.limits,
+                burst: q.burst,
+            })
+            .collect();
+        out.extend(swarm.into_iter().map(|(subject, limits)| {
+            let usage = match &subject {
+                Subject::Requester(n) => {
+                    let mut u = self.swarm_usage_of(n);
+                    u.add(&self.sched.usage_of(&subject));
+                    u
+                }
+                _ => Usage::default(),
+            };
+            QuotaEntry {
+                subject: subject.to_string(),
+                scope: "swarm".into(),
+                limits,
+                burst: None,
+                usage,
+            }
+        }));
+        out
+    }
+
+    pub(super) fn set_quota(&mut self, c: QuotaChange) -> Result<Vec<QuotaEntry>, NodeError> {
+        let subject = self.parse_subject(&c.subject)?;
+        let members = self
+            .state
+            .groups
+            .groups()
+            .into_iter()
+            .map(|g| (g.id, g.members))
+            .collect();
+        self.sched.set_group_members(members);
+        let result = if c.swarm {
+            if c.burst.is_some() {
+                return Err(NodeError::BadRequest(
+                    "swarm-wide quotas have no burst allowance".into(),
+                ));
+            }
+            let mut current = match &subject {
+                Subject::Requester(n) => self.swarm_usage_of(n),
+                _ => Usage::default(),
+            };
+            current.add(&self.sched.usage_of(&subject));
+            self.sched
+                .set_swarm_quota(subject.clone(), c.limits, &current)
+        } else {
+            self.sched.set_quota(
+                subject.clone(),
+                Quota {
+                    limits: c.limits,
+                    burst: c.burst,
+                },
+            )
+        };
+        result.map_err(|d| match d.reason {
+            DenyReason::BadRequest => NodeError::BadRequest(d.message),
+            _ => NodeError::Denied(d),
+        })?;
+        self.persist_sched_now()?;
+        info!(subject = %subject, swarm = c.swarm, "quota set");
+        Ok(self.quota_entries())
+    }
+
+    pub(super) fn remove_quota(
+        &mut self,
+        subject: &str,
+        swarm: bool,
+    ) -> Result<Vec<QuotaEntry>, NodeError> {
+        let subject = self.parse_subject(subject)?;
+        let removed = if swarm {
+            self.sched.remove_swarm_quota(&subject)
+        } else {
+            self.sched.remove_quota(&subject)
+        };
+        if !removed {
+            return Err(NodeError::NotFound(format!(
+                "no {} quota for {subject}",
+                if swarm { "swarm-wide" } else { "local" }
+            )));
+        }
+        self.persist_sched_now()?;
+        Ok(self.quota_entries())
+    }
+
+    pub(super) fn set_sched_policy(
+        &mut self,
+        c: SchedPolicyChange,
+    ) -> Result<SchedPolicy, NodeError> {
+        let mut p = self.sched.policy().clone();
+        if let Some(v) = c.preemption {
+            p.preemption = v;
+        }
+        if let Some(v) = c.max_queue {
+            if v == 0 || v > 100_000 {
+                return Err(NodeError::BadRequest(
+                    "max_queue must be between 1 and 100000".into(),
+                ));
+            }
+            p.max_queue = v;
+        }
+        if let Some(v) = c.max_wait_secs {
+            if v == 0 || v > 7 * 24 * 3600 {
+                return Err(NodeError::BadRequest(
+                    "max_wait_secs must be between 1 and 604800 (7 days)".into(),
+                ));
+            }
+            p.max_wait_ms = v * 1000;
+        }
+        if let Some(v) = c.rate_per_sec {
+            if !v.is_finite() || v <= 0.0 || v > 1_000_000.0 {
+                return Err(NodeError::BadRequest(
+                    "rate_per_sec must be a number above 0 and at most 1000000".into(),
+                ));
+            }
+            p.rate.per_sec = v;
+        }
+        if let Some(v) = c.rate_burst {
+            if v == 0 {
+                return Err(NodeError::BadRequest(
+                    "rate_burst must be at least 1".into(),
+                ));
+            }
+            p.rate.burst = v;
+        }
+        self.store
+            .apply(&policy_batch(&p, &self.cfg.sched))
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        info!(
+            preemption = p.preemption,
+            max_queue = p.max_queue,
+            "scheduling policy changed"
+        );
+        self.sched.set_policy(p.clone());
+        self.schedule_announce();
+        Ok(p)
+    }
+
+    pub(super) fn queue_entries(&self) -> Vec<QueueEntry> {
+        self.sched
+            .queue()
+            .iter()
+            .enumerate()
+            .map(|(i, w)| QueueEntry {
+                ticket: w.input.lease_id.0.clone(),
+                holder: w.input.holder.clone(),
+                priority: w.input.priority,
+                position: i as u32 + 1,
+                required_resources: w.input.req.clone(),
+                queued_at: ms_to_utc(w.enqueued_at_ms),
+                deadline: ms_to_utc(w.deadline_ms),
+            })
+            .collect()
+    }
+
+    pub(super) fn contention_report(&self) -> ContentionReport {
+        let q = self.sched.queue();
+        let mixed = {
+            let prios: std::collections::BTreeSet<Priority> =
+                q.iter().map(|w| w.input.priority).collect();
+            prios.len() > 1
+        };
+        let preemptible = self.sched.policy().preemption && {
+            let top = q.iter().map(|w| w.input.priority).max();
+            top.is_some_and(|top| self.sched.ledger().leases().any(|l| l.priority < top))
+        };
+        let demand = q.demand();
+        let now = now_ms();
+        let peers_with_room = q
+            .iter()
+            .next()
+            .map(|w| {
+                self.view
+                    .candidates(&w.input.req, now)
+                    .0
+                    .iter()
+                    .filter(|c| !c.is_local)
+                    .count() as u32
+            })
+            .unwrap_or(0);
+        let can_scale = self
+            .elastic
+            .as_ref()
+            .is_some_and(|e| e.current() != &self.cfg.capacity);
+        contention::assess(
+            &demand,
+            q.len() as u32,
+            &self.sched.ledger().free(),
+            self.sched.ledger().capacity(),
+            mixed,
+            preemptible,
+            peers_with_room,
+            can_scale,
+        )
+    }
+
+    /// Elastic sharing: a fresh reading of local (non-swarm) load.
+    pub(super) fn on_local_load(&mut self, load: crate::core::elastic::LocalLoad) {
+        let Some(el) = self.elastic.as_mut() else {
+            return;
+        };
+        let used = self.sched.ledger().used();
+        let now = now_ms();
+        if let Some(cap) = el.observe(&load, &used, now) {
+            info!(
+                cores = cap.cpu_cores,
+                memory_mb = cap.memory_mb,
+                "elastic sharing: lendable capacity changed"
+            );
+            let to_break =
+                el.leases_to_break(&self.sched.ledger().leases().cloned().collect::<Vec<_>>());
+            self.sched.ledger_mut().set_capacity(cap);
+            for id in to_break {
+                if let Ok(Some(l)) = self.sched.release(&id, None, now) {
+                    let denial = Denial::new(
+                        DenyReason::Preempted,
+                        "the machine's owner needs the resources back (elastic sharing)",
+                    );
+                    self.forget_granted(std::slice::from_ref(&l));
+                    self.notify(
+                        &l.holder,
+                        Notice::Ended {
+                            lease_id: l.lease_id.clone(),
+                            denial,
+                        },
+                    );
+                }
+            }
+            self.schedule_announce();
+            self.sched_tick(now);
+        }
+    }
+}
+
+/// A waiting ticket as the API shows it: an allocation with status
+/// `queued` and its position.
+fn ticket_allocation(id: &LeaseId, t: &Ticket, holder: &NodeId) -> Allocation {
+    let lease = Lease {
+        lease_id: id.clone(),
+        request_id: t.request_id.clone(),
+        node_id: t.owner.clone(),
+        holder: holder.clone(),
+        cpu_cores: t.req.cpu_cores,
+        memory_mb: t.req.memory_mb,
+        disk_mb: t.req.disk_mb,
+        gpus: Vec::new(),
+        custom: t.req.custom.clone(),
+        models: t.req.preferred_models.clone(),
+        task_type: t.task_type.clone(),
+        priority: t.priority,
+        created_at_ms: t.queued_at_ms,
+        expires_at_ms: t.deadline_ms,
+        lease_ms: t.lease_ms,
+    };
+    let mut a = Allocation::from_lease(&lease, &t.owner_name, None);
+    a.status = AllocationStatus::Queued;
+    a.queue_position = Some(t.position);
+    a
+}
