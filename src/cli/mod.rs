@@ -1121,3 +1121,109 @@ fn out<T: serde::Serialize>(
 fn size(mb: u64) -> String {
     format_mb(mb)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_times_are_absolute_or_from_now() {
+        for (text, want) in [
+            ("now", Start::In(0)),
+            ("+10m", Start::In(600)),
+            ("in 10m", Start::In(600)),
+            ("now+1h30m", Start::In(5400)),
+            (" +1.5s ", Start::In(2)),
+        ] {
+            assert_eq!(start_arg(text), Ok(want), "{text}");
+        }
+        let at = start_arg("2026-12-01T10:00:00+01:00").unwrap();
+        assert_eq!(
+            at,
+            Start::At("2026-12-01T09:00:00Z".parse::<DateTime<Utc>>().unwrap())
+        );
+        for bad in ["yesterday", "+soon", "in", "2026-13-01T00:00:00Z", "-10m"] {
+            let e = start_arg(bad).unwrap_err();
+            assert!(e.contains(bad.trim_start_matches('+')), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_cli_builds_the_api_bodies() {
+        let cli = Cli::parse_from([
+            "lanswarm",
+            "quota",
+            "set",
+            "--node",
+            "12D3KooWabc",
+            "--cpu",
+            "4",
+            "--memory",
+            "1GiB",
+            "--burst-cpu",
+            "6",
+            "--burst-for",
+            "1m",
+        ]);
+        let Command::Quota(QuotaCommand::Set(args)) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        let c = args.to_change();
+        assert_eq!(c.subject, "node:12D3KooWabc");
+        assert!(!c.swarm);
+        assert_eq!(
+            (c.limits.cpu_cores, c.limits.memory_mb),
+            (Some(4), Some(1024))
+        );
+        let b = c.burst.unwrap();
+        assert_eq!((b.limits.cpu_cores, b.secs), (Some(6), 60));
+
+        let cli = Cli::parse_from([
+            "lanswarm",
+            "request",
+            "--cpu",
+            "1",
+            "--wait",
+            "30s",
+            "--priority",
+            "HIGH",
+            "--label",
+            "rack=r2",
+            "--min-cc",
+            "8.6",
+            "--zone",
+            "lab",
+        ]);
+        let Command::Request(args) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        let r = args.to_request();
+        assert_eq!(r.wait_secs, Some(30));
+        assert_eq!(r.priority, Priority::High);
+        assert_eq!(r.constraints.labels["rack"], "r2");
+        assert_eq!(
+            r.constraints.min_compute_capability.unwrap().to_string(),
+            "8.6"
+        );
+        assert_eq!(r.constraints.zone.as_deref(), Some("lab"));
+
+        let cli = Cli::parse_from(["lanswarm", "scheduler", "set", "--preemption", "on"]);
+        let Command::Scheduler(SchedulerCommand::Set(args)) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(
+            args.to_change(),
+            SchedPolicyChange {
+                preemption: Some(true),
+                ..Default::default()
+            }
+        );
+        for bad in [
+            &["lanswarm", "request", "--priority", "urgent"][..],
+            &["lanswarm", "quota", "set", "--default", "--node", "x"],
+            &["lanswarm", "reserve", "--start", "now"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -304,6 +304,33 @@ impl Scheduler {
         u
     }
 
+    /// What the reservations of `subject` that have not started yet will
+    /// hold.
+    fn pending_reserved_by(&self, subject: &Subject) -> Usage {
+        let mut u = Usage::default();
+        for r in self.calendar.list() {
+            let counts = match subject {
+                Subject::Default => false,
+                Subject::Requester(n) => &r.holder == n,
+                Subject::Group(g) => self
+                    .group_members
+                    .get(g)
+                    .is_some_and(|m| m.contains(&r.holder)),
+            };
+            if counts && r.status == crate::core::calendar::ReservationStatus::Confirmed {
+                u.add(&Usage {
+                    cpu_cores: r.req.cpu_cores,
+                    memory_mb: r.req.memory_mb,
+                    disk_mb: r.req.disk_mb,
+                    gpus: r.gpus.len() as u32,
+                    gpu_memory_mb: r.gpus.iter().map(|g| g.memory_mb).sum(),
+                    custom: r.req.custom.clone(),
+                });
+            }
+        }
+        u
+    }
+
     /// Capacity the advance reservations hold at their peak between now and
     /// `until_ms`, kept out of reach of a lease that may last that long.
     fn reserved_until(&self, now_ms: u64, until_ms: Option<u64>) -> Capacity {
@@ -357,7 +384,13 @@ impl Scheduler {
                 ),
             ));
         }
-        if let Err(d) = self.check_quota(&s, swarm_usage, now_ms) {
+        if let Err(d) = self.check_quota(
+            &s.input.holder,
+            &s.groups,
+            &s.input.req,
+            swarm_usage,
+            now_ms,
+        ) {
             return Outcome::Denied(d);
         }
 
@@ -469,22 +502,31 @@ impl Scheduler {
         Outcome::Denied(Denial::new(DenyReason::InsufficientCapacity, why))
     }
 
-    fn check_quota(&self, s: &Submit, swarm_usage: &Usage, now_ms: u64) -> Result<(), Denial> {
+    fn check_quota(
+        &self,
+        holder: &NodeId,
+        groups: &[GroupId],
+        req: &crate::model::ResourceRequirements,
+        swarm_usage: &Usage,
+        now_ms: u64,
+    ) -> Result<(), Denial> {
         // The usage the lease would have: its GPUs as they would be
         // assigned on an empty node (the count and memory, not which).
-        let gpus =
-            fit(self.ledger.capacity(), self.ledger.capacity(), &s.input.req).unwrap_or_default();
-        let add = Usage {
-            cpu_cores: s.input.req.cpu_cores,
-            memory_mb: s.input.req.memory_mb,
-            disk_mb: s.input.req.disk_mb,
+        let gpus = fit(self.ledger.capacity(), self.ledger.capacity(), req).unwrap_or_default();
+        let mut add = Usage {
+            cpu_cores: req.cpu_cores,
+            memory_mb: req.memory_mb,
+            disk_mb: req.disk_mb,
             gpus: gpus.len() as u32,
             gpu_memory_mb: gpus.iter().map(|g| g.memory_mb).sum(),
-            custom: s.input.req.custom.clone(),
+            custom: req.custom.clone(),
         };
+        // The holder's reservations still to start count as held: they
+        // will be its leases.
+        add.add(&self.pending_reserved_by(&Subject::Requester(holder.clone())));
         self.quotas.check(
-            &s.input.holder,
-            &s.groups,
+            holder,
+            groups,
             &add,
             |subject| self.usage_of(subject),
             swarm_usage,
@@ -570,8 +612,17 @@ impl Scheduler {
         self.queue.remove(ticket)
     }
 
-    /// Book an advance reservation (see [`Calendar::book`]).
-    pub fn reserve(&mut self, r: Reservation, now_ms: u64) -> Result<Reservation, Denial> {
+    /// Book an advance reservation (see [`Calendar::book`]). Quotas apply
+    /// as for a lease: what the holder holds now, plus its reservations
+    /// still to start, plus this one, must stay within them.
+    pub fn reserve(
+        &mut self,
+        r: Reservation,
+        groups: &[GroupId],
+        swarm_usage: &Usage,
+        now_ms: u64,
+    ) -> Result<Reservation, Denial> {
+        self.check_quota(&r.holder, groups, &r.req, swarm_usage, now_ms)?;
         let leases: Vec<(Lease, u64)> = self
             .ledger
             .leases()
@@ -605,7 +656,10 @@ impl Scheduler {
         subject: Subject,
         quota: crate::core::quota::Quota,
     ) -> Result<(), Denial> {
-        let current = self.usage_of(&subject);
+        // Current use includes reservations still to start: they will be
+        // leases of the subject.
+        let mut current = self.usage_of(&subject);
+        current.add(&self.pending_reserved_by(&subject));
         self.quotas.set(subject, quota, &current)
     }
 
@@ -686,8 +740,48 @@ impl Scheduler {
                 until_ms: None,
                 groups: Vec::new(),
             });
-            let lease = self.admitted(lease, meta.until_ms, &meta.groups, now_ms);
-            ev.granted.push(lease);
+            // Quotas were checked when the request arrived; what the holder
+            // holds may have grown since (or a quota been set). Check again
+            // with this lease taken out, and undo the grant if it no longer
+            // fits them.
+            let _ = self.ledger.release(&lease.lease_id, None);
+            let req = crate::model::ResourceRequirements {
+                cpu_cores: lease.cpu_cores,
+                memory_mb: lease.memory_mb,
+                disk_mb: lease.disk_mb,
+                gpu_count: lease.gpus.len() as u32,
+                gpu_memory_mb: lease.gpus.first().map_or(0, |g| g.memory_mb),
+                custom: lease.custom.clone(),
+                ..Default::default()
+            };
+            let quota =
+                self.check_quota(&lease.holder, &meta.groups, &req, &Usage::default(), now_ms);
+            match quota {
+                Ok(()) if self.ledger.restore(vec![lease.clone()], now_ms).is_empty() => {
+                    let lease = self.admitted(lease, meta.until_ms, &meta.groups, now_ms);
+                    ev.granted.push(lease);
+                }
+                outcome => {
+                    let denial = outcome.err().unwrap_or_else(|| {
+                        Denial::new(DenyReason::InsufficientCapacity, "no longer fits")
+                    });
+                    let w = Waiting {
+                        input: AllocateInput {
+                            lease_id: lease.lease_id.clone(),
+                            request_id: lease.request_id.clone(),
+                            holder: lease.holder.clone(),
+                            req,
+                            task_type: lease.task_type.clone(),
+                            priority: lease.priority,
+                            lease_ms: lease.lease_ms,
+                        },
+                        enqueued_at_ms: lease.created_at_ms,
+                        deadline_ms: now_ms,
+                        seq: 0,
+                    };
+                    ev.failed.push((w, denial));
+                }
+            }
         }
         for (w, d) in failed {
             self.waiting.remove(&w.input.lease_id);
@@ -757,5 +851,311 @@ impl Scheduler {
             .into_iter()
             .filter(|(id, _)| self.ledger.get(id).is_some())
             .collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::calendar::ReservationStatus;
+    use crate::core::quota::{Limits, Quota};
+    use crate::model::{GpuSlot, Priority, ResourceRequirements};
+    use proptest::prelude::*;
+
+    const OWNER: &str = "owner";
+    const HOLDERS: [&str; 3] = ["a", "b", "c"];
+
+    fn capacity() -> Capacity {
+        Capacity {
+            cpu_cores: 8,
+            memory_mb: 16_000,
+            disk_mb: 0,
+            gpus: vec![
+                GpuSlot {
+                    index: 0,
+                    memory_mb: 16_000,
+                },
+                GpuSlot {
+                    index: 1,
+                    memory_mb: 24_000,
+                },
+            ],
+            custom: Default::default(),
+        }
+    }
+
+    fn new_sched(preemption: bool) -> Scheduler {
+        Scheduler::new(
+            OWNER.into(),
+            capacity(),
+            LeaseLimits::default(),
+            SchedPolicy {
+                preemption,
+                max_queue: 6,
+                rate: RateLimit {
+                    per_sec: 1e6,
+                    burst: 1_000_000,
+                },
+                ..SchedPolicy::default()
+            },
+        )
+    }
+
+    fn req(cores: u32, gpus: u32) -> ResourceRequirements {
+        ResourceRequirements {
+            cpu_cores: cores,
+            memory_mb: u64::from(cores) * 1_000,
+            gpu_count: gpus,
+            gpu_memory_mb: if gpus > 0 { 8_000 } else { 0 },
+            ..Default::default()
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Submit {
+            holder: usize,
+            cores: u32,
+            gpus: u32,
+            prio: Priority,
+            wait: bool,
+            until: Option<u64>,
+        },
+        Release(usize),
+        Cancel(usize),
+        Advance(u64),
+        Quota {
+            holder: usize,
+            cores: Option<u32>,
+        },
+        Reserve {
+            holder: usize,
+            cores: u32,
+            gpus: u32,
+            start_in: u64,
+            len: u64,
+        },
+        Preemption(bool),
+        Restart,
+    }
+
+    fn prio() -> impl Strategy<Value = Priority> {
+        prop_oneof![
+            Just(Priority::Low),
+            Just(Priority::Normal),
+            Just(Priority::High),
+            Just(Priority::Critical),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..3usize, 0..5u32, 0..2u32, prio(), any::<bool>(), prop::option::of(1..5_000u64))
+                .prop_map(|(holder, cores, gpus, prio, wait, until)| Op::Submit {
+                    holder, cores, gpus, prio, wait, until
+                }),
+            2 => (0..16usize).prop_map(Op::Release),
+            1 => (0..16usize).prop_map(Op::Cancel),
+            3 => (0..3_000u64).prop_map(Op::Advance),
+            1 => (0..3usize, prop::option::of(0..9u32))
+                .prop_map(|(holder, cores)| Op::Quota { holder, cores }),
+            1 => (0..3usize, 1..5u32, 0..2u32, 0..4_000u64, 1..4_000u64)
+                .prop_map(|(holder, cores, gpus, start_in, len)| Op::Reserve {
+                    holder, cores, gpus, start_in, len
+                }),
+            1 => any::<bool>().prop_map(Op::Preemption),
+            1 => Just(Op::Restart),
+        ]
+    }
+
+    /// Nothing over capacity, per dimension and per GPU.
+    fn no_overcommit(s: &Scheduler) -> Result<(), String> {
+        let used = s.ledger().used();
+        let cap = s.ledger().capacity();
+        if used.cpu_cores > cap.cpu_cores || used.memory_mb > cap.memory_mb {
+            return Err(format!("over-commit: {used:?} of {cap:?}"));
+        }
+        for g in &used.gpus {
+            let total = cap
+                .gpus
+                .iter()
+                .find(|c| c.index == g.index)
+                .map_or(0, |c| c.memory_mb);
+            if g.memory_mb > total {
+                return Err(format!("GPU {} over-committed: {used:?}", g.index));
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any mix of grants, queueing, preemption, reservations, quota
+        /// changes and restarts: never an over-commit, never a preemption of
+        /// equal or higher priority, never a quota passed, and a booked
+        /// reservation always starts.
+        #[test]
+        fn the_scheduler_keeps_every_invariant(ops in prop::collection::vec(op(), 1..60)) {
+            let mut now = 1_000_000u64;
+            let mut s = new_sched(false);
+            let mut ids: Vec<LeaseId> = Vec::new();
+            let mut next = 0u64;
+            let mut caps: BTreeMap<usize, u32> = BTreeMap::new();
+            let mut booked: BTreeSet<LeaseId> = BTreeSet::new();
+            for op in ops {
+                match op {
+                    Op::Submit { holder, cores, gpus, prio, wait, until } => {
+                        next += 1;
+                        let id = LeaseId(format!("l{next}"));
+                        ids.push(id.clone());
+                        let out = s.submit(
+                            Submit {
+                                input: AllocateInput {
+                                    lease_id: id,
+                                    request_id: format!("r{next}"),
+                                    holder: HOLDERS[holder].into(),
+                                    req: req(cores, gpus),
+                                    task_type: String::new(),
+                                    priority: prio,
+                                    lease_ms: 60_000,
+                                },
+                                wait_ms: if wait { 2_000 } else { 0 },
+                                until_ms: until.map(|u| now + u),
+                                groups: Vec::new(),
+                            },
+                            &Usage::default(),
+                            now,
+                        );
+                        if let Outcome::Granted { lease, preempted } = &out {
+                            for v in preempted {
+                                prop_assert!(
+                                    v.priority < lease.priority,
+                                    "preempted {:?} for {:?}", v.priority, lease.priority
+                                );
+                            }
+                        }
+                    }
+                    Op::Release(i) => {
+                        if let Some(id) = ids.get(i) {
+                            let _ = s.release(id, None, now);
+                        }
+                    }
+                    Op::Cancel(i) => {
+                        if let Some(id) = ids.get(i) {
+                            s.cancel_wait(id, None);
+                        }
+                    }
+                    Op::Advance(ms) => now += ms,
+                    Op::Quota { holder, cores } => {
+                        let subject = Subject::Requester(HOLDERS[holder].into());
+                        match cores {
+                            Some(c) => {
+                                let q = Quota {
+                                    limits: Limits { cpu_cores: Some(c), ..Default::default() },
+                                    burst: None,
+                                };
+                                if s.set_quota(subject, q).is_ok() {
+                                    caps.insert(holder, c);
+                                }
+                            }
+                            None => {
+                                s.remove_quota(&subject);
+                                caps.remove(&holder);
+                            }
+                        }
+                    }
+                    Op::Reserve { holder, cores, gpus, start_in, len } => {
+                        next += 1;
+                        let r = Reservation {
+                            id: LeaseId(format!("r{next}")),
+                            holder: HOLDERS[holder].into(),
+                            req: req(cores, gpus),
+                            priority: Priority::Normal,
+                            task_type: String::new(),
+                            start_ms: now + start_in,
+                            end_ms: now + start_in + len,
+                            gpus: Vec::new(),
+                            status: ReservationStatus::Confirmed,
+                            created_at_ms: now,
+                        };
+                        if let Ok(r) = s.reserve(r, &[], &Usage::default(), now) {
+                            booked.insert(r.id.clone());
+                            ids.push(r.id);
+                        }
+                    }
+                    Op::Preemption(on) => {
+                        let mut p = s.policy().clone();
+                        p.preemption = on;
+                        s.set_policy(p);
+                    }
+                    Op::Restart => {
+                        let leases: Vec<Lease> = s.ledger().leases().cloned().collect();
+                        let snap = s.snapshot();
+                        let policy = s.policy().clone();
+                        let mut fresh = Scheduler::new(OWNER.into(), capacity(), LeaseLimits::default(), policy);
+                        let refused = fresh.ledger_mut().restore(leases, now);
+                        prop_assert!(refused.iter().all(|l| l.expires_at_ms <= now), "a live lease was lost: {refused:?}");
+                        fresh.restore(snap, now);
+                        s = fresh;
+                    }
+                }
+                let ev = s.tick(now);
+                for r in &ev.reservations_ended {
+                    prop_assert!(
+                        r.status != ReservationStatus::Cancelled || !booked.contains(&r.id),
+                        "a booked reservation could not start: {r:?}"
+                    );
+                }
+                for l in &ev.preempted {
+                    prop_assert!(l.priority < Priority::Critical);
+                }
+                no_overcommit(&s).map_err(TestCaseError::fail)?;
+                // Quotas hold for what was granted after they were set
+                // (a cap is never set below current use).
+                for (h, cap) in &caps {
+                    let used = s.usage_of(&Subject::Requester(HOLDERS[*h].into()));
+                    prop_assert!(used.cpu_cores <= *cap, "{} holds {} cores, cap {cap}", HOLDERS[*h], used.cpu_cores);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_newcomer_never_overtakes_a_waiting_request_of_equal_priority() {
+        let mut s = new_sched(true);
+        let sub = |id: &str, cores: u32, wait: u64| Submit {
+            input: AllocateInput {
+                lease_id: LeaseId(id.into()),
+                request_id: id.into(),
+                holder: "a".into(),
+                req: req(cores, 0),
+                task_type: String::new(),
+                priority: Priority::Normal,
+                lease_ms: 60_000,
+            },
+            wait_ms: wait,
+            until_ms: None,
+            groups: Vec::new(),
+        };
+        let now = 1_000;
+        assert!(matches!(
+            s.submit(sub("big", 6, 0), &Usage::default(), now),
+            Outcome::Granted { .. }
+        ));
+        // 4 cores wanted, 2 free: waits.
+        assert_eq!(
+            s.submit(sub("waiter", 4, 10_000), &Usage::default(), now),
+            Outcome::Queued { position: 1 }
+        );
+        // 2 cores would fit, but they are owed to the waiter.
+        assert!(matches!(
+            s.submit(sub("newcomer", 2, 0), &Usage::default(), now),
+            Outcome::Denied(_)
+        ));
+        s.release(&LeaseId("big".into()), None, now).unwrap();
+        let ev = s.tick(now);
+        assert_eq!(ev.granted.len(), 1);
+        assert_eq!(ev.granted[0].lease_id, LeaseId("waiter".into()));
     }
 }

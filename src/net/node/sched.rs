@@ -605,7 +605,9 @@ impl EventLoop {
             status: ReservationStatus::Confirmed,
             created_at_ms: now,
         };
-        match self.sched.reserve(r, now) {
+        let groups = self.groups_of(&r.holder);
+        let swarm = self.swarm_usage_of(&r.holder);
+        match self.sched.reserve(r, &groups, &swarm, now) {
             Ok(r) => match self.persist_sched_now() {
                 Ok(()) => {
                     info!(reservation = %r.id, holder = %r.holder, start_ms, end_ms, "reservation booked");
