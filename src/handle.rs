@@ -188,6 +188,74 @@ impl Allocation {
     }
 }
 
+/// A request that may span nodes: `parts` times `each`, held on the nodes
+/// the plan picks, then confirmed all together, or none (seeds 001–003).
+/// "4 GPUs with at least 16 GiB each, anywhere" is `parts: 4`, `each:
+/// {gpu_count: 1, gpu_memory_mb: 16384}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultiAllocationRequest {
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// How many parts, 1..=64.
+    pub parts: u32,
+    /// What each part needs.
+    pub each: ResourceRequirements,
+    /// `any` (default), `spread` (distinct nodes) or `pack` (fewest nodes).
+    #[serde(default = "default_affinity")]
+    pub affinity: crate::core::multi::Affinity,
+    /// `greedy`, `balanced` or `best-fit` (default, bin packing).
+    #[serde(default = "default_split")]
+    pub strategy: crate::core::multi::SplitStrategy,
+    /// Keep what could be had when not every part can (status `partial`).
+    #[serde(default)]
+    pub allow_partial: bool,
+    #[serde(default)]
+    pub priority: Priority,
+    /// Lease term, seconds, as for a single request.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub task_type: String,
+    #[serde(default)]
+    pub constraints: Constraints,
+    #[serde(default)]
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+fn default_affinity() -> crate::core::multi::Affinity {
+    crate::core::multi::Affinity::Any
+}
+
+fn default_split() -> crate::core::multi::SplitStrategy {
+    crate::core::multi::SplitStrategy::BestFit
+}
+
+/// One part of a multi-node allocation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MultiPart {
+    pub node_id: NodeId,
+    pub node_name: String,
+    /// `planned`, `held`, `confirmed`, `refused` or `released`.
+    pub status: String,
+    pub allocation_id: Option<String>,
+    /// Why it was refused.
+    pub message: Option<String>,
+}
+
+/// A multi-node allocation and its lifecycle: `pending`, `confirmed`,
+/// `partial`, `failed`, `released` or `expired`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MultiAllocation {
+    pub id: String,
+    pub status: crate::core::multi::MultiStatus,
+    pub parts: Vec<MultiPart>,
+    /// Whether the plan itself could place only some parts.
+    pub partial_plan: bool,
+}
+
 /// A request to reserve resources for a future window (seed 003).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -578,6 +646,11 @@ pub(crate) enum Command {
         oneshot::Sender<Result<SchedPolicy, NodeError>>,
     ),
     Queue(oneshot::Sender<Vec<QueueEntry>>),
+    RequestMulti(
+        Box<MultiAllocationRequest>,
+        oneshot::Sender<Result<MultiAllocation, NodeError>>,
+    ),
+    Multis(oneshot::Sender<Vec<MultiAllocation>>),
     Contention(oneshot::Sender<ContentionReport>),
     Pool(String, oneshot::Sender<Result<PoolInfo, NodeError>>),
     CreatePool(NewPool, oneshot::Sender<Result<PoolInfo, NodeError>>),
@@ -780,6 +853,21 @@ impl Node {
         change: SchedPolicyChange,
     ) -> Result<SchedPolicy, NodeError> {
         self.call(|tx| Command::SetSchedPolicy(change, tx)).await?
+    }
+
+    /// Allocate parts over several nodes, all or nothing (or what can be
+    /// had, with `allow_partial`): hold each part, then confirm them all.
+    pub async fn request_multi(
+        &self,
+        req: MultiAllocationRequest,
+    ) -> Result<MultiAllocation, NodeError> {
+        self.call(|tx| Command::RequestMulti(Box::new(req), tx))
+            .await?
+    }
+
+    /// Multi-node allocations made here (recent ones, final ones included).
+    pub async fn multis(&self) -> Result<Vec<MultiAllocation>, NodeError> {
+        self.call(Command::Multis).await
     }
 
     /// Requests waiting in this node's queue, in grant order.

@@ -532,3 +532,127 @@ async fn custom_resources_are_leased_like_any_other_dimension() {
     assert!(matches!(err, NodeError::NoCapacity { .. }), "{err:?}");
     assert_eq!(b.node.allocations().await.unwrap().granted.len(), 1);
 }
+
+fn gpu_box(gpus: &[u64]) -> Capacity {
+    Capacity {
+        gpus: gpus
+            .iter()
+            .enumerate()
+            .map(|(i, m)| GpuSlot {
+                index: i as u32,
+                memory_mb: *m,
+            })
+            .collect(),
+        ..cap(8, 32)
+    }
+}
+
+fn multi(parts: u32, mem_mb: u64, allow_partial: bool) -> lanswarm::handle::MultiAllocationRequest {
+    lanswarm::handle::MultiAllocationRequest {
+        request_id: None,
+        parts,
+        each: ResourceRequirements {
+            gpu_count: 1,
+            gpu_memory_mb: mem_mb,
+            ..Default::default()
+        },
+        affinity: lanswarm::core::multi::Affinity::Any,
+        strategy: lanswarm::core::multi::SplitStrategy::BestFit,
+        allow_partial,
+        priority: Default::default(),
+        timeout_secs: None,
+        task_type: String::new(),
+        constraints: Default::default(),
+        pool: None,
+        group: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_node_request_is_held_then_confirmed_everywhere_or_nowhere() {
+    // Three GPU boxes: 2 + 1 GPUs of 24 GiB, and one 8 GiB GPU.
+    let a = spawn("gpu-a", gpu_box(&[24_576, 24_576]), None, |_| {}).await;
+    let addr = a.addr().await;
+    let b = spawn("gpu-b", gpu_box(&[24_576]), Some(addr.clone()), |_| {}).await;
+    let c = spawn("gpu-c", gpu_box(&[8_192]), Some(addr), |_| {}).await;
+    for n in [&a, &b, &c] {
+        sees_nodes(&n.node, 3).await;
+    }
+    // "3 GPUs with at least 16 GiB each, anywhere": needs a and b.
+    let m = c.node.request_multi(multi(3, 16_384, false)).await.unwrap();
+    assert_eq!(
+        m.status,
+        lanswarm::core::multi::MultiStatus::Confirmed,
+        "{m:?}"
+    );
+    let nodes: Vec<&str> = m.parts.iter().map(|p| p.node_name.as_str()).collect();
+    assert_eq!(
+        nodes.iter().filter(|n| **n == "gpu-a").count(),
+        2,
+        "{nodes:?}"
+    );
+    assert!(nodes.contains(&"gpu-b"), "{nodes:?}");
+    // The confirmed parts are held (and renewed) like any allocation.
+    let held = c.node.allocations().await.unwrap().held;
+    assert_eq!(held.len(), 3, "{held:?}");
+    assert!(
+        held.iter().all(|h| h.lease_secs >= 30.0),
+        "renewed to the full term: {held:?}"
+    );
+
+    // A fourth 16 GiB GPU does not exist: nothing is held anywhere.
+    let err = c
+        .node
+        .request_multi(multi(1, 16_384, false))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NodeError::NoCapacity { .. }), "{err:?}");
+    assert_eq!(a.node.allocations().await.unwrap().granted.len(), 2);
+    assert_eq!(b.node.allocations().await.unwrap().granted.len(), 1);
+
+    // Free them; then two of three can be had, and with allow_partial the
+    // two are kept.
+    for h in &held {
+        c.node.release(&h.allocation_id).await.unwrap();
+    }
+    eventually("the owners see the releases", || async {
+        (a.node.allocations().await.ok()?.granted.is_empty()
+            && b.node.allocations().await.ok()?.granted.is_empty())
+        .then_some(())
+    })
+    .await;
+    // Fill gpu-a (its own view of itself catches up within one
+    // announcement).
+    eventually("gpu-a takes both its GPUs", || async {
+        a.node
+            .request(AllocationRequest {
+                node_id: Some("gpu-a".into()),
+                required_resources: ResourceRequirements {
+                    gpu_count: 2,
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+            .await
+            .ok()
+    })
+    .await;
+    eventually("c sees gpu-a full", || async {
+        let n = node_named(&c.node, "gpu-a").await?;
+        n.resources
+            .free
+            .gpus
+            .iter()
+            .all(|g| g.memory_mb == 0)
+            .then_some(())
+    })
+    .await;
+    let m = c.node.request_multi(multi(2, 16_384, true)).await.unwrap();
+    assert_eq!(
+        m.status,
+        lanswarm::core::multi::MultiStatus::Partial,
+        "{m:?}"
+    );
+    assert!(m.partial_plan);
+    assert_eq!(c.node.allocations().await.unwrap().held.len(), 1);
+}

@@ -60,6 +60,7 @@ pub fn router(node: Node, token: Option<String>) -> Router {
         .route("/quotas/{subject}", delete(remove_quota))
         .route("/scheduler", get(sched_policy).patch(set_sched_policy))
         .route("/queue", get(queue))
+        .route("/multi", get(multis).post(request_multi))
         .route("/contention", get(contention))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth));
@@ -285,6 +286,19 @@ async fn delete_pool(
 ) -> Result<impl IntoResponse, ApiError> {
     st.node.delete_pool(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn request_multi(
+    State(st): State<AppState>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let req: crate::handle::MultiAllocationRequest = parse_json(&body)?;
+    let m = st.node.request_multi(req).await?;
+    Ok((StatusCode::CREATED, Json(m)))
+}
+
+async fn multis(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.multis().await?))
 }
 
 async fn reservations(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {

@@ -89,6 +89,11 @@ pub enum Command {
     Pools(PoolsCommand),
     /// Reserve resources for a future window (an advance reservation).
     Reserve(ReserveArgs),
+    /// Allocate several parts over the swarm, all or nothing: each part is
+    /// held, then all are confirmed (e.g. 4 GPUs with 16GiB each, anywhere).
+    RequestMulti(MultiArgs),
+    /// List the multi-node allocations made from this node.
+    Multi,
     /// List reservations made here and held here, or cancel one.
     Reservations(ReservationsArgs),
     /// Quotas on what each requester (or group) may hold on this node.
@@ -238,6 +243,72 @@ pub struct ReserveArgs {
     /// Free-form task type recorded on the lease.
     #[arg(long, default_value = "")]
     pub task_type: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MultiArgs {
+    /// How many parts (1 to 64).
+    #[arg(long)]
+    pub parts: u32,
+    /// CPU cores per part.
+    #[arg(long, default_value_t = 0)]
+    pub cpu: u32,
+    /// Memory per part, e.g. 4GiB.
+    #[arg(long, value_parser = size_arg)]
+    pub memory: Option<u64>,
+    /// GPUs per part.
+    #[arg(long, default_value_t = 0)]
+    pub gpus: u32,
+    /// Memory needed on each GPU, e.g. 16GiB. Without it, whole GPUs.
+    #[arg(long, value_parser = size_arg)]
+    pub gpu_memory: Option<u64>,
+    /// any, spread (distinct nodes) or pack (fewest nodes).
+    #[arg(long, default_value = "any", value_parser = ["any", "spread", "pack"])]
+    pub affinity: String,
+    /// greedy, balanced or best-fit (bin packing).
+    #[arg(long, default_value = "best-fit", value_parser = ["greedy", "balanced", "best-fit"])]
+    pub split: String,
+    /// Keep what can be had when not every part can.
+    #[arg(long)]
+    pub allow_partial: bool,
+    /// Priority: low, normal, high, critical.
+    #[arg(long, default_value = "normal", value_parser = priority_arg)]
+    pub priority: Priority,
+}
+
+impl MultiArgs {
+    fn to_request(&self) -> serde_json::Value {
+        serde_json::json!({
+            "parts": self.parts,
+            "each": {
+                "cpu_cores": self.cpu,
+                "memory_mb": self.memory.unwrap_or(0),
+                "gpu_count": self.gpus,
+                "gpu_memory_mb": self.gpu_memory.unwrap_or(0),
+            },
+            "affinity": self.affinity,
+            "strategy": self.split,
+            "allow_partial": self.allow_partial,
+            "priority": self.priority,
+        })
+    }
+}
+
+fn multi_table(m: &crate::handle::MultiAllocation) -> String {
+    let mut s = format!("multi-node allocation {}: {:?}\n", m.id, m.status).to_lowercase();
+    for (i, p) in m.parts.iter().enumerate() {
+        s.push_str(&format!(
+            "  part {i}: {} on {} {}{}\n",
+            p.status,
+            p.node_name,
+            p.allocation_id.as_deref().unwrap_or(""),
+            p.message
+                .as_deref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default()
+        ));
+    }
+    s
 }
 
 /// When a reservation starts, as given on the command line.
@@ -801,6 +872,17 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| explain_refusals(json, e))?;
             out(json, &r, || table::reservation(&r))
+        }
+        Command::RequestMulti(args) => {
+            let m: crate::handle::MultiAllocation = c
+                .call(Method::POST, "/api/v1/multi", Some(&args.to_request()))
+                .await
+                .map_err(|e| explain_refusals(json, e))?;
+            out(json, &m, || multi_table(&m))
+        }
+        Command::Multi => {
+            let ms: Vec<crate::handle::MultiAllocation> = c.get("/api/v1/multi").await?;
+            out(json, &ms, || ms.iter().map(multi_table).collect::<String>())
         }
         Command::Reservations(args) => match &args.command {
             None | Some(ReservationsCommand::List) => {

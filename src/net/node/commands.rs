@@ -150,6 +150,10 @@ impl EventLoop {
             Command::SetSchedPolicy(change, reply) => {
                 let _ = reply.send(self.set_sched_policy(change));
             }
+            Command::RequestMulti(req, reply) => self.on_request_multi(*req, reply),
+            Command::Multis(reply) => {
+                let _ = reply.send(self.multi_views());
+            }
             Command::Queue(reply) => {
                 let _ = reply.send(self.queue_entries());
             }

@@ -92,6 +92,7 @@ impl EventLoop {
         self.flush_deferred();
         self.sched_tick(now);
         self.prune_tickets(now);
+        self.expire_multis(now);
         let due: Vec<LeaseId> = self
             .held
             .iter()

@@ -59,6 +59,7 @@ mod connect;
 mod events;
 mod gossip;
 mod holder;
+mod multi;
 mod owner;
 mod requester;
 mod sched;
@@ -278,6 +279,7 @@ pub async fn start(
         ended: std::collections::VecDeque::new(),
         held_reservations: requester.reservations,
         reserving: HashMap::new(),
+        multis: BTreeMap::new(),
         elastic: cfg.elastic.enabled.then(|| {
             Elastic::new(
                 cfg.elastic.clone(),
@@ -454,6 +456,17 @@ enum Pending {
     },
     /// A notice to a holder; the answer does not matter.
     Notice,
+    /// Holding one part of a multi-node request.
+    MultiHold {
+        multi: String,
+        part: usize,
+        node: NodeId,
+    },
+    /// Confirming one part of a multi-node request.
+    MultiConfirm {
+        multi: String,
+        part: usize,
+    },
     /// Booking a reservation on `node`.
     Reserve {
         reserving: u64,
@@ -484,6 +497,8 @@ struct EventLoop {
     reserving: HashMap<u64, sched::Reserving>,
     /// Elastic sharing, when enabled.
     elastic: Option<Elastic>,
+    /// Multi-node requests, by id.
+    multis: BTreeMap<String, multi::Multi>,
     view: View,
     placer: Placer,
     strategy: StrategyConfig,

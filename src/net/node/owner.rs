@@ -289,6 +289,10 @@ impl EventLoop {
             Pending::Reserve { reserving, node } => {
                 self.on_reserve_response(reserving, node, result)
             }
+            Pending::MultiHold { multi, part, node } => {
+                self.on_multi_hold(&multi, part, node, result)
+            }
+            Pending::MultiConfirm { multi, part } => self.on_multi_confirm(&multi, part, result),
             Pending::Release { lease_id, reply } => {
                 let confirmed = matches!(result, Ok(AllocResponse::Released { .. }));
                 if let Err(e) = &result {

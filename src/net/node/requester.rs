@@ -297,7 +297,7 @@ impl EventLoop {
 
     /// Write a grant to ourselves durably before anyone hears of it. On a
     /// storage error the grant is undone.
-    fn commit_local_grant(&mut self, lease: Lease) -> Result<Lease, Denial> {
+    pub(super) fn commit_local_grant(&mut self, lease: Lease) -> Result<Lease, Denial> {
         let mut batch = std::mem::take(&mut self.deferred);
         batch.put_granted.push(lease.clone());
         if let Err(e) = self.store.apply(&batch) {
@@ -314,7 +314,7 @@ impl EventLoop {
 
     /// Keep the candidates that meet the request's constraints; refuse the
     /// request outright if no known node could ever serve it.
-    fn apply_constraints(
+    pub(super) fn apply_constraints(
         &self,
         req: &AllocationRequest,
         candidates: &mut Vec<crate::core::placement::Candidate>,

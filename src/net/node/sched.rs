@@ -446,7 +446,7 @@ impl EventLoop {
     }
 
     /// Start holding (renewing) a lease granted to us.
-    fn hold(&mut self, lease: Lease, owner_name: String, release_at_ms: Option<u64>) {
+    pub(super) fn hold(&mut self, lease: Lease, owner_name: String, release_at_ms: Option<u64>) {
         let rec = HeldRecord {
             lease: lease.clone(),
             owner_name,
