@@ -305,3 +305,37 @@ fn quotas_refuse_what_exceeds_them_here_and_swarm_wide() {
     let (status, v) = ask(&lan, 1, &c, 1, json!({}));
     assert_eq!(status, 201, "1 here + 2 on h0 = 3: {v}");
 }
+
+#[test]
+fn the_queue_survives_an_owner_restart() {
+    let checks = "a request waiting in an owner's queue is still there after the owner \
+                  restarts, and is granted when capacity frees";
+    let Some((mut lan, [a, _, _])) = start3(checks) else {
+        return;
+    };
+    let (status, first) = ask(&lan, 1, &a, 4, json!({}));
+    assert_eq!(status, 201, "{first}");
+    let (status, waiting) = ask(&lan, 2, &a, 2, json!({ "wait_secs": 60 }));
+    assert_eq!(status, 202, "{waiting}");
+    let ticket = waiting["allocation_id"].as_str().unwrap().to_owned();
+    lan.restart(0);
+    let queue = lan.get(0, "/api/v1/queue");
+    assert_eq!(
+        queue[0]["ticket"],
+        ticket.as_str(),
+        "queue after restart: {queue}"
+    );
+    lan.wait_converged(CONVERGE);
+    let (status, _) = lan.release(1, first["allocation_id"].as_str().unwrap());
+    assert_eq!(status, 200);
+    lan.eventually(
+        "the waiting request is granted after the restart",
+        CONVERGE,
+        || {
+            let v = allocation(&lan, 2, &ticket).ok_or("gone")?;
+            (v["status"] == "active")
+                .then_some(())
+                .ok_or_else(|| format!("{v}"))
+        },
+    );
+}

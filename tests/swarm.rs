@@ -656,3 +656,100 @@ async fn a_multi_node_request_is_held_then_confirmed_everywhere_or_nowhere() {
     assert!(m.partial_plan);
     assert_eq!(c.node.allocations().await.unwrap().held.len(), 1);
 }
+
+/// Swarm-wide quotas are enforced by each owner from gossiped usage, so
+/// requests that reach several owners at the same moment can overshoot the
+/// cap, by at most what the other owners grant within one gossip delay
+/// (`core::quota::overshoot_bound`). This measures it: a burst of one
+/// request per owner at once, then the same once gossip has settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_wide_quota_overshoot_stays_within_its_bound() {
+    use lanswarm::handle::QuotaChange;
+    const OWNERS: usize = 5;
+    const CAP: u32 = 4;
+    const EACH: u32 = 2;
+    let requester = spawn("requester", cap(0, 0), None, |_| {}).await;
+    let addr = requester.addr().await;
+    let mut owners = Vec::new();
+    for i in 0..OWNERS {
+        owners.push(spawn(&format!("owner{i}"), cap(8, 16), Some(addr.clone()), |_| {}).await);
+    }
+    sees_nodes(&requester.node, OWNERS + 1).await;
+    for o in &owners {
+        o.node
+            .set_quota(QuotaChange {
+                subject: format!("node:{}", requester.node.id()),
+                swarm: true,
+                limits: lanswarm::core::quota::Limits {
+                    cpu_cores: Some(CAP),
+                    ..Default::default()
+                },
+                burst: None,
+            })
+            .await
+            .unwrap();
+    }
+    let ask = |i: usize| {
+        let n = requester.node.clone();
+        async move {
+            n.request(AllocationRequest {
+                node_id: Some(format!("owner{i}")),
+                ..req(EACH, 64)
+            })
+            .await
+        }
+    };
+    // The burst: every owner asked at once, none has heard of the others'
+    // grants yet.
+    let results = futures::future::join_all((0..OWNERS).map(ask)).await;
+    let granted = results.iter().filter(|r| r.is_ok()).count() as u32 * EACH;
+    let bound = lanswarm::core::quota::overshoot_bound(
+        OWNERS as u32,
+        &lanswarm::model::Usage {
+            cpu_cores: EACH,
+            ..Default::default()
+        },
+    );
+    let overshoot = granted.saturating_sub(CAP);
+    println!(
+        "swarm quota burst: cap {CAP} cores, {OWNERS} owners asked at once for {EACH} each: \
+         {granted} granted, overshoot {overshoot} (bound {})",
+        bound.cpu_cores
+    );
+    assert!(granted >= EACH, "at least one owner grants");
+    assert!(
+        overshoot <= bound.cpu_cores,
+        "overshoot {overshoot} over the bound"
+    );
+    // Release everything, let gossip settle, then ask again one owner at a
+    // time: no overshoot at all.
+    for r in results.into_iter().flatten() {
+        requester.node.release(&r.allocation_id).await.unwrap();
+    }
+    for o in &owners {
+        eventually("the owner's usage is back to zero", || async {
+            o.node
+                .allocations()
+                .await
+                .ok()?
+                .granted
+                .is_empty()
+                .then_some(())
+        })
+        .await;
+    }
+    let mut total = 0;
+    for (i, owner) in owners.iter().enumerate() {
+        // Each owner must have heard of the grants before it.
+        eventually("the owner sees the requester's usage elsewhere", || async {
+            let q = owner.node.quotas().await.ok()?;
+            (q.iter().find(|e| e.scope == "swarm")?.usage.cpu_cores == total).then_some(())
+        })
+        .await;
+        if ask(i).await.is_ok() {
+            total += EACH;
+        }
+    }
+    println!("swarm quota, paced: {total} cores granted against a cap of {CAP}");
+    assert_eq!(total, CAP, "paced requests stop exactly at the cap");
+}
