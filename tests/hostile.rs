@@ -795,6 +795,7 @@ fn bad_frames() -> Vec<(Raw, Vec<u8>, &'static str)> {
         lease_ms: 60_000,
         wait_ms: 0,
         duration_ms: None,
+        preempt: false,
     })
     .unwrap();
     assert!(decode_exact::<AllocRequest>(&valid).is_ok());
@@ -1295,6 +1296,7 @@ fn forged_group_events_change_nothing_and_the_owner_checks_the_authenticated_pee
         lease_ms: 10_000,
         wait_ms: 0,
         duration_ms: None,
+        preempt: false,
     })
     .unwrap();
     let resp = rt

@@ -4,8 +4,10 @@
 //! A [`Constraints`] narrows the nodes a request may run on by labels, zone
 //! and CPU architecture, and the GPUs it may use by name and CUDA compute
 //! capability. The requester filters candidates with [`check`] before
-//! ranking them; the owner re-checks with [`check`] (its own announcement is
-//! the truth) and restricts GPU assignment to [`usable_gpus`]. Before a
+//! ranking them. (The owner does not re-check them yet: on a node with
+//! GPUs of several kinds, its best-fit assignment may pick a GPU the
+//! constraint would not; [`usable_gpus`] is what it will restrict to.)
+//! Before a
 //! request is left waiting in a queue, [`never_satisfiable`] asks whether any
 //! known node could *ever* serve it, so a request no node could satisfy is
 //! refused at once with the constraint that failed (seed 001: "refused with

@@ -28,7 +28,8 @@
 //!    joins the queue and the queue is drained at once with the queue's
 //!    conservative backfill, so a newcomer never overtakes a waiting request
 //!    of equal or higher priority that the capacity it takes would serve.
-//! 5. With preemption enabled in the policy: if strictly lower-priority
+//! 5. With preemption enabled in the policy, and allowed by the requester
+//!    (`Submit::preempt`, its last resort): if strictly lower-priority
 //!    leases can make room, the fewest and lowest are ended (`preempted`)
 //!    and the request is granted. Equal or higher priority is never taken.
 //! 6. Queued, at a 1-based position, if the request may wait
@@ -100,6 +101,10 @@ pub struct Submit {
     pub until_ms: Option<u64>,
     /// The groups the requester is a member of (for group quotas).
     pub groups: Vec<GroupId>,
+    /// Whether the requester lets this owner preempt for it. Requesters
+    /// ask owners with room first and allow preemption only as a last
+    /// resort, so a stale view never costs a needless preemption.
+    pub preempt: bool,
 }
 
 /// What [`Scheduler::submit`] decided.
@@ -156,7 +161,9 @@ impl Events {
 /// What a waiting request brings besides its [`AllocateInput`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WaitMeta {
-    pub until_ms: Option<u64>,
+    /// The lease's hard end, as a duration from its grant (not from the
+    /// request: time spent waiting does not count).
+    pub duration_ms: Option<u64>,
     pub groups: Vec<GroupId>,
 }
 
@@ -364,6 +371,12 @@ impl Scheduler {
                 "the request asks for no resources",
             ));
         }
+        if s.input.lease_ms == 0 {
+            return Outcome::Denied(Denial::new(
+                DenyReason::BadRequest,
+                "the request asks for a lease of 0 ms",
+            ));
+        }
         if self.ledger.get(&s.input.lease_id).is_some()
             || self.queue.get(&s.input.lease_id).is_some()
         {
@@ -399,7 +412,7 @@ impl Scheduler {
         let wait_ms = s.wait_ms.min(self.policy.max_wait_ms);
         let ticket = s.input.lease_id.clone();
         let meta = WaitMeta {
-            until_ms: s.until_ms,
+            duration_ms: s.until_ms.map(|u| u.saturating_sub(now_ms)),
             groups: s.groups.clone(),
         };
         let queue_was_empty = self.queue.is_empty();
@@ -438,7 +451,13 @@ impl Scheduler {
             self.waiting.remove(&ticket);
         }
 
-        if self.policy.preemption {
+        // Never preempt ahead of a waiting request of equal or higher
+        // priority: it is owed the capacity first.
+        let owed_first = self
+            .queue
+            .iter()
+            .any(|w| w.input.priority >= s.input.priority);
+        if self.policy.preemption && s.preempt && !owed_first {
             let reserved = self.reserved_until(now_ms, s.until_ms);
             // An empty victim list means it fits in what is free but is
             // held back by what waiting requests are owed: no preemption
@@ -737,7 +756,7 @@ impl Scheduler {
         let (granted, failed) = self.queue.drain(&mut self.ledger, &reserved, now_ms);
         for lease in granted {
             let meta = self.waiting.remove(&lease.lease_id).unwrap_or(WaitMeta {
-                until_ms: None,
+                duration_ms: None,
                 groups: Vec::new(),
             });
             // Quotas were checked when the request arrived; what the holder
@@ -758,7 +777,8 @@ impl Scheduler {
                 self.check_quota(&lease.holder, &meta.groups, &req, &Usage::default(), now_ms);
             match quota {
                 Ok(()) if self.ledger.restore(vec![lease.clone()], now_ms).is_empty() => {
-                    let lease = self.admitted(lease, meta.until_ms, &meta.groups, now_ms);
+                    let until = meta.duration_ms.map(|d| now_ms.saturating_add(d));
+                    let lease = self.admitted(lease, until, &meta.groups, now_ms);
                     ev.granted.push(lease);
                 }
                 outcome => {
@@ -816,7 +836,7 @@ impl Scheduler {
                         .get(&w.input.lease_id)
                         .cloned()
                         .unwrap_or(WaitMeta {
-                            until_ms: None,
+                            duration_ms: None,
                             groups: Vec::new(),
                         });
                     (w, meta)
@@ -1023,6 +1043,7 @@ mod tests {
                                 wait_ms: if wait { 2_000 } else { 0 },
                                 until_ms: until.map(|u| now + u),
                                 groups: Vec::new(),
+                                preempt: true,
                             },
                             &Usage::default(),
                             now,
@@ -1137,6 +1158,7 @@ mod tests {
             wait_ms: wait,
             until_ms: None,
             groups: Vec::new(),
+            preempt: true,
         };
         let now = 1_000;
         assert!(matches!(

@@ -64,6 +64,9 @@ pub enum AllocRequest {
         /// A hard end, ms after the grant: the lease ends then, renewed
         /// or not.
         duration_ms: Option<u64>,
+        /// The requester lets the owner preempt lower-priority leases for
+        /// this request (its last resort, after owners with room).
+        preempt: bool,
     },
     /// Extend a lease this peer holds.
     Renew { lease_id: LeaseId, lease_ms: u64 },
@@ -359,6 +362,14 @@ fn check_bounds(ann: &Announcement) -> Result<(), AnnounceError> {
             .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 128)
     {
         return Err(AnnounceError::OutOfBounds("too many or bad labels"));
+    }
+    if ann.usage.len() > 256
+        || ann
+            .usage
+            .iter()
+            .any(|h| h.holder.0.len() > 128 || h.usage.custom.len() > 64)
+    {
+        return Err(AnnounceError::OutOfBounds("usage list too long"));
     }
     if ann.access.allow.len() > 256 || ann.access.allow.iter().any(|n| n.0.len() > 128) {
         return Err(AnnounceError::OutOfBounds(

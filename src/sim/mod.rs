@@ -8,8 +8,12 @@
 //! - [`http`]: one blocking HTTP/1.1 exchange with a node's JSON API, with
 //!   no runtime and no extra dependency, so a caller can open the socket
 //!   wherever it needs to (for example inside a namespace).
+//! - [`des`]: the discrete-event simulator (`src/bin/lanswarm-des.rs`),
+//!   which drives the real sans-IO core of thousands of nodes in one
+//!   process, with no sockets at all.
 //!
 //! Nothing in the node itself uses this module.
 
+pub mod des;
 pub mod http;
 pub mod netns;

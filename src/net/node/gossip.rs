@@ -291,7 +291,7 @@ impl EventLoop {
 }
 
 /// Most requesters whose usage an announcement carries.
-const MAX_ANNOUNCED_USAGE: usize = 256;
+const MAX_ANNOUNCED_USAGE: usize = 128;
 
 impl EventLoop {
     /// What each requester holds here, largest first, for swarm-wide
@@ -313,6 +313,11 @@ impl EventLoop {
                 .then_with(|| a.holder.cmp(&b.holder))
         });
         out.truncate(MAX_ANNOUNCED_USAGE);
+        // Custom resources stay out, to keep announcements small: swarm-wide
+        // quotas cap the standard dimensions.
+        for h in &mut out {
+            h.usage.custom.clear();
+        }
         out
     }
 }

@@ -437,6 +437,8 @@ struct Placement {
     created_ms: u64,
     /// Whether the queueing pass (asking one owner to queue it) was made.
     queue_tried: bool,
+    /// Full nodes asked as a last resort, which may preempt for it.
+    preempt_at: std::collections::BTreeSet<NodeId>,
     excluded: Vec<Excluded>,
     reply: oneshot::Sender<Result<Allocation, NodeError>>,
 }

@@ -129,6 +129,7 @@ impl EventLoop {
                 lease_ms: HOLD_MS,
                 wait_ms: 0,
                 duration_ms: None,
+                preempt: false,
             };
             if node == self.local_id {
                 let me = self.local_id.clone();
@@ -156,6 +157,7 @@ impl EventLoop {
                     lease_ms: HOLD_MS,
                     wait_ms: 0,
                     duration_ms: None,
+                    preempt: false,
                 }),
             );
             self.pending.insert(

@@ -72,6 +72,7 @@ impl EventLoop {
                 lease_ms,
                 wait_ms,
                 duration_ms,
+                preempt,
             } => {
                 if let Err(denial) = self.admit(&holder) {
                     debug!(%holder, reason = %denial.message, "request refused by access policy");
@@ -90,6 +91,7 @@ impl EventLoop {
                         lease_ms,
                         wait_ms,
                         duration_ms,
+                        preempt,
                     };
                     match self.decide_allocate(holder, args) {
                         // Answered by `flush_grants`, once it is durable.

@@ -86,7 +86,14 @@ impl EventLoop {
             seed,
         );
         let mut ranked = ranked;
-        ranked.extend(self.preemption_candidates(&req));
+        // Full nodes only: a node already on the list is asked there,
+        // without preemption.
+        let last_resort: Vec<NodeId> = self
+            .preemption_candidates(&req)
+            .into_iter()
+            .filter(|n| !ranked.contains(n))
+            .collect();
+        ranked.extend(last_resort.iter().cloned());
         debug!(strategy = %strategy.strategy, candidates = ranked.len(), "placing request");
         let placement = Placement {
             attempt: Attempt::new(ranked, self.cfg.max_tries),
@@ -97,6 +104,7 @@ impl EventLoop {
             wait_ms: req.wait_secs.unwrap_or(0).saturating_mul(1000),
             created_ms: now,
             queue_tried: false,
+            preempt_at: last_resort.into_iter().collect(),
             req,
             lease_ms,
             release_at_ms,
@@ -118,6 +126,10 @@ impl EventLoop {
                         return self.ask(id, p, node, true);
                     }
                 }
+                let original: Option<Denial> = match p.attempt.refusals() {
+                    [(_, d)] => Some(d.clone()),
+                    _ => None,
+                };
                 let refusals = self.refusals(p.attempt);
                 // A request aimed at one node gets that owner's own answer
                 // when waiting elsewhere would not help (forbidden, quota,
@@ -131,10 +143,9 @@ impl EventLoop {
                             | DenyReason::Unsatisfiable
                             | DenyReason::BadRequest
                     ) {
-                        let denial = Denial::new(
-                            only.reason,
-                            format!("{} refused: {}", only.node_name, only.message),
-                        );
+                        let mut denial = original
+                            .unwrap_or_else(|| Denial::new(only.reason, only.message.clone()));
+                        denial.message = format!("{} refused: {}", only.node_name, only.message);
                         let _ = p.reply.send(Err(NodeError::Denied(denial)));
                         return;
                     }
@@ -154,6 +165,9 @@ impl EventLoop {
     /// queue it for the placement's wait.
     fn ask(&mut self, id: u64, mut p: Placement, node: NodeId, queue: bool) {
         let wait_ms = if queue { p.wait_ms } else { 0 };
+        // Preemption only as the last resort: full nodes asked after every
+        // node with room, and the queueing pass.
+        let preempt = queue || p.preempt_at.contains(&node);
         let duration_ms = p.release_at_ms.map(|at| at.saturating_sub(p.created_ms));
         if node == self.local_id {
             let me = self.local_id.clone();
@@ -167,6 +181,7 @@ impl EventLoop {
                     lease_ms: p.lease_ms,
                     wait_ms,
                     duration_ms,
+                    preempt,
                 },
             );
             match answer {
@@ -203,6 +218,7 @@ impl EventLoop {
                 lease_ms: p.lease_ms,
                 wait_ms,
                 duration_ms,
+                preempt,
             }),
         );
         self.pending.insert(

@@ -112,6 +112,7 @@ pub(super) struct AllocateArgs {
     pub lease_ms: u64,
     pub wait_ms: u64,
     pub duration_ms: Option<u64>,
+    pub preempt: bool,
 }
 
 /// A reservation request as the owner reads it off the wire.
@@ -179,6 +180,7 @@ impl EventLoop {
             wait_ms: a.wait_ms,
             until_ms: a.duration_ms.map(|d| now.saturating_add(d)),
             groups: self.groups_of(&holder),
+            preempt: a.preempt,
         };
         let swarm = self.swarm_usage_of(&holder);
         let req = submit.input.req.clone();
@@ -593,6 +595,13 @@ impl EventLoop {
                 "a reservation window is at most 7 days",
             ));
         }
+        // A start a moment ago (the request's travel, small clock skew)
+        // means now.
+        let start_ms = if start_ms < now && now - start_ms <= 5_000 {
+            now
+        } else {
+            start_ms
+        };
         let r = Reservation {
             id: LeaseId(uuid::Uuid::new_v4().to_string()),
             holder,
