@@ -165,9 +165,15 @@ impl EventLoop {
     /// queue it for the placement's wait.
     fn ask(&mut self, id: u64, mut p: Placement, node: NodeId, queue: bool) {
         let wait_ms = if queue { p.wait_ms } else { 0 };
-        // Preemption only as the last resort: full nodes asked after every
-        // node with room, and the queueing pass.
-        let preempt = queue || p.preempt_at.contains(&node);
+        // Preemption as a last resort (full nodes asked after every node
+        // with room, and the queueing pass), except that critical requests
+        // may preempt from their first ask and high ones from their second:
+        // their wait matters more than the odd needless preemption.
+        let prio = p.req.priority;
+        let preempt = queue
+            || p.preempt_at.contains(&node)
+            || prio == crate::model::Priority::Critical
+            || (prio == crate::model::Priority::High && p.attempt.tried() >= 2);
         let duration_ms = p.release_at_ms.map(|at| at.saturating_sub(p.created_ms));
         if node == self.local_id {
             let me = self.local_id.clone();

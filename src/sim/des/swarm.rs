@@ -811,7 +811,12 @@ impl<O: OwnerCore> Swarm<'_, O> {
             Phase::Queue => rt.deadline_ms.saturating_sub(self.now),
             Phase::Now => 0,
         };
-        let preempt = phase == Phase::Queue;
+        // As the node's requester: preemption on the last-resort pass,
+        // from the first ask for critical requests, and from the second for
+        // high ones.
+        let preempt = phase == Phase::Queue
+            || job.priority == Priority::Critical
+            || (job.priority == Priority::High && rt.next >= 2);
         let answer = self.nodes[o].core.submit(
             Ask {
                 input,
