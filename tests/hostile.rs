@@ -796,6 +796,7 @@ fn bad_frames() -> Vec<(Raw, Vec<u8>, &'static str)> {
         wait_ms: 0,
         duration_ms: None,
         preempt: false,
+        constraints: Default::default(),
     })
     .unwrap();
     assert!(decode_exact::<AllocRequest>(&valid).is_ok());
@@ -1297,6 +1298,7 @@ fn forged_group_events_change_nothing_and_the_owner_checks_the_authenticated_pee
         wait_ms: 0,
         duration_ms: None,
         preempt: false,
+        constraints: Default::default(),
     })
     .unwrap();
     let resp = rt

@@ -753,3 +753,51 @@ async fn swarm_wide_quota_overshoot_stays_within_its_bound() {
     println!("swarm quota, paced: {total} cores granted against a cap of {CAP}");
     assert_eq!(total, CAP, "paced requests stop exactly at the cap");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_uses_only_the_gpus_a_constraint_allows() {
+    use lanswarm::model::GpuInfo;
+    let gpu = |index: u32, name: &str, mb: u64| GpuInfo {
+        index,
+        name: name.into(),
+        memory_total_mb: mb,
+        memory_free_mb: mb,
+        utilization_pct: 0,
+        synthetic: true,
+        compute_capability: None,
+    };
+    let owner = spawn("mixed", gpu_box(&[16_384, 40_960]), None, |c| {
+        c.gpus = vec![
+            gpu(0, "Synthetic T4", 16_384),
+            gpu(1, "Synthetic A100", 40_960),
+        ];
+    })
+    .await;
+    let asker = spawn("asker", cap(1, 1), Some(owner.addr().await), |_| {}).await;
+    sees_nodes(&asker.node, 2).await;
+    let want = |name: &str| AllocationRequest {
+        required_resources: ResourceRequirements {
+            gpu_count: 1,
+            gpu_memory_mb: 8_192,
+            ..Default::default()
+        },
+        constraints: lanswarm::core::constraints::Constraints {
+            gpu_name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    // Best fit alone would take the T4 (the least free memory that fits).
+    let a = asker.node.request(want("A100")).await.unwrap();
+    assert_eq!(a.node_name, "mixed");
+    assert_eq!(a.allocated_resources.gpus[0].index, 1, "{a:?}");
+    let t4 = asker.node.request(want("T4")).await.unwrap();
+    assert_eq!(t4.allocated_resources.gpus[0].index, 0, "{t4:?}");
+    // No node has one: refused at once, naming the constraint.
+    let err = asker.node.request(want("H100")).await.unwrap_err();
+    assert!(
+        matches!(&err, NodeError::Denied(d) if d.reason == DenyReason::Unsatisfiable
+            && d.message.contains("H100")),
+        "{err:?}"
+    );
+}

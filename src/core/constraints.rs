@@ -4,9 +4,8 @@
 //! A [`Constraints`] narrows the nodes a request may run on by labels, zone
 //! and CPU architecture, and the GPUs it may use by name and CUDA compute
 //! capability. The requester filters candidates with [`check`] before
-//! ranking them. (The owner does not re-check them yet: on a node with
-//! GPUs of several kinds, its best-fit assignment may pick a GPU the
-//! constraint would not; [`usable_gpus`] is what it will restrict to.)
+//! ranking them; the owner re-checks with [`check`] (its own announcement is
+//! the truth) and assigns only the GPUs [`usable_gpus`] allows.
 //! Before a
 //! request is left waiting in a queue, [`never_satisfiable`] asks whether any
 //! known node could *ever* serve it, so a request no node could satisfy is

@@ -105,6 +105,9 @@ pub struct Submit {
     /// ask owners with room first and allow preemption only as a last
     /// resort, so a stale view never costs a needless preemption.
     pub preempt: bool,
+    /// The GPUs the request may use (a GPU constraint on a node with GPUs
+    /// of several kinds), when not all of them.
+    pub gpus_allowed: Option<BTreeSet<u32>>,
 }
 
 /// What [`Scheduler::submit`] decided.
@@ -311,6 +314,23 @@ impl Scheduler {
         u
     }
 
+    /// What a request must keep clear of: the reservations over its
+    /// lifetime, and every GPU it is not allowed to use.
+    fn reserved_for(&self, s: &Submit, now_ms: u64) -> Capacity {
+        let mut r = self.reserved_until(now_ms, s.until_ms);
+        if let Some(allowed) = &s.gpus_allowed {
+            r.gpus.extend(
+                self.ledger
+                    .capacity()
+                    .gpus
+                    .iter()
+                    .filter(|g| !allowed.contains(&g.index))
+                    .cloned(),
+            );
+        }
+        r
+    }
+
     /// What the reservations of `subject` that have not started yet will
     /// hold.
     fn pending_reserved_by(&self, subject: &Subject) -> Usage {
@@ -385,7 +405,7 @@ impl Scheduler {
                 format!("lease id {} is already in use", s.input.lease_id),
             ));
         }
-        let reserved = self.reserved_until(now_ms, s.until_ms);
+        let reserved = self.reserved_for(&s, now_ms);
         // Never fits here, whatever frees up: say so rather than wait.
         let room = self.ledger.capacity().minus(&reserved);
         if let Err(misfit) = fit(&room, self.ledger.capacity(), &s.input.req) {
@@ -415,9 +435,15 @@ impl Scheduler {
             duration_ms: s.until_ms.map(|u| u.saturating_sub(now_ms)),
             groups: s.groups.clone(),
         };
+        // A request held to some GPUs (a GPU constraint on a node with GPUs
+        // of several kinds) goes around the queue, whose drain knows no
+        // such limits: it is granted only when nothing waits, and never
+        // queued.
+        let restricted = s.gpus_allowed.is_some();
+        let wait_ms = if restricted { 0 } else { wait_ms };
         let queue_was_empty = self.queue.is_empty();
         if queue_was_empty {
-            let reserved = self.reserved_until(now_ms, s.until_ms);
+            let reserved = self.reserved_for(&s, now_ms);
             if let Ok(lease) = self
                 .ledger
                 .allocate_reserving(s.input.clone(), &reserved, now_ms)
@@ -427,7 +453,7 @@ impl Scheduler {
                     preempted: Vec::new(),
                 };
             }
-        } else {
+        } else if !restricted {
             // A deadline of at least one instant, so the entry survives
             // the drain below even when the request cannot wait.
             if let Err(d) = self.queue.push(s.input.clone(), now_ms, wait_ms.max(1)) {
@@ -458,7 +484,7 @@ impl Scheduler {
             .iter()
             .any(|w| w.input.priority >= s.input.priority);
         if self.policy.preemption && s.preempt && !owed_first {
-            let reserved = self.reserved_until(now_ms, s.until_ms);
+            let reserved = self.reserved_for(&s, now_ms);
             // An empty victim list means it fits in what is free but is
             // held back by what waiting requests are owed: no preemption
             // then, or it would overtake them.
@@ -505,7 +531,7 @@ impl Scheduler {
                 Err(d) => Outcome::Denied(d),
             };
         }
-        let reserved = self.reserved_until(now_ms, s.until_ms);
+        let reserved = self.reserved_for(&s, now_ms);
         let why = match fit(
             &self.ledger.free().minus(&reserved),
             self.ledger.capacity(),
@@ -1044,6 +1070,7 @@ mod tests {
                                 until_ms: until.map(|u| now + u),
                                 groups: Vec::new(),
                                 preempt: true,
+                                gpus_allowed: None,
                             },
                             &Usage::default(),
                             now,
@@ -1159,6 +1186,7 @@ mod tests {
             until_ms: None,
             groups: Vec::new(),
             preempt: true,
+            gpus_allowed: None,
         };
         let now = 1_000;
         assert!(matches!(

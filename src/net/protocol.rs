@@ -14,6 +14,7 @@ use libp2p::{PeerId, StreamProtocol};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::core::calendar::Reservation;
+use crate::core::constraints::Constraints;
 use crate::core::groups::GroupEvent;
 use crate::core::pools::PoolEvent;
 use crate::model::{
@@ -67,6 +68,9 @@ pub enum AllocRequest {
         /// The requester lets the owner preempt lower-priority leases for
         /// this request (its last resort, after owners with room).
         preempt: bool,
+        /// What the request needs of the node; the owner checks them
+        /// against itself and uses only the GPUs they allow.
+        constraints: Constraints,
     },
     /// Extend a lease this peer holds.
     Renew { lease_id: LeaseId, lease_ms: u64 },

@@ -130,6 +130,7 @@ impl EventLoop {
                 wait_ms: 0,
                 duration_ms: None,
                 preempt: false,
+                constraints: r.constraints.clone(),
             };
             if node == self.local_id {
                 let me = self.local_id.clone();
@@ -158,6 +159,7 @@ impl EventLoop {
                     wait_ms: 0,
                     duration_ms: None,
                     preempt: false,
+                    constraints: args.constraints,
                 }),
             );
             self.pending.insert(

@@ -73,6 +73,7 @@ impl EventLoop {
                 wait_ms,
                 duration_ms,
                 preempt,
+                constraints,
             } => {
                 if let Err(denial) = self.admit(&holder) {
                     debug!(%holder, reason = %denial.message, "request refused by access policy");
@@ -92,6 +93,7 @@ impl EventLoop {
                         wait_ms,
                         duration_ms,
                         preempt,
+                        constraints,
                     };
                     match self.decide_allocate(holder, args) {
                         // Answered by `flush_grants`, once it is durable.

@@ -188,6 +188,7 @@ impl EventLoop {
                     wait_ms,
                     duration_ms,
                     preempt,
+                    constraints: p.req.constraints.clone(),
                 },
             );
             match answer {
@@ -225,6 +226,7 @@ impl EventLoop {
                 wait_ms,
                 duration_ms,
                 preempt,
+                constraints: p.req.constraints.clone(),
             }),
         );
         self.pending.insert(

@@ -113,6 +113,7 @@ pub(super) struct AllocateArgs {
     pub wait_ms: u64,
     pub duration_ms: Option<u64>,
     pub preempt: bool,
+    pub constraints: crate::core::constraints::Constraints,
 }
 
 /// A reservation request as the owner reads it off the wire.
@@ -159,6 +160,34 @@ impl EventLoop {
     /// this node).
     pub(super) fn decide_allocate(&mut self, holder: NodeId, a: AllocateArgs) -> OwnerAnswer {
         let now = now_ms();
+        // The owner's own view of itself is the truth for constraints.
+        if !a.constraints.is_empty() {
+            if let Err(why) =
+                crate::core::constraints::check(&a.constraints, &a.req, self.view.local())
+            {
+                return OwnerAnswer::Now(AllocResponse::Denied(Denial::new(
+                    DenyReason::Unsatisfiable,
+                    format!(
+                        "{} does not meet the request's constraints: {why}",
+                        self.cfg.name
+                    ),
+                )));
+            }
+        }
+        let gpus_allowed = (a.constraints.constrains_gpus() && a.req.gpus_wanted() > 0)
+            .then(|| {
+                crate::core::constraints::usable_gpus(&a.constraints, &self.cfg.gpus)
+                    .into_iter()
+                    .collect::<std::collections::BTreeSet<u32>>()
+            })
+            .filter(|allowed| {
+                self.sched
+                    .ledger()
+                    .capacity()
+                    .gpus
+                    .iter()
+                    .any(|g| !allowed.contains(&g.index))
+            });
         let members = self
             .state
             .groups
@@ -181,6 +210,7 @@ impl EventLoop {
             until_ms: a.duration_ms.map(|d| now.saturating_add(d)),
             groups: self.groups_of(&holder),
             preempt: a.preempt,
+            gpus_allowed,
         };
         let swarm = self.swarm_usage_of(&holder);
         let req = submit.input.req.clone();

@@ -213,6 +213,7 @@ impl OwnerCore for SchedOwner {
             until_ms: None,
             groups: Vec::new(),
             preempt: ask.preempt,
+            gpus_allowed: None,
         };
         match self.sched.submit(s, &Usage::default(), now_ms) {
             Outcome::Granted { lease, preempted } => Answer::Granted { lease, preempted },
