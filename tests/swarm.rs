@@ -801,3 +801,100 @@ async fn the_owner_uses_only_the_gpus_a_constraint_allows() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_over_its_rate_gets_busy_with_a_retry_time() {
+    use lanswarm::handle::SchedPolicyChange;
+    let owner = spawn("owner", cap(8, 16), None, |_| {}).await;
+    let peer = spawn("peer", cap(0, 0), Some(owner.addr().await), |_| {}).await;
+    sees_nodes(&peer.node, 2).await;
+    owner
+        .node
+        .set_sched_policy(SchedPolicyChange {
+            rate_per_sec: Some(0.5),
+            rate_burst: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ask = || {
+        peer.node.request(AllocationRequest {
+            node_id: Some("owner".into()),
+            ..req(1, 64)
+        })
+    };
+    ask().await.unwrap();
+    ask().await.unwrap();
+    let err = ask().await.unwrap_err();
+    match &err {
+        NodeError::Denied(d) => {
+            assert_eq!(d.reason, DenyReason::Busy, "{err:?}");
+            let wait = d.retry_after_ms.expect("busy says when to retry");
+            assert!(wait > 0 && wait <= 2_000, "{err:?}");
+        }
+        _ => panic!("{err:?}"),
+    }
+    assert_eq!(owner.node.allocations().await.unwrap().granted.len(), 2);
+    // The owner's own requests are never throttled.
+    owner.node.request(req(1, 64)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elastic_sharing_lends_less_while_the_owner_is_busy_and_never_breaks_leases() {
+    use lanswarm::core::elastic::ElasticPolicy;
+    use lanswarm::handle::Telemetry;
+    let owner = spawn("owner", cap(6, 8), None, |c| {
+        c.machine_cpu_cores = 8;
+        c.machine_memory_mb = 16 * 1024;
+        c.elastic = ElasticPolicy {
+            enabled: true,
+            headroom_cores: 1.0,
+            headroom_memory_mb: 1024,
+            shrink_after_ms: 0,
+            grow_after_ms: 0,
+            step_fraction: 1.0,
+            break_leases: false,
+        };
+    })
+    .await;
+    let lease = owner.node.request(req(2, 64)).await.unwrap();
+    let load = |busy_pct: f32| Telemetry {
+        cpu_usage_pct: busy_pct,
+        gpus: vec![],
+        memory_available_mb: 12 * 1024,
+    };
+    let lendable = || async {
+        owner
+            .node
+            .local_node()
+            .await
+            .unwrap()
+            .resources
+            .lendable
+            .cpu_cores
+    };
+    // The owner uses 7 of 8 cores: nothing is left to lend but what the
+    // lease already holds (2 cores), which shrinking never takes.
+    eventually(
+        "the lendable cores shrink to what the lease holds",
+        || async {
+            owner.node.update_telemetry(load(87.5));
+            (lendable().await == 2).then_some(())
+        },
+    )
+    .await;
+    assert!(owner
+        .node
+        .allocations()
+        .await
+        .unwrap()
+        .granted
+        .iter()
+        .any(|a| a.allocation_id == lease.allocation_id));
+    // Idle again: back up to the configured 6.
+    eventually("the lendable cores grow back to the cap", || async {
+        owner.node.update_telemetry(load(0.0));
+        (lendable().await == 6).then_some(())
+    })
+    .await;
+}

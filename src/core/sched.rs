@@ -299,15 +299,7 @@ impl Scheduler {
         }
         let mut u = Usage::default();
         for l in self.ledger.leases() {
-            let counts = match subject {
-                Subject::Default => false,
-                Subject::Requester(n) => &l.holder == n,
-                Subject::Group(g) => self
-                    .group_members
-                    .get(g)
-                    .is_some_and(|m| m.contains(&l.holder)),
-            };
-            if counts {
+            if self.covers(subject, &l.holder) {
                 u.add(&Usage::of_lease(l));
             }
         }
@@ -331,28 +323,30 @@ impl Scheduler {
         r
     }
 
+    /// Whether `holder`'s usage counts toward `subject` (the default quota
+    /// is computed per requester elsewhere).
+    fn covers(&self, subject: &Subject, holder: &NodeId) -> bool {
+        match subject {
+            Subject::Default => false,
+            Subject::Requester(n) => holder == n,
+            Subject::Group(g) => self
+                .group_members
+                .get(g)
+                .is_some_and(|m| m.contains(holder)),
+        }
+    }
+
     /// What the reservations of `subject` that have not started yet will
     /// hold.
     fn pending_reserved_by(&self, subject: &Subject) -> Usage {
         let mut u = Usage::default();
         for r in self.calendar.list() {
-            let counts = match subject {
-                Subject::Default => false,
-                Subject::Requester(n) => &r.holder == n,
-                Subject::Group(g) => self
-                    .group_members
-                    .get(g)
-                    .is_some_and(|m| m.contains(&r.holder)),
-            };
-            if counts && r.status == crate::core::calendar::ReservationStatus::Confirmed {
-                u.add(&Usage {
-                    cpu_cores: r.req.cpu_cores,
-                    memory_mb: r.req.memory_mb,
-                    disk_mb: r.req.disk_mb,
-                    gpus: r.gpus.len() as u32,
-                    gpu_memory_mb: r.gpus.iter().map(|g| g.memory_mb).sum(),
-                    custom: r.req.custom.clone(),
-                });
+            if self.covers(subject, &r.holder)
+                && r.status == crate::core::calendar::ReservationStatus::Confirmed
+            {
+                u.add(&Usage::of_lease(
+                    &r.lease(self.ledger.node_id(), r.start_ms),
+                ));
             }
         }
         u

@@ -47,42 +47,47 @@ impl EventLoop {
         };
         let owner = h.rec.lease.node_id.clone();
         self.drop_held(lease_id);
-        if owner == self.local_id {
-            let me = self.local_id.clone();
-            let _ = self.owner_release(lease_id, Some(&me));
+        self.release_on(&owner, lease_id, reply);
+    }
+
+    /// Give back a lease, ticket or reservation of ours on `owner`: inline
+    /// when we are the owner, else over `/lanswarm/alloc/1`. `reply`, if
+    /// any, hears whether the owner confirmed.
+    pub(super) fn release_on(
+        &mut self,
+        owner: &NodeId,
+        lease_id: &LeaseId,
+        reply: Option<oneshot::Sender<Result<ReleaseOutcome, NodeError>>>,
+    ) {
+        let answer = |reply: Option<oneshot::Sender<_>>, confirmed| {
             if let Some(reply) = reply {
                 let _ = reply.send(Ok(ReleaseOutcome {
                     allocation_id: lease_id.0.clone(),
-                    owner_confirmed: true,
+                    owner_confirmed: confirmed,
                 }));
             }
-            return;
+        };
+        if owner == &self.local_id {
+            let me = self.local_id.clone();
+            let _ = self.owner_release(lease_id, Some(&me));
+            return answer(reply, true);
         }
-        match peer_id_of(&owner) {
-            Some(peer) => {
-                let rid = self.swarm.behaviour_mut().alloc.send_request(
-                    &peer,
-                    Frame::Valid(AllocRequest::Release {
-                        lease_id: lease_id.clone(),
-                    }),
-                );
-                self.pending.insert(
-                    rid,
-                    Pending::Release {
-                        lease_id: lease_id.clone(),
-                        reply,
-                    },
-                );
-            }
-            None => {
-                if let Some(reply) = reply {
-                    let _ = reply.send(Ok(ReleaseOutcome {
-                        allocation_id: lease_id.0.clone(),
-                        owner_confirmed: false,
-                    }));
-                }
-            }
-        }
+        let Some(peer) = peer_id_of(owner) else {
+            return answer(reply, false);
+        };
+        let rid = self.swarm.behaviour_mut().alloc.send_request(
+            &peer,
+            Frame::Valid(AllocRequest::Release {
+                lease_id: lease_id.clone(),
+            }),
+        );
+        self.pending.insert(
+            rid,
+            Pending::Release {
+                lease_id: lease_id.clone(),
+                reply,
+            },
+        );
     }
 
     /// Periodic work: expire granted leases, renew held ones, release held

@@ -314,6 +314,7 @@ pub async fn start(
         started_at_ms: now,
         cfg,
     };
+    el.sync_group_members();
     el.announce(false);
     let span = tracing::info_span!("node", id = %short(&local_id));
     let task = tokio::spawn(tracing::Instrument::instrument(el.run(shutdown), span));

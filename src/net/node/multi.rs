@@ -191,7 +191,7 @@ impl EventLoop {
                 if lease.node_id == node && lease.holder == me && !lease.lease_id.0.is_empty() =>
             {
                 if let Some(late) = m.res.held(part, lease.lease_id.clone()) {
-                    self.release_lease_on(&node, &late);
+                    self.release_on(&node, &late, None);
                 } else {
                     m.leases.insert(part, lease);
                 }
@@ -204,7 +204,7 @@ impl EventLoop {
                     "the owner answered with a lease that is not ours".into(),
                 );
                 let lid = lease.lease_id.clone();
-                self.release_lease_on(&node, &lid);
+                self.release_on(&node, &lid, None);
             }
             Ok(other) => m.res.refused(part, format!("unexpected answer {other:?}")),
             Err(e) => m.res.refused(part, format!("unreachable: {e}")),
@@ -232,7 +232,7 @@ impl EventLoop {
         m.outstanding = to_confirm.len();
         let lease_ms = m.lease_ms;
         for (node, lease) in to_release {
-            self.release_lease_on(&node, &lease);
+            self.release_on(&node, &lease, None);
         }
         if to_confirm.is_empty() {
             return self.finish_multi(id);
@@ -295,7 +295,7 @@ impl EventLoop {
             .collect();
         let done = m.outstanding == 0;
         for (node, lease) in release {
-            self.release_lease_on(&node, &lease);
+            self.release_on(&node, &lease, None);
         }
         if done {
             self.finish_multi(id);
@@ -363,30 +363,6 @@ impl EventLoop {
         self.persist_requester();
     }
 
-    /// Give back a lease on `node` (ours, not tracked as held).
-    fn release_lease_on(&mut self, node: &NodeId, lease: &LeaseId) {
-        if node == &self.local_id {
-            let me = self.local_id.clone();
-            let _ = self.owner_release(lease, Some(&me));
-            return;
-        }
-        if let Some(peer) = peer_id_of(node) {
-            let rid = self.swarm.behaviour_mut().alloc.send_request(
-                &peer,
-                Frame::Valid(AllocRequest::Release {
-                    lease_id: lease.clone(),
-                }),
-            );
-            self.pending.insert(
-                rid,
-                Pending::Release {
-                    lease_id: lease.clone(),
-                    reply: None,
-                },
-            );
-        }
-    }
-
     /// Holds that were never confirmed by their deadline: release them.
     pub(super) fn expire_multis(&mut self, now: u64) {
         let mut to_release = Vec::new();
@@ -404,7 +380,7 @@ impl EventLoop {
             }
         }
         for (n, l) in to_release {
-            self.release_lease_on(&n, &l);
+            self.release_on(&n, &l, None);
         }
         for id in settled {
             self.finish_multi(&id);

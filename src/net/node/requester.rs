@@ -271,7 +271,7 @@ impl EventLoop {
     /// Nodes that could ever serve `req` (by total capacity, not what is
     /// free), online, within its scope, constraints and the owners'
     /// announced access policy.
-    fn eligible_by_total(&self, req: &AllocationRequest) -> Vec<&Announcement> {
+    pub(super) fn eligible_by_total(&self, req: &AllocationRequest) -> Vec<&Announcement> {
         let now = now_ms();
         let local = self.view.local();
         let anns = std::iter::once((local, true)).chain(

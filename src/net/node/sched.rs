@@ -145,6 +145,29 @@ impl EventLoop {
             .collect()
     }
 
+    /// Tell the scheduler who is in which group (for group quotas). Called
+    /// when the group state changes, not on every request.
+    pub(super) fn sync_group_members(&mut self) {
+        let members = self
+            .state
+            .groups
+            .groups()
+            .into_iter()
+            .map(|g| (g.id, g.members))
+            .collect();
+        self.sched.set_group_members(members);
+    }
+
+    /// What `holder` holds on every other owner, as last announced, if a
+    /// swarm-wide cap applies to it (else nothing is summed: this runs on
+    /// every request).
+    fn swarm_usage_if_capped(&self, holder: &NodeId) -> Usage {
+        if self.sched.quotas().swarm_limits_for(holder).is_none() {
+            return Usage::default();
+        }
+        self.swarm_usage_of(holder)
+    }
+
     /// What `holder` holds on every other owner, as they last announced.
     fn swarm_usage_of(&self, holder: &NodeId) -> Usage {
         let mut u = Usage::default();
@@ -188,14 +211,6 @@ impl EventLoop {
                     .iter()
                     .any(|g| !allowed.contains(&g.index))
             });
-        let members = self
-            .state
-            .groups
-            .groups()
-            .into_iter()
-            .map(|g| (g.id, g.members))
-            .collect();
-        self.sched.set_group_members(members);
         let submit = Submit {
             input: AllocateInput {
                 lease_id: LeaseId(uuid::Uuid::new_v4().to_string()),
@@ -212,7 +227,7 @@ impl EventLoop {
             preempt: a.preempt,
             gpus_allowed,
         };
-        let swarm = self.swarm_usage_of(&holder);
+        let swarm = self.swarm_usage_if_capped(&holder);
         let req = submit.input.req.clone();
         let ticket = submit.input.lease_id.clone();
         let outcome = self.sched.submit(submit, &swarm, now);
@@ -559,25 +574,7 @@ impl EventLoop {
     pub(super) fn cancel_ticket(&mut self, id: &LeaseId) -> Option<NodeId> {
         let t = self.tickets.remove(id)?;
         self.persist_requester();
-        if t.owner == self.local_id {
-            let me = self.local_id.clone();
-            self.sched.cancel_wait(id, Some(&me));
-            self.persist_sched();
-        } else if let Some(peer) = peer_id_of(&t.owner) {
-            let rid = self.swarm.behaviour_mut().alloc.send_request(
-                &peer,
-                Frame::Valid(AllocRequest::Release {
-                    lease_id: id.clone(),
-                }),
-            );
-            self.pending.insert(
-                rid,
-                Pending::Release {
-                    lease_id: id.clone(),
-                    reply: None,
-                },
-            );
-        }
+        self.release_on(&t.owner, id, None);
         Some(t.owner)
     }
 
@@ -645,7 +642,7 @@ impl EventLoop {
             created_at_ms: now,
         };
         let groups = self.groups_of(&r.holder);
-        let swarm = self.swarm_usage_of(&r.holder);
+        let swarm = self.swarm_usage_if_capped(&r.holder);
         match self.sched.reserve(r, &groups, &swarm, now) {
             Ok(r) => match self.persist_sched_now() {
                 Ok(()) => {
@@ -712,36 +709,23 @@ impl EventLoop {
         }
         let end_ms = start_ms.saturating_add(req.duration_secs * 1000);
         // Rank by total capacity: what is free now says little about a
-        // window in the future.
-        let mut candidates = Vec::new();
-        let local = self.view.local().clone();
-        let peers: Vec<Announcement> = self
-            .view
-            .peers()
-            .filter(|p| self.view.status(&p.ann.node_id, now) == Some(NodeStatus::Online))
-            .map(|p| p.ann.clone())
+        // window in the future. The same owners as a request that may wait.
+        let as_request = AllocationRequest {
+            required_resources: req.required_resources.clone(),
+            constraints: req.constraints.clone(),
+            node_id: req.node_id.clone(),
+            priority: req.priority,
+            ..Default::default()
+        };
+        let candidates: Vec<NodeId> = self
+            .eligible_by_total(&as_request)
+            .into_iter()
+            .map(|a| a.node_id.clone())
             .collect();
-        for ann in std::iter::once(local).chain(peers) {
-            if let Some(target) = &req.node_id {
-                if &ann.node_id.0 != target && &ann.name != target {
-                    continue;
-                }
-            }
-            if crate::core::fit::fit(&ann.capacity, &ann.capacity, &req.required_resources).is_err()
-            {
-                continue;
-            }
-            if crate::core::constraints::check(&req.constraints, &req.required_resources, &ann)
-                .is_err()
-            {
-                continue;
-            }
-            candidates.push(ann.node_id.clone());
-        }
         if candidates.is_empty() {
             let _ = reply.send(Err(NodeError::Denied(Denial::new(
                 DenyReason::Unsatisfiable,
-                "no known node has that much in total (or meets the constraints)",
+                "no known node that would serve this one has that much in total (or meets the constraints)",
             ))));
             return;
         }
@@ -888,24 +872,7 @@ impl EventLoop {
     pub(super) fn cancel_held_reservation(&mut self, id: &LeaseId) -> Option<NodeId> {
         let h = self.held_reservations.remove(id)?;
         self.persist_requester();
-        if h.owner == self.local_id {
-            let me = self.local_id.clone();
-            let _ = self.owner_release(id, Some(&me));
-        } else if let Some(peer) = peer_id_of(&h.owner) {
-            let rid = self.swarm.behaviour_mut().alloc.send_request(
-                &peer,
-                Frame::Valid(AllocRequest::Release {
-                    lease_id: id.clone(),
-                }),
-            );
-            self.pending.insert(
-                rid,
-                Pending::Release {
-                    lease_id: id.clone(),
-                    reply: None,
-                },
-            );
-        }
+        self.release_on(&h.owner, id, None);
         Some(h.owner)
     }
 
@@ -969,14 +936,6 @@ impl EventLoop {
 
     pub(super) fn set_quota(&mut self, c: QuotaChange) -> Result<Vec<QuotaEntry>, NodeError> {
         let subject = self.parse_subject(&c.subject)?;
-        let members = self
-            .state
-            .groups
-            .groups()
-            .into_iter()
-            .map(|g| (g.id, g.members))
-            .collect();
-        self.sched.set_group_members(members);
         let result = if c.swarm {
             if c.burst.is_some() {
                 return Err(NodeError::BadRequest(

@@ -215,6 +215,7 @@ impl EventLoop {
         match self.state.merge_signed(signed) {
             Ok(Merged::New(batch)) => {
                 self.defer(batch);
+                self.sync_group_members();
                 Ok(true)
             }
             Ok(Merged::Known) => Ok(false),
@@ -267,7 +268,10 @@ impl EventLoop {
             .map_err(|e| NodeError::Storage(format!("cannot sign: {e}")))?;
         let bytes = postcard::to_stdvec(&signed).map_err(|e| NodeError::Storage(e.to_string()))?;
         let batch = match self.state.merge_signed(signed) {
-            Ok(Merged::New(batch)) => batch,
+            Ok(Merged::New(batch)) => {
+                self.sync_group_members();
+                batch
+            }
             Ok(Merged::Known) => return Ok(()),
             Err(MergeError::Full) => {
                 return Err(NodeError::Conflict(
