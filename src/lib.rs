@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod daemon;
+pub mod exec;
 pub mod handle;
 pub mod hw;
 pub mod identity;

@@ -51,5 +51,6 @@ pub mod preempt;
 pub mod queue;
 pub mod quota;
 pub mod sched;
+pub mod tasks;
 pub mod throttle;
 pub mod view;

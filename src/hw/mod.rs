@@ -7,6 +7,7 @@
 //! capacity the same way.
 
 pub mod gpu;
+pub mod models;
 pub mod probe;
 
 pub use gpu::{detect_gpus, GpuMonitor};

@@ -8,9 +8,13 @@
 
 mod announce;
 mod resources;
+mod task;
 
 pub use announce::{AccessHint, Announcement, Location, NodeStatus};
 pub use resources::{
     Capacity, ComputeCapability, Denial, DenyReason, FreeCapacity, GpuInfo, GpuSlot, HolderUsage,
     Lease, LeaseId, NodeId, Priority, ResourceRequirements, Usage,
+};
+pub use task::{
+    ChatMessage, InferenceCall, InferenceRequest, TaskOutcome, TaskResult, TaskSpec,
 };

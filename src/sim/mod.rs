@@ -15,5 +15,6 @@
 //! Nothing in the node itself uses this module.
 
 pub mod des;
+pub mod fake_ollama;
 pub mod http;
 pub mod netns;

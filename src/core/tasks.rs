@@ -1,0 +1,1 @@
+//! Task templates, parameters, aggregation and jobs (sans-IO).

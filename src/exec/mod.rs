@@ -1,0 +1,1 @@
+//! Task runners: processes on the owner machine, held to the lease.

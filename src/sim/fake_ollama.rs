@@ -1,0 +1,1 @@
+//! A stand-in for Ollama, for tests and demos.
