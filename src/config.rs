@@ -38,6 +38,8 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use toml::de::{DeTable, DeValue};
 
+use crate::core::tasks::TasksConfig;
+use crate::hw::models::ModelApi;
 use crate::model::{Location, NodeId};
 use crate::units::{self, format_mb, parse_size_mb};
 
@@ -96,8 +98,11 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// `[elastic]`: lend less while the machine's owner is using it.
     pub elastic: ElasticConfig,
-    /// `[models]`: AI models this node serves.
+    /// `[models]`: AI models this node serves, and its local model server.
     pub models: ModelsConfig,
+    /// `[tasks]`: the task templates peers may run here, and how tasks are
+    /// held to their leases. Default: no templates.
+    pub tasks: TasksConfig,
     /// `[leases]`: lease lengths and limits this node grants.
     pub leases: LeasesConfig,
     /// `[strategy]`: how this node chooses peers for its own requests.
@@ -510,12 +515,48 @@ impl ElasticConfig {
 }
 
 /// `[models]`: AI models this node serves.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// With `server` set, the node asks that model server what it serves
+/// (every `refresh`) and advertises those models, narrowed to `served`
+/// when `served` is not empty, so an owner can share only some of them;
+/// peers' inference calls are forwarded to it. Without `server`, the node
+/// advertises `served` as declared, and cannot answer inference calls.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelsConfig {
     /// Model names, e.g. `["llama3", "mistral"]`. Requests that prefer a
-    /// model only go to nodes that serve it.
+    /// model only go to nodes that serve it. With `server`, the models of
+    /// the server to share (empty: all of them); without, the models
+    /// advertised as they are.
     pub served: Vec<String>,
+    /// URL of the local model server, e.g. `"http://127.0.0.1:11434"`
+    /// (Ollama) or `"http://127.0.0.1:8000/v1"` (vLLM). Plain `http`: the
+    /// server runs on this machine. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// The API the server speaks: `"ollama"` (default) or `"openai"`
+    /// (OpenAI-compatible: vLLM, llama.cpp server, LM Studio, LocalAI).
+    pub api: ModelApi,
+    /// How often to ask the server what it serves (and has loaded). At
+    /// least 1s. Default 10s.
+    #[serde(with = "units::serde_duration")]
+    pub refresh: Duration,
+    /// Longest an inference call may take (for a streamed answer: the
+    /// longest wait for each next piece). Default 5m.
+    #[serde(with = "units::serde_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        ModelsConfig {
+            served: Vec::new(),
+            server: None,
+            api: ModelApi::Ollama,
+            refresh: Duration::from_secs(10),
+            timeout: Duration::from_secs(5 * 60),
+        }
+    }
 }
 
 /// `[leases]`: how long grants last.
@@ -1350,6 +1391,7 @@ impl Config {
         self.check_access()?;
         self.check_scheduler()?;
         self.check_models()?;
+        self.check_tasks()?;
         self.check_leases()?;
         self.check_strategy()?;
         self.check_log()
@@ -1688,7 +1730,35 @@ impl Config {
                 return Err(problem(key, format!("model {m:?} is listed twice")));
             }
         }
+        let m = &self.models;
+        if let Some(url) = &m.server {
+            check_server_url(url).map_err(|e| problem("models.server", e))?;
+        }
+        if m.refresh < Duration::from_secs(1) || m.refresh > Duration::from_secs(24 * 3600) {
+            return Err(problem(
+                "models.refresh",
+                format!(
+                    "must be between 1s and 1d, got {}",
+                    units::format_duration(m.refresh)
+                ),
+            ));
+        }
+        if m.timeout.is_zero() || m.timeout > Duration::from_secs(24 * 3600) {
+            return Err(problem(
+                "models.timeout",
+                format!(
+                    "must be more than 0s and at most 1d, got {}",
+                    units::format_duration(m.timeout)
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    fn check_tasks(&self) -> Result<(), Problem> {
+        self.tasks
+            .check()
+            .map_err(|p| problem(format!("tasks.{}", p.key), p.message))
     }
 
     fn check_leases(&self) -> Result<(), Problem> {
@@ -1760,6 +1830,35 @@ impl Config {
             .map(|_| ())
             .map_err(|e| problem("log.level", format!("invalid filter {level:?}: {e}")))
     }
+}
+
+/// Checks `models.server`: an `http://` URL with a host, and no query or
+/// fragment. `https` is refused because this build has no TLS (the model
+/// server runs on this machine).
+fn check_server_url(url: &str) -> Result<(), String> {
+    const EXAMPLE: &str = "an http:// URL like \"http://127.0.0.1:11434\"";
+    let parsed = reqwest::Url::parse(url.trim())
+        .map_err(|e| format!("expected {EXAMPLE}, got {url:?} ({e})"))?;
+    match parsed.scheme() {
+        "http" => {}
+        "https" => {
+            return Err(format!(
+                "expected {EXAMPLE}, got {url:?}: lanswarm is built without TLS, and the model server runs on this machine, so use http"
+            ))
+        }
+        _ => return Err(format!("expected {EXAMPLE}, got {url:?}")),
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "expected {EXAMPLE}, got {url:?}, which has no host"
+        ));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(format!(
+            "expected {EXAMPLE}, got {url:?}: no query or fragment"
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `addr` goes over QUIC (or UDP), which a private swarm cannot use.
@@ -2019,6 +2118,135 @@ mod tests {
             e.contains("resources.gpus[0]: missing field `memory`"),
             "{e}"
         );
+        let e = err("[[tasks.templates]]\nname = \"x\"\nargv = [\"ls\"]\ncommand = \"ls\"");
+        assert!(
+            e.contains("test.toml:4:1: tasks.templates[0].command: unknown field `command`"),
+            "{e}"
+        );
+        let e = err("[[tasks.templates]]\nname = \"x\"");
+        assert!(
+            e.contains("tasks.templates[0]: missing field `argv`"),
+            "{e}"
+        );
+        let e = err("[tasks]\nisolation = \"docker\"");
+        assert!(
+            e.contains("tasks.isolation: unknown variant `docker`"),
+            "{e}"
+        );
+        let e = err("[[tasks.templates]]\nname = \"x\"\nargv = [\"ls\"]\nmax_output = \"1K\"");
+        assert!(
+            e.contains("tasks.templates[0].max_output: invalid size"),
+            "{e}"
+        );
+        let e = err("[models]\napi = \"grpc\"");
+        assert!(e.contains("models.api: unknown variant `grpc`"), "{e}");
+    }
+
+    #[test]
+    fn tasks_and_model_server_are_read() {
+        let c = parse(
+            r#"
+[models]
+served = ["llama3"]
+server = "http://127.0.0.1:11434"
+api = "openai"
+refresh = "30s"
+timeout = "10m"
+
+[tasks]
+isolation = "rlimit"
+max_running = 4
+keep_results = "1h"
+
+[[tasks.templates]]
+name = "square"
+description = "Squares n"
+argv = ["python3", "square.py", "--n={n}"]
+env = { PYTHONUNBUFFERED = "1" }
+workdir = "/srv/lanswarm"
+timeout = "30s"
+max_output = "64KiB"
+[tasks.templates.params.n]
+type = "int"
+min = 0
+max = 1000000
+default = 2
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.models.server.as_deref(), Some("http://127.0.0.1:11434"));
+        assert_eq!(c.models.api, ModelApi::Openai);
+        assert_eq!(c.models.refresh, Duration::from_secs(30));
+        assert_eq!(c.models.timeout, Duration::from_secs(600));
+        assert_eq!(c.tasks.isolation, crate::core::tasks::TaskIsolation::Rlimit);
+        assert_eq!(c.tasks.max_running, 4);
+        let t = c.tasks.template("square").unwrap();
+        assert_eq!(t.max_output, 64 * 1024);
+        assert_eq!(t.timeout, Duration::from_secs(30));
+        assert_eq!(t.params["n"].default.as_deref(), Some("2"));
+        let argv = t
+            .render(&[("n".to_owned(), "12".to_owned())].into_iter().collect())
+            .unwrap();
+        assert_eq!(argv, ["python3", "square.py", "--n=12"]);
+        // Defaults: no server, ollama, 10s, 5m; no templates.
+        let d = parse("").unwrap();
+        assert_eq!(d.models.server, None);
+        assert_eq!(d.models.api, ModelApi::Ollama);
+        assert_eq!(d.models.refresh, Duration::from_secs(10));
+        assert_eq!(d.models.timeout, Duration::from_secs(300));
+        assert!(d.tasks.templates.is_empty());
+        assert_eq!(d.tasks.max_running, 16);
+        // Round trip, templates included.
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(parse(&text).unwrap(), c, "{text}");
+        // The example workstation's templates render as documented.
+        let c = parse(include_str!("../swarm-config/gpu-workstation.toml")).unwrap();
+        assert_eq!(c.tasks.template_names(), ["hello", "square", "finetune"]);
+        assert_eq!(c.models.server.as_deref(), Some("http://127.0.0.1:11434"));
+        let hello = c.tasks.template("hello").unwrap();
+        let argv = hello
+            .render(
+                &[("who".to_owned(), "$(reboot)".to_owned())]
+                    .into_iter()
+                    .collect(),
+            )
+            .unwrap();
+        assert_eq!(
+            argv,
+            [
+                "sh",
+                "-c",
+                "echo \"hello, $1 (GPUs: ${CUDA_VISIBLE_DEVICES:-none})\"",
+                "sh",
+                "$(reboot)"
+            ]
+        );
+        let ft = c.tasks.template("finetune").unwrap();
+        let argv = ft
+            .render(
+                &[("dataset".to_owned(), "dolly".to_owned())]
+                    .into_iter()
+                    .collect(),
+            )
+            .unwrap();
+        assert_eq!(
+            argv[2..],
+            [
+                "--dataset",
+                "dolly",
+                "--epochs=1",
+                "--lr=0.0002",
+                "--fp16=true"
+            ]
+        );
+        // Other URL shapes that are fine.
+        for url in [
+            "http://gpu-box:8000/v1",
+            "http://[::1]:11434/",
+            "http://localhost",
+        ] {
+            parse(&format!("[models]\nserver = \"{url}\"")).unwrap();
+        }
     }
 
     #[test]
@@ -2048,6 +2276,27 @@ mod tests {
             ("[network]\nlisten = [\"/ip4/0.0.0.0/tcp/0/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA\"]", "network.listen[0]: a listen address must not name a peer"),
             ("[[resources.gpus]]\nmemory = 0", "resources.gpus[0].memory: must be more than 0"),
             ("[lend]\nweight = 0", "lend.weight: must be between 1 and 1000"),
+            ("[models]\nserver = \"ftp://127.0.0.1:11434\"", "test.toml:2:1: models.server: expected an http:// URL like \"http://127.0.0.1:11434\", got \"ftp://127.0.0.1:11434\""),
+            ("[models]\nserver = \"localhost:11434\"", "models.server: expected an http:// URL"),
+            ("[models]\nserver = \"http://\"", "models.server: expected an http:// URL"),
+            ("[models]\nserver = \"https://gpu-box:11434\"", "models.server: expected an http:// URL like \"http://127.0.0.1:11434\", got \"https://gpu-box:11434\": lanswarm is built without TLS"),
+            ("[models]\nrefresh = \"500ms\"", "test.toml:2:1: models.refresh: must be between 1s and 1d, got 500ms"),
+            ("[models]\ntimeout = \"0s\"", "models.timeout: must be more than 0s"),
+            ("[tasks]\nmax_running = 0", "test.toml:2:1: tasks.max_running: must be between 1 and 4096, got 0"),
+            ("[tasks]\ncgroup_parent = \"lanswarm.slice\"", "tasks.cgroup_parent: must be an absolute path"),
+            ("[[tasks.templates]]\nname = \"x\"\nargv = []", "test.toml:3:1: tasks.templates[0].argv: must name a program"),
+            ("[[tasks.templates]]\nname = \"Hello World\"\nargv = [\"echo\"]", "test.toml:2:1: tasks.templates[0].name: \"Hello World\" is not a template name"),
+            ("[[tasks.templates]]\nname = \"a\"\nargv = [\"true\"]\n[[tasks.templates]]\nname = \"a\"\nargv = [\"false\"]", "test.toml:5:1: tasks.templates[1].name: template \"a\" is declared twice (also templates[0])"),
+            ("[[tasks.templates]]\nname = \"a\"\nargv = [\"true\"]\n[[tasks.templates]]\nname = \"echo\"\nargv = [\"sh\", \"-c\", \"echo {msg}\"]\nparams.msg = {}", "test.toml:6:21: tasks.templates[1].argv[2]: a placeholder inside a shell script would let a parameter run as shell code; pass it as a positional argument instead (argv = [\"sh\", \"-c\", \"echo \\\"$1\\\"\", \"sh\", \"{msg}\"])"),
+            ("[[tasks.templates]]\nname = \"x\"\nargv = [\"{prog}\"]\nparams.prog = {}", "tasks.templates[0].argv[0]: the program must be fixed"),
+            ("[[tasks.templates]]\nname = \"x\"\nargv = [\"echo\", \"{msg}\"]", "test.toml:3:17: tasks.templates[0].argv[1]: placeholder {msg} names no declared parameter; declare it under [tasks.templates.params.msg] (declared: no parameters)"),
+            ("[[tasks.templates]]\nname = \"x\"\nargv = [\"awk\", \"{print $1}\"]", "tasks.templates[0].argv[1]: `{print $1}` is not a placeholder"),
+            ("[[tasks.templates]]\nname = \"x\"\nargv = [\"sq\", \"{n}\"]\n[tasks.templates.params.n]\ntype = \"int\"\ndefault = \"ten\"", "test.toml:6:1: tasks.templates[0].params.n.default: expected an integer, got \"ten\""),
+            ("[[tasks.templates]]\nname = \"x\"\nargv = [\"sq\", \"{n}\"]\nparams.n = { type = \"int\", min = 5, max = 1 }", "tasks.templates[0].params.n.max: must be at least min (5), got 1"),
+            ("[[tasks.templates]]\nname = \"x\"\nargv = [\"true\"]\nenv = { CUDA_VISIBLE_DEVICES = \"0\" }", "test.toml:4:9: tasks.templates[0].env.CUDA_VISIBLE_DEVICES: is set by the node"),
+            ("[[tasks.templates]]\nname = \"x\"\nargv = [\"true\"]\nmax_output = \"8MiB\"", "test.toml:4:1: tasks.templates[0].max_output: must be at most 4MiB (a result must fit one task message), got 8MiB"),
+            ("[[tasks.templates]]\nname = \"x\"\nargv = [\"true\"]\ntimeout = \"0s\"", "tasks.templates[0].timeout: must be more than 0s"),
+            ("[[tasks.templates]]\nname = \"x\"\nargv = [\"true\"]\nworkdir = \"jobs\"", "tasks.templates[0].workdir: must be an absolute path"),
         ];
         for (text, want) in cases {
             let e = parse(text).unwrap_err();

@@ -106,7 +106,37 @@ pub fn node_config(cfg: &Config, keypair: libp2p::identity::Keypair) -> anyhow::
         max_tries: 8,
         // Read by `run` before anything else touches the data directory.
         swarm_key: None,
+        tasks: task_settings(cfg),
     })
+}
+
+/// What the node offers to run, from `[tasks]` and `[models]`.
+fn task_settings(cfg: &Config) -> crate::net::node::TaskSettings {
+    use crate::core::tasks::TaskIsolation;
+    use crate::exec::Isolation;
+    let t = &cfg.tasks;
+    crate::net::node::TaskSettings {
+        templates: t.templates.clone(),
+        isolation: match t.isolation {
+            TaskIsolation::Auto => Isolation::Auto,
+            TaskIsolation::Cgroup => Isolation::Cgroup,
+            TaskIsolation::Rlimit => Isolation::Rlimit,
+            TaskIsolation::None => Isolation::None,
+        },
+        cgroup_parent: t.cgroup_parent.clone(),
+        max_running: t.max_running,
+        keep_results: t.keep_results,
+        model_server: cfg
+            .models
+            .server
+            .as_ref()
+            .map(|url| crate::net::node::ModelServerSettings {
+                api: cfg.models.api,
+                url: url.clone(),
+                refresh: cfg.models.refresh,
+                timeout: cfg.models.timeout,
+            }),
+    }
 }
 
 /// Load the swarm key named by `network.swarm_key`, if any. Errors name
@@ -170,10 +200,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (node, task) = node::start(ncfg, shutdown.clone())
         .await
         .context("starting the node")?;
+    let work = crate::work::Work::start(
+        node.clone(),
+        &data_dir.join("work.redb"),
+        crate::work::WorkConfig::default(),
+        shutdown.clone(),
+    )
+    .context("opening the task and job records")?;
     info!(api = %cfg.api.listen, "HTTP API listening");
     let api = tokio::spawn(crate::api::serve(
         listener,
         node.clone(),
+        work,
         cfg.api.token.clone(),
         shutdown.clone(),
     ));

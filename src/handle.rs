@@ -65,6 +65,12 @@ pub struct AllocationRequest {
     pub wait_secs: Option<u64>,
     /// Node capabilities and labels the request needs (seed 001).
     pub constraints: Constraints,
+    /// Only nodes that offer this task template (for a task to run on
+    /// the lease).
+    pub template: Option<String>,
+    /// Nodes not to use (ids or names): a task re-placed after its node
+    /// was lost, or spread over the swarm.
+    pub avoid: Vec<String>,
 }
 
 /// What an allocation holds (seed 004's `AllocatedResources`).
@@ -414,6 +420,12 @@ pub struct NodeInfo {
     pub addresses: Vec<String>,
     pub resources: NodeResources,
     pub models: Vec<String>,
+    /// Of `models`, those loaded in memory now.
+    #[serde(default)]
+    pub loaded_models: Vec<String>,
+    /// Task templates the node offers.
+    #[serde(default)]
+    pub templates: Vec<String>,
     pub location: Location,
     pub weight: u32,
     pub allow_remote_access: bool,
@@ -479,6 +491,8 @@ impl NodeInfo {
                 cpu_usage_pct: ann.cpu_usage_pct,
             },
             models: ann.models.clone(),
+            loaded_models: ann.loaded_models.clone(),
+            templates: ann.templates.clone(),
             location: ann.location.clone(),
             weight: ann.weight,
             allow_remote_access: ann.access.allow_remote,
@@ -522,6 +536,14 @@ pub enum NodeError {
     /// group, a group that needs an invitation, an ambiguous name).
     #[error("{0}")]
     Conflict(String),
+    /// The owner would not run a task (`reason` is machine-readable:
+    /// `no_lease`, `unknown_template`, `bad_params`, `unknown_model`,
+    /// `no_model_server`, `busy`, `bad_request`).
+    #[error("task refused ({reason}): {message}")]
+    TaskRefused { reason: String, message: String },
+    /// A peer could not be reached, or did not answer.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
 }
 
 /// A swarm group as this node sees it.
@@ -653,8 +675,62 @@ pub(crate) enum Command {
     Multis(oneshot::Sender<Vec<MultiAllocation>>),
     Contention(oneshot::Sender<ContentionReport>),
     Pool(String, oneshot::Sender<Result<PoolInfo, NodeError>>),
+    RunTask(Box<RunTaskCmd>),
+    WatchTask {
+        owner: NodeId,
+        task_id: String,
+        updates: mpsc::UnboundedSender<TaskUpdate>,
+    },
+    TaskCall(
+        NodeId,
+        crate::net::protocol::TaskRequest,
+        oneshot::Sender<Result<crate::net::protocol::TaskResponse, NodeError>>,
+    ),
+    Offers(oneshot::Sender<Offers>),
     CreatePool(NewPool, oneshot::Sender<Result<PoolInfo, NodeError>>),
     DeletePool(String, oneshot::Sender<Result<(), NodeError>>),
+}
+
+/// What the node running a task for us says about it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TaskUpdate {
+    /// The next piece of a streamed answer.
+    Chunk(String),
+    /// The task ended.
+    Finished(Box<crate::model::TaskResult>),
+    /// The connection to the owner closed; poll it to tell a lost owner
+    /// from a reconnect.
+    OwnerDisconnected,
+}
+
+/// A task this node runs (or ran) for a peer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LocalTask {
+    pub task_id: String,
+    /// The template, or `infer:MODEL`.
+    pub label: String,
+    pub allocation_id: String,
+    pub requester: NodeId,
+    /// `running`, or how it ended.
+    pub status: String,
+    pub accepted_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i32>,
+}
+
+/// What this node offers to run: its templates and its model server.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Offers {
+    pub templates: Vec<crate::core::tasks::Template>,
+    /// Models advertised, and the loaded ones among them.
+    pub models: Vec<String>,
+    pub loaded_models: Vec<String>,
+    /// The model server's URL, if one is configured.
+    pub model_server: Option<String>,
+    /// What the last look at the model server found.
+    pub model_status: String,
+    /// Tasks running for peers, and recent results.
+    pub tasks: Vec<LocalTask>,
 }
 
 /// Fresh readings of the host, fed in by the hardware monitor task and
@@ -667,6 +743,17 @@ pub struct Telemetry {
     pub gpus: Vec<GpuInfo>,
     /// Host memory available, MiB (elastic sharing).
     pub memory_available_mb: u64,
+}
+
+/// Run a task on `owner` under `allocation_id`; updates go to `updates`.
+#[derive(Debug)]
+pub struct RunTaskCmd {
+    pub owner: NodeId,
+    pub allocation_id: String,
+    pub task_id: String,
+    pub spec: crate::model::TaskSpec,
+    pub updates: mpsc::UnboundedSender<TaskUpdate>,
+    pub reply: oneshot::Sender<Result<(), NodeError>>,
 }
 
 /// A cloneable handle to a running node.
@@ -711,6 +798,61 @@ impl Node {
     /// Place a request on whichever node the strategy picks.
     pub async fn request(&self, req: AllocationRequest) -> Result<Allocation, NodeError> {
         self.call(|tx| Command::Request(Box::new(req), tx)).await?
+    }
+
+    /// Start `spec` on `owner` under `allocation_id` (a lease this node
+    /// holds there) as task `task_id`. `Ok` once the owner accepted it;
+    /// the pieces and the result arrive on `updates`.
+    pub async fn start_task(
+        &self,
+        owner: NodeId,
+        allocation_id: &str,
+        task_id: &str,
+        spec: crate::model::TaskSpec,
+        updates: mpsc::UnboundedSender<TaskUpdate>,
+    ) -> Result<(), NodeError> {
+        self.call(|reply| {
+            Command::RunTask(Box::new(RunTaskCmd {
+                owner,
+                allocation_id: allocation_id.to_owned(),
+                task_id: task_id.to_owned(),
+                spec,
+                updates,
+                reply,
+            }))
+        })
+        .await?
+    }
+
+    /// Watch a task already running on `owner` (after a restart).
+    pub async fn watch_task(
+        &self,
+        owner: NodeId,
+        task_id: &str,
+        updates: mpsc::UnboundedSender<TaskUpdate>,
+    ) -> Result<(), NodeError> {
+        self.tx
+            .send(Command::WatchTask {
+                owner,
+                task_id: task_id.to_owned(),
+                updates,
+            })
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// Cancel or poll a task on `owner`.
+    pub async fn task_call(
+        &self,
+        owner: NodeId,
+        req: crate::net::protocol::TaskRequest,
+    ) -> Result<crate::net::protocol::TaskResponse, NodeError> {
+        self.call(|tx| Command::TaskCall(owner, req, tx)).await?
+    }
+
+    /// This node's templates, model server and the tasks it runs for peers.
+    pub async fn offers(&self) -> Result<Offers, NodeError> {
+        self.call(Command::Offers).await
     }
 
     /// Release an allocation this node holds, or one it granted.

@@ -16,5 +16,6 @@ pub mod sim;
 pub mod store;
 pub mod swarm_key;
 pub mod units;
+pub mod work;
 
 pub use handle::{Node, NodeError};

@@ -79,6 +79,20 @@ impl From<NodeError> for ApiError {
             }
             NodeError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
             NodeError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            NodeError::TaskRefused { reason, message } => {
+                let status = match reason.as_str() {
+                    "no_lease" => StatusCode::FORBIDDEN,
+                    "unknown_template" | "unknown_model" => StatusCode::NOT_FOUND,
+                    "bad_params" | "bad_request" => StatusCode::BAD_REQUEST,
+                    "busy" => StatusCode::TOO_MANY_REQUESTS,
+                    _ => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                ApiError {
+                    details: Some(json!({ "reason": reason })),
+                    ..ApiError::new(status, "task_refused", message)
+                }
+            }
+            NodeError::Unreachable(m) => ApiError::new(StatusCode::BAD_GATEWAY, "unreachable", m),
         }
     }
 }

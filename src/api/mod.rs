@@ -7,6 +7,7 @@
 //! `docs/api.md` documents every route and field.
 
 mod error;
+mod tasks;
 
 use std::net::SocketAddr;
 
@@ -29,16 +30,18 @@ use crate::handle::{
     AccessChange, AllocationRequest, AllocationStatus, NewGroup, NewPool, Node, QuotaChange,
     ReservationRequest, SchedPolicyChange,
 };
+use crate::work::Work;
 
 #[derive(Clone)]
 struct AppState {
     node: Node,
+    work: Work,
     token: Option<String>,
 }
 
-/// The API's routes over a node handle.
-pub fn router(node: Node, token: Option<String>) -> Router {
-    let state = AppState { node, token };
+/// The API's routes over a node handle and its requester-side work.
+pub fn router(node: Node, work: Work, token: Option<String>) -> Router {
+    let state = AppState { node, work, token };
     let api = Router::new()
         .route("/node", get(local_node))
         .route("/nodes", get(nodes))
@@ -62,6 +65,13 @@ pub fn router(node: Node, token: Option<String>) -> Router {
         .route("/queue", get(queue))
         .route("/multi", get(multis).post(request_multi))
         .route("/contention", get(contention))
+        .route("/tasks", get(tasks::list).post(tasks::submit))
+        .route("/tasks/{id}", get(tasks::get_one).delete(tasks::cancel))
+        .route("/infer", post(tasks::submit))
+        .route("/jobs", get(tasks::jobs).post(tasks::submit_job))
+        .route("/jobs/{id}", get(tasks::job).delete(tasks::cancel_job))
+        .route("/offers", get(tasks::offers))
+        .route("/models", get(tasks::models))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -75,10 +85,11 @@ pub fn router(node: Node, token: Option<String>) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     node: Node,
+    work: Work,
     token: Option<String>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node, token))
+    axum::serve(listener, router(node, work, token))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }

@@ -95,4 +95,49 @@ impl Client {
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call(Method::GET, path, None::<&()>).await
     }
+
+    /// POST `body` and read a newline-delimited JSON answer line by line
+    /// as it arrives, handing each line to `on_line`.
+    pub async fn post_lines(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+        mut on_line: impl FnMut(Value),
+    ) -> Result<(), ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.post(&url).json(body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let unreachable = |source| ClientError::Unreachable {
+            url: url.clone(),
+            source,
+        };
+        let mut resp = req.send().await.map_err(unreachable)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.bytes().await.map_err(unreachable)?;
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let err = &body["error"];
+            return Err(ClientError::Api {
+                status,
+                code: err["code"].as_str().unwrap_or("unknown").to_owned(),
+                message: err["message"].as_str().unwrap_or("").to_owned(),
+                body,
+            });
+        }
+        let mut buf = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
+            buf.extend_from_slice(&chunk);
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                let v = serde_json::from_slice(&line).map_err(|e| ClientError::Protocol {
+                    url: url.clone(),
+                    message: e.to_string(),
+                })?;
+                on_line(v);
+            }
+        }
+        Ok(())
+    }
 }

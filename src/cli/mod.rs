@@ -5,6 +5,7 @@
 mod client;
 mod keygen;
 mod table;
+mod tasks;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -106,6 +107,19 @@ pub enum Command {
     Queue,
     /// Contention on this node: queued demand against free capacity.
     Contention,
+    /// Tasks: run a template on a lease, list, show, cancel.
+    #[command(subcommand)]
+    Task(tasks::TaskCommand),
+    /// Scatter/gather jobs: run a job file, list, show, cancel.
+    #[command(subcommand)]
+    Job(tasks::JobCommand),
+    /// Ask a model served somewhere in the swarm: `lanswarm infer --model
+    /// llama3 "why is the sky blue?"`.
+    Infer(tasks::InferArgs),
+    /// What this node offers to run: its templates, its model server.
+    Offers,
+    /// Every model served in the swarm, and where (loaded first).
+    Models,
 }
 
 /// Options of `lanswarm run`. Each overrides the config file.
@@ -938,6 +952,11 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<()> {
             let r: ContentionReport = c.get("/api/v1/contention").await?;
             out(json, &r, || table::contention(&r))
         }
+        Command::Task(cmd) => tasks::task(&c, json, cmd).await,
+        Command::Job(cmd) => tasks::job(&c, json, cmd).await,
+        Command::Infer(args) => tasks::infer(&c, json, args).await,
+        Command::Offers => tasks::offers(&c, json).await,
+        Command::Models => tasks::models(&c, json).await,
     }
 }
 

@@ -498,6 +498,8 @@ mod tests {
             queued: 0,
             preemption: false,
             leaving: false,
+            loaded_models: vec![],
+            templates: vec![],
         }
     }
 

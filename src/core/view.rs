@@ -383,6 +383,8 @@ mod tests {
             queued: 0,
             preemption: false,
             leaving: false,
+            loaded_models: vec![],
+            templates: vec![],
             instance: 1,
             started_at_ms: 0,
         }

@@ -79,8 +79,13 @@ pub struct Announcement {
     pub machine_memory_mb: u64,
     /// Host CPU utilization, percent.
     pub cpu_usage_pct: f32,
-    /// AI models this node serves.
+    /// AI models this node serves (from its model server, or declared).
     pub models: Vec<String>,
+    /// Of those, the ones loaded in memory right now (Ollama `/api/ps`):
+    /// requests for them go here first.
+    pub loaded_models: Vec<String>,
+    /// Names of the task templates this node offers.
+    pub templates: Vec<String>,
     /// Where the node is.
     pub location: Location,
     /// Self-declared weight for the `weighted` strategy (requesters may

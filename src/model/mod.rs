@@ -15,6 +15,4 @@ pub use resources::{
     Capacity, ComputeCapability, Denial, DenyReason, FreeCapacity, GpuInfo, GpuSlot, HolderUsage,
     Lease, LeaseId, NodeId, Priority, ResourceRequirements, Usage,
 };
-pub use task::{
-    ChatMessage, InferenceCall, InferenceRequest, TaskOutcome, TaskResult, TaskSpec,
-};
+pub use task::{ChatMessage, InferenceCall, InferenceRequest, TaskOutcome, TaskResult, TaskSpec};

@@ -135,3 +135,36 @@ pub struct TaskResult {
     pub started_at_ms: u64,
     pub finished_at_ms: u64,
 }
+
+impl TaskResult {
+    /// A result with no output yet: outcome `error`, every time `now_ms`.
+    /// The runner fills in the rest.
+    pub fn empty(
+        task_id: &str,
+        node_id: &NodeId,
+        node_name: &str,
+        allocation_id: &str,
+        now_ms: u64,
+    ) -> Self {
+        TaskResult {
+            task_id: task_id.to_owned(),
+            node_id: node_id.clone(),
+            node_name: node_name.to_owned(),
+            allocation_id: allocation_id.to_owned(),
+            outcome: TaskOutcome::Error,
+            exit_code: None,
+            signal: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            error: None,
+            enforcement: String::new(),
+            accepted_at_ms: now_ms,
+            started_at_ms: now_ms,
+            finished_at_ms: now_ms,
+        }
+    }
+}

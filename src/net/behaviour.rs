@@ -1,4 +1,4 @@
-//! The libp2p behaviour: mDNS, gossipsub, the allocation and sync
+//! The libp2p behaviour: mDNS, gossipsub, the allocation, sync and task
 //! request-response protocols, identify and ping, combined with
 //! `#[derive(NetworkBehaviour)]`.
 
@@ -10,8 +10,8 @@ use libp2p::{
 };
 
 use super::protocol::{
-    AllocCodec, SyncCodec, ALLOC_PROTOCOL, MAX_ALLOC_MESSAGE, MAX_ANNOUNCEMENT, MAX_SYNC_MESSAGE,
-    SYNC_PROTOCOL,
+    AllocCodec, SyncCodec, TaskCodec, ALLOC_PROTOCOL, MAX_ALLOC_MESSAGE, MAX_ANNOUNCEMENT,
+    MAX_SYNC_MESSAGE, MAX_TASK_MESSAGE, SYNC_PROTOCOL, TASK_PROTOCOL,
 };
 
 /// The error type libp2p's builder takes from a behaviour constructor.
@@ -19,6 +19,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long an allocation or sync request may take before it fails.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a task message may take (results carry outputs of megabytes).
+pub const TASK_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Most concurrent inbound/outbound streams per connection, per protocol.
 pub const MAX_CONCURRENT_STREAMS: usize = 256;
 
@@ -31,6 +33,7 @@ pub struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     pub alloc: request_response::Behaviour<AllocCodec>,
     pub sync: request_response::Behaviour<SyncCodec>,
+    pub task: request_response::Behaviour<TaskCodec>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
@@ -105,7 +108,13 @@ impl Behaviour {
         let sync = request_response::Behaviour::with_codec(
             SyncCodec::new(MAX_SYNC_MESSAGE, MAX_SYNC_MESSAGE),
             [(SYNC_PROTOCOL, request_response::ProtocolSupport::Full)],
-            rr_cfg,
+            rr_cfg.clone(),
+        );
+        // Results can be megabytes; give them longer than a grant.
+        let task = request_response::Behaviour::with_codec(
+            TaskCodec::new(MAX_TASK_MESSAGE, MAX_TASK_MESSAGE),
+            [(TASK_PROTOCOL, request_response::ProtocolSupport::Full)],
+            rr_cfg.with_request_timeout(TASK_REQUEST_TIMEOUT),
         );
         let identify = identify::Behaviour::new(
             identify::Config::new("/lanswarm/id/1".into(), key.public())
@@ -127,6 +136,7 @@ impl Behaviour {
             gossipsub,
             alloc,
             sync,
+            task,
             identify,
             ping,
             mdns: mdns.into(),

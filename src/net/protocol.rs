@@ -19,12 +19,16 @@ use crate::core::groups::GroupEvent;
 use crate::core::pools::PoolEvent;
 use crate::model::{
     Announcement, Capacity, Denial, Lease, LeaseId, NodeId, Priority, ResourceRequirements,
+    TaskResult, TaskSpec,
 };
 
 /// Allocation protocol: allocate, renew, release.
 pub const ALLOC_PROTOCOL: StreamProtocol = StreamProtocol::new("/lanswarm/alloc/1");
 /// Sync-on-connect protocol: two peers swap every announcement they hold.
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/lanswarm/sync/1");
+/// Task protocol: run work under a lease, cancel it, ask after it; the
+/// owner pushes streamed pieces and the result back the same way.
+pub const TASK_PROTOCOL: StreamProtocol = StreamProtocol::new("/lanswarm/task/1");
 /// Gossipsub topic for signed capacity announcements.
 pub const CAPACITY_TOPIC: &str = "lanswarm/capacity/1";
 /// Gossipsub topic for signed swarm-state events (groups and pools).
@@ -32,6 +36,11 @@ pub const STATE_TOPIC: &str = "lanswarm/state/1";
 
 /// Largest allocation request or response, bytes.
 pub const MAX_ALLOC_MESSAGE: usize = 16 * 1024;
+/// Largest task message, bytes: a result carries at most two outputs of
+/// [`crate::core::tasks::MAX_OUTPUT_LIMIT`] each, plus its fields.
+pub const MAX_TASK_MESSAGE: usize = 9 * 1024 * 1024;
+/// Largest single streamed piece of an answer, bytes.
+pub const MAX_TASK_CHUNK: usize = 64 * 1024;
 /// Largest signed announcement (payload + key + signature), bytes.
 pub const MAX_ANNOUNCEMENT: usize = 32 * 1024;
 /// Largest sync message, bytes (a full view of a large LAN).
@@ -101,6 +110,90 @@ pub enum Notice {
     ReservationStarted(Lease),
     /// A lease or ticket ended early: preempted, or the wait ran out.
     Ended { lease_id: LeaseId, denial: Denial },
+}
+
+/// A request on `/lanswarm/task/1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskRequest {
+    /// Requester → owner: run `spec` under `allocation_id`, a lease the
+    /// requester holds on the owner. The requester chooses `task_id` (a
+    /// UUID). Answered `Accepted` or `Refused` at once; the result follows
+    /// as a `Finished` request the other way.
+    Run {
+        task_id: String,
+        allocation_id: LeaseId,
+        spec: TaskSpec,
+    },
+    /// Requester → owner: stop a task. Idempotent.
+    Cancel { task_id: String },
+    /// Requester → owner: how is this task? Answered `Status`.
+    Poll { task_id: String },
+    /// Owner → requester: the next piece of a streamed answer (`seq`
+    /// counts from 0).
+    Chunk {
+        task_id: String,
+        seq: u64,
+        text: String,
+    },
+    /// Owner → requester: the task ended.
+    Finished(Box<TaskResult>),
+}
+
+/// Why an owner would not run a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskRefuseReason {
+    /// No active lease with that id held by the asking peer.
+    NoLease,
+    /// The owner declares no template of that name.
+    UnknownTemplate,
+    /// A parameter is undeclared, missing, or of the wrong type.
+    BadParams,
+    /// The owner serves no such model.
+    UnknownModel,
+    /// The owner has no model server, or it is down.
+    NoModelServer,
+    /// A task already runs on that lease, or the owner runs its most tasks.
+    Busy,
+    /// Anything else malformed (ids, sizes).
+    BadRequest,
+}
+
+impl TaskRefuseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskRefuseReason::NoLease => "no_lease",
+            TaskRefuseReason::UnknownTemplate => "unknown_template",
+            TaskRefuseReason::BadParams => "bad_params",
+            TaskRefuseReason::UnknownModel => "unknown_model",
+            TaskRefuseReason::NoModelServer => "no_model_server",
+            TaskRefuseReason::Busy => "busy",
+            TaskRefuseReason::BadRequest => "bad_request",
+        }
+    }
+}
+
+/// How a task stands on its owner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskState {
+    Running {
+        started_at_ms: u64,
+    },
+    Finished(Box<TaskResult>),
+    /// The owner does not know the task (never ran here, forgotten, or the
+    /// owner restarted).
+    Unknown,
+}
+
+/// The answer on `/lanswarm/task/1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskResponse {
+    Accepted,
+    Refused {
+        reason: TaskRefuseReason,
+        message: String,
+    },
+    Status(TaskState),
+    Ack,
 }
 
 /// The answer on `/lanswarm/alloc/1`.
@@ -557,6 +650,8 @@ where
 
 /// Codec for `/lanswarm/alloc/1`.
 pub type AllocCodec = PostcardCodec<AllocRequest, AllocReply>;
+/// Codec for `/lanswarm/task/1`.
+pub type TaskCodec = PostcardCodec<TaskRequest, TaskResponse>;
 /// Codec for `/lanswarm/sync/1`.
 pub type SyncCodec = PostcardCodec<SyncRequest, SyncResponse>;
 
@@ -594,6 +689,8 @@ mod tests {
             queued: 0,
             preemption: false,
             leaving: false,
+            loaded_models: vec![],
+            templates: vec![],
             instance: 1,
             started_at_ms: 0,
         }

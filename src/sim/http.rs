@@ -54,7 +54,7 @@ pub fn exchange(
     };
     Ok((
         status,
-        serde_json::from_str(&payload).unwrap_or(Value::Null),
+        serde_json::from_str(&payload).unwrap_or_else(|_| ndjson(&payload)),
     ))
 }
 
@@ -69,6 +69,20 @@ pub fn request(method: &str, url: &str, body: Option<&str>) -> io::Result<(u16, 
     let path = if path.is_empty() { "/" } else { path };
     let s = TcpStream::connect(host)?;
     exchange(s, host, method, path, body, None, Duration::from_secs(30))
+}
+
+/// A newline-delimited JSON body (a streamed answer) as an array of its
+/// lines, or `Null` if it is not one.
+fn ndjson(payload: &str) -> Value {
+    let lines: Result<Vec<Value>, _> = payload
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect();
+    match lines {
+        Ok(v) if !v.is_empty() => Value::Array(v),
+        _ => Value::Null,
+    }
 }
 
 /// Decode a `Transfer-Encoding: chunked` body.

@@ -628,6 +628,25 @@ level = "{LOG_LEVEL}"
             .unwrap_or_else(|e| panic!("lanswarm {} in {}: {e}", args.join(" "), h.name))
     }
 
+    /// Start `program` with `args` in host `i`'s namespace (a helper the
+    /// test needs there, such as the Ollama stand-in), with its output in
+    /// `<name>.log` beside the node's. Killed when the LAN is dropped, with
+    /// every other process left in its namespaces.
+    pub fn spawn_in(&self, i: usize, name: &str, program: &str, args: &[&str]) -> Child {
+        let h = &self.hosts[i];
+        let log = std::fs::File::create(h.dir.join(format!("{name}.log")))
+            .unwrap_or_else(|e| panic!("creating {name}.log: {e}"));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &h.ns, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        clean_env(&mut cmd);
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("starting {program} in {}: {e}", h.name))
+    }
+
     /// Run the CLI with `--json` in host `i`: `Ok(stdout as JSON)` when it
     /// succeeds, `Err(stdout as JSON, or Null)` with the exit code and
     /// stderr logged when it fails.

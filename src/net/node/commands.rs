@@ -157,6 +157,26 @@ impl EventLoop {
             Command::Queue(reply) => {
                 let _ = reply.send(self.queue_entries());
             }
+            Command::RunTask(cmd) => {
+                let c = *cmd;
+                self.start_remote_task(
+                    c.owner,
+                    c.allocation_id,
+                    c.task_id,
+                    c.spec,
+                    c.updates,
+                    c.reply,
+                )
+            }
+            Command::WatchTask {
+                owner,
+                task_id,
+                updates,
+            } => self.watch_task(owner, task_id, updates),
+            Command::TaskCall(owner, req, reply) => self.task_call(owner, req, reply),
+            Command::Offers(reply) => {
+                let _ = reply.send(self.offers());
+            }
             Command::Contention(reply) => {
                 let _ = reply.send(self.contention_report());
             }

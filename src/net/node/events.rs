@@ -42,7 +42,9 @@ impl EventLoop {
                 ..
             } => {
                 debug!(peer = %peer_id, "disconnected");
-                self.view.set_connected(&node_id_of(&peer_id), false);
+                let id = node_id_of(&peer_id);
+                self.view.set_connected(&id, false);
+                self.owner_disconnected(&id);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 if let Some(peer) = peer_id {
@@ -111,6 +113,7 @@ impl EventLoop {
             BehaviourEvent::Gossipsub(_) => {}
             BehaviourEvent::Alloc(ev) => self.on_alloc_event(ev),
             BehaviourEvent::Sync(ev) => self.on_sync_event(ev),
+            BehaviourEvent::Task(ev) => self.on_task_event(ev),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 for addr in info.listen_addrs {
                     self.swarm.add_peer_address(peer_id, addr);

@@ -96,6 +96,7 @@ impl EventLoop {
         let now = now_ms();
         self.flush_deferred();
         self.sched_tick(now);
+        self.maintain_tasks(now);
         self.prune_tickets(now);
         self.expire_multis(now);
         let due: Vec<LeaseId> = self

@@ -64,6 +64,9 @@ mod owner;
 mod requester;
 mod sched;
 mod state;
+mod tasks;
+
+pub use tasks::{ModelServerSettings, TaskSettings};
 
 /// How often leases are expired, renewed and peers pruned.
 const MAINTENANCE_TICK: Duration = Duration::from_millis(250);
@@ -126,6 +129,8 @@ pub struct NodeConfig {
     /// pnet layer and only nodes with the same key can connect. TCP only
     /// (pnet does not cover QUIC). Never logged; its fingerprint is.
     pub swarm_key: Option<libp2p::pnet::PreSharedKey>,
+    /// Task templates and the model server: what peers may run here.
+    pub tasks: TaskSettings,
 }
 
 impl NodeConfig {
@@ -158,6 +163,7 @@ impl NodeConfig {
             api_addr: None,
             max_tries: 8,
             swarm_key: None,
+            tasks: TaskSettings::default(),
         }
     }
 }
@@ -280,6 +286,7 @@ pub async fn start(
         held_reservations: requester.reservations,
         reserving: HashMap::new(),
         multis: BTreeMap::new(),
+        tasks: tasks::Tasks::new(cfg.tasks.clone(), cfg.models.clone()),
         elastic: cfg.elastic.enabled.then(|| {
             Elastic::new(
                 cfg.elastic.clone(),
@@ -315,6 +322,7 @@ pub async fn start(
         cfg,
     };
     el.sync_group_members();
+    el.tasks.spawn_discovery(shutdown.child_token());
     el.announce(false);
     let span = tracing::info_span!("node", id = %short(&local_id));
     let task = tokio::spawn(tracing::Instrument::instrument(el.run(shutdown), span));
@@ -405,6 +413,8 @@ fn placeholder_announcement(id: &NodeId) -> Announcement {
         queued: 0,
         preemption: false,
         leaving: false,
+        loaded_models: vec![],
+        templates: vec![],
         instance: 0,
         started_at_ms: 0,
     }
@@ -502,6 +512,8 @@ struct EventLoop {
     elastic: Option<Elastic>,
     /// Multi-node requests, by id.
     multis: BTreeMap<String, multi::Multi>,
+    /// Tasks we run for peers, and ours running on peers.
+    tasks: tasks::Tasks,
     view: View,
     placer: Placer,
     strategy: StrategyConfig,
@@ -584,6 +596,7 @@ impl EventLoop {
                 }
                 _ = heartbeat.tick() => self.announce(false),
                 _ = tick.tick() => self.maintain(),
+                Some(ev) = self.tasks.next_event() => self.on_runner_event(ev),
                 _ = redial.tick() => self.redial(),
                 _ = resync.tick() => self.resync(),
             }
@@ -594,7 +607,8 @@ impl EventLoop {
     /// Leave in order: release what we hold, tell peers we are leaving,
     /// give the swarm a moment to flush, then drop everything.
     async fn shutdown(&mut self) {
-        info!("shutting down: releasing held leases and announcing departure");
+        info!("shutting down: stopping tasks, releasing held leases, announcing departure");
+        self.stop_all_tasks();
         let ids: Vec<LeaseId> = self.held.keys().cloned().collect();
         for id in ids {
             self.release_held(&id, None);
@@ -665,6 +679,16 @@ fn validate_request(req: &AllocationRequest) -> Result<(), String> {
         .is_some_and(|id| id.is_empty() || id.len() > 128)
     {
         return Err("request_id: 1 to 128 bytes".into());
+    }
+    if req.avoid.len() > 1024 || req.avoid.iter().any(|a| a.len() > 128) {
+        return Err("avoid: at most 1024 node ids or names".into());
+    }
+    if req
+        .template
+        .as_ref()
+        .is_some_and(|t| t.is_empty() || t.len() > 64)
+    {
+        return Err("template: 1 to 64 bytes".into());
     }
     if req.task_type.len() > 128 {
         return Err("task_type: at most 128 bytes".into());

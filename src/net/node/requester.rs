@@ -64,6 +64,7 @@ impl EventLoop {
                 keep
             });
         }
+        self.task_filters(&req, &mut candidates, &mut excluded);
         if let Err(e) = self.scope_candidates(&req, &mut candidates, &mut excluded) {
             let _ = reply.send(Err(e));
             return;
@@ -86,6 +87,7 @@ impl EventLoop {
             seed,
         );
         let mut ranked = ranked;
+        self.loaded_first(&req, &mut ranked);
         // Full nodes only: a node already on the list is asked there,
         // without preemption.
         let last_resort: Vec<NodeId> = self
@@ -114,6 +116,62 @@ impl EventLoop {
         let id = self.next_placement;
         self.next_placement += 1;
         self.drive(id, placement);
+    }
+
+    /// Keep the nodes a task can run on: those offering the template, and
+    /// none the request avoids.
+    fn task_filters(
+        &self,
+        req: &AllocationRequest,
+        candidates: &mut Vec<crate::core::placement::Candidate>,
+        excluded: &mut Vec<Excluded>,
+    ) {
+        candidates.retain(|c| {
+            let why = if req.avoid.iter().any(|a| a == &c.node_id.0 || a == &c.name) {
+                Some("avoided by the request".to_owned())
+            } else if let Some(t) = &req.template {
+                let offers = if c.is_local {
+                    self.tasks_offer(t)
+                } else {
+                    self.view
+                        .get(&c.node_id)
+                        .is_some_and(|e| e.ann.templates.contains(t))
+                };
+                (!offers).then(|| format!("offers no task template {t:?}"))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                excluded.push(Excluded {
+                    node_id: c.node_id.clone(),
+                    node_name: c.name.clone(),
+                    why,
+                });
+                return false;
+            }
+            true
+        });
+    }
+
+    /// Among ranked nodes, those with a preferred model already loaded
+    /// come first (the strategy's order kept within each part).
+    fn loaded_first(&self, req: &AllocationRequest, ranked: &mut [NodeId]) {
+        let wanted = &req.required_resources.preferred_models;
+        if wanted.is_empty() {
+            return;
+        }
+        let loaded = |n: &NodeId| {
+            let list = if n == &self.local_id {
+                self.tasks_loaded()
+            } else {
+                match self.view.get(n) {
+                    Some(e) => e.ann.loaded_models.clone(),
+                    None => return false,
+                }
+            };
+            wanted.iter().any(|m| list.contains(m))
+        };
+        ranked.sort_by_key(|n| !loaded(n));
     }
 
     /// Ask the next candidate. Local candidates are answered inline.

@@ -1,1 +1,0 @@
-//! Task templates, parameters, aggregation and jobs (sans-IO).
