@@ -203,7 +203,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let work = crate::work::Work::start(
         node.clone(),
         &data_dir.join("work.redb"),
-        crate::work::WorkConfig::default(),
+        crate::work::WorkConfig {
+            max_running_jobs: cfg.tasks.max_running_jobs as usize,
+        },
         shutdown.clone(),
     )
     .context("opening the task and job records")?;

@@ -203,7 +203,7 @@ async fn only_the_lease_holder_may_run_a_task() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_outliving_its_lease_is_stopped() {
+async fn cancelling_a_task_or_releasing_its_lease_stops_it() {
     let sleep = template(
         "name = \"sleep\"\nargv = [\"sleep\", \"{secs}\"]\n[params.secs]\ntype = \"int\"\n",
     );
@@ -212,11 +212,48 @@ async fn a_task_outliving_its_lease_is_stopped() {
     let holder = start("holder", Some(boot), |_| {}).await;
     sees(&holder.node, 1).await;
     let lease = lease_on(&holder.node, &owner.node).await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let spec = TaskSpec::Template {
         template: "sleep".into(),
         params: BTreeMap::from([("secs".to_owned(), "600".to_owned())]),
     };
+    // Cancelled by its requester.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    holder
+        .node
+        .start_task(
+            owner.node.id().clone(),
+            &lease,
+            "cancel-me",
+            spec.clone(),
+            tx,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = holder
+        .node
+        .task_call(
+            owner.node.id().clone(),
+            TaskRequest::Cancel {
+                task_id: "cancel-me".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(asked, TaskResponse::Ack);
+    let r = loop {
+        match tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("stopped in time")
+        {
+            Some(TaskUpdate::Finished(r)) => break r,
+            Some(_) => {}
+            None => panic!("no result"),
+        }
+    };
+    assert_eq!(r.outcome, TaskOutcome::Cancelled, "{r:?}");
+    // The lease is free for the next task; releasing it stops that one.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     holder
         .node
         .start_task(owner.node.id().clone(), &lease, "sleeper", spec, tx)
@@ -347,4 +384,64 @@ async fn inference_is_forwarded_to_the_local_model_server_and_streamed() {
     }
     // And it stays healthy.
     assert!(owner.node.local_node().await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_wait_in_a_priority_queue() {
+    use lanswarm::core::tasks::{JobSpec, JobStatus};
+    use lanswarm::work::{Work, WorkConfig};
+    let sleep = template(
+        "name = \"sleep\"\nargv = [\"sh\", \"-c\", \"sleep \\\"$1\\\"; echo \\\"$1\\\"\", \"sh\", \"{secs}\"]\n\
+         [params.secs]\ntype = \"float\"\n",
+    );
+    let node = start("solo", None, |c| c.tasks.templates = vec![sleep]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let work = Work::start(
+        node.node.clone(),
+        &dir.path().join("work.redb"),
+        WorkConfig {
+            max_running_jobs: 1,
+        },
+        stop.clone(),
+    )
+    .unwrap();
+    let job = |priority: &str, secs: &str| {
+        JobSpec::from_toml(&format!(
+            "priority = \"{priority}\"\n[defaults]\ntemplate = \"sleep\"\n\
+             [[subtasks]]\nparams = {{ secs = {secs} }}\n"
+        ))
+        .unwrap()
+    };
+    let first = work.submit_job(job("normal", "0.8")).unwrap();
+    // Let the first one start, then queue a low and a high one.
+    let t0 = tokio::time::Instant::now();
+    while work.job(&first.job.id).unwrap().job.status == JobStatus::Queued {
+        assert!(t0.elapsed() < WAIT);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let low = work.submit_job(job("low", "0.1")).unwrap();
+    let high = work.submit_job(job("high", "0.1")).unwrap();
+    // The high one is ahead of the low one, which was queued first.
+    assert_eq!(work.job(&high.job.id).unwrap().queue_position, Some(1));
+    assert_eq!(work.job(&low.job.id).unwrap().queue_position, Some(2));
+    let t0 = tokio::time::Instant::now();
+    let done = loop {
+        let all: Vec<_> = [&first, &low, &high]
+            .iter()
+            .map(|j| work.job(&j.job.id).unwrap().job)
+            .collect();
+        if all.iter().all(|j| j.status == JobStatus::Succeeded) {
+            break all;
+        }
+        assert!(t0.elapsed() < WAIT, "{all:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let started = |i: usize| done[i].started_at_ms.unwrap();
+    let finished = |i: usize| done[i].finished_at_ms.unwrap();
+    // One at a time: each starts after the one before it ended.
+    assert!(started(2) >= finished(0), "high after first");
+    assert!(started(1) >= finished(2), "low after high");
+    assert_eq!(done[1].result, Some(serde_json::json!(["0.1"])));
+    stop.cancel();
 }

@@ -956,6 +956,6 @@ fn view(st: &State, j: &JobState) -> JobView {
     JobView {
         job: j.clone(),
         progress: j.progress(),
-        queue_position: st.queue.position(&j.id).map(|p| p + 1),
+        queue_position: st.queue.position(&j.id),
     }
 }

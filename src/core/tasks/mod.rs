@@ -111,6 +111,9 @@ pub struct TasksConfig {
     pub cgroup_parent: Option<PathBuf>,
     /// Most tasks running at once on this node, 1..=4096. Default 16.
     pub max_running: u32,
+    /// Most of this node's own jobs running at once, 1..=256; the others
+    /// wait in its priority queue. Default 4.
+    pub max_running_jobs: u32,
     /// How long a finished task's result is kept for the requester to
     /// fetch, when it could not be delivered at once. Default 10m.
     #[serde(with = "units::serde_duration")]
@@ -124,6 +127,7 @@ impl Default for TasksConfig {
             isolation: TaskIsolation::Auto,
             cgroup_parent: None,
             max_running: 16,
+            max_running_jobs: 4,
             keep_results: Duration::from_secs(10 * 60),
         }
     }
@@ -180,6 +184,12 @@ impl TasksConfig {
             return Err(TemplateProblem::new(
                 "max_running",
                 format!("must be between 1 and 4096, got {}", self.max_running),
+            ));
+        }
+        if !(1..=256).contains(&self.max_running_jobs) {
+            return Err(TemplateProblem::new(
+                "max_running_jobs",
+                format!("must be between 1 and 256, got {}", self.max_running_jobs),
             ));
         }
         if self.keep_results.is_zero() || self.keep_results > Duration::from_secs(7 * 24 * 3600) {
