@@ -1494,3 +1494,126 @@ fn quotas_reservations_and_the_scheduling_policy_survive_a_restart() {
     assert_eq!(after, reservations, "reservations kept");
     assert_eq!(after["granted"][0]["status"], "confirmed");
 }
+
+#[test]
+fn task_and_job_input_is_checked_and_changes_nothing() {
+    let templates = r#"
+[[tasks.templates]]
+name = "square"
+argv = ["sh", "-c", "echo $(( $1 * $1 ))", "sh", "{n}"]
+[tasks.templates.params.n]
+type = "int"
+"#;
+    let d = Daemon::start("tasker", None, templates);
+    let s = |v: &str| v.to_owned();
+    expect_errors(
+        &d,
+        &[
+            (
+                "POST",
+                s("/api/v1/tasks"),
+                s("{not json"),
+                400,
+                "bad_request",
+            ),
+            ("POST", s("/api/v1/tasks"), s("{}"), 400, "bad_request"),
+            (
+                "POST",
+                s("/api/v1/tasks"),
+                s(r#"{"template": "square", "model": "llama3"}"#),
+                400,
+                "bad_request",
+            ),
+            (
+                "POST",
+                s("/api/v1/tasks"),
+                s(r#"{"template": "square", "params": {"n": [1, 2]}}"#),
+                400,
+                "bad_request",
+            ),
+            (
+                "POST",
+                s("/api/v1/tasks"),
+                s(r#"{"template": "square", "params": {"n": "x"}}"#),
+                400,
+                "task_refused",
+            ),
+            (
+                "POST",
+                s("/api/v1/tasks"),
+                s(r#"{"model": "llama3", "prompt": "hi", "options": [1]}"#),
+                400,
+                "bad_request",
+            ),
+            (
+                "POST",
+                s("/api/v1/tasks?wait=maybe"),
+                s(r#"{"template": "square", "params": {"n": 2}}"#),
+                400,
+                "bad_request",
+            ),
+            (
+                "POST",
+                s("/api/v1/tasks"),
+                s(r#"{"template": "square", "params": {"n": 2}, "allocation_id": "nope"}"#),
+                404,
+                "unknown_allocation",
+            ),
+            ("GET", s("/api/v1/tasks/nope"), s(""), 404, "not_found"),
+            ("DELETE", s("/api/v1/tasks/nope"), s(""), 404, "not_found"),
+            (
+                "POST",
+                s("/api/v1/jobs"),
+                s(r#"{"subtasks": []}"#),
+                400,
+                "bad_request",
+            ),
+            (
+                "POST",
+                s("/api/v1/jobs"),
+                s(r#"{"subtasks": [{"template": "square", "model": "x"}]}"#),
+                400,
+                "bad_request",
+            ),
+            (
+                "POST",
+                s("/api/v1/jobs"),
+                s(r#"{"max_attempts": 0, "subtasks": [{"template": "square"}]}"#),
+                400,
+                "bad_request",
+            ),
+            ("GET", s("/api/v1/jobs/nope"), s(""), 404, "not_found"),
+            ("DELETE", s("/api/v1/jobs/nope"), s(""), 404, "not_found"),
+        ],
+    );
+    // Only the refused task left a record (status error), no job was made,
+    // and no lease is held or granted.
+    let tasks = d.get("/api/v1/tasks").1;
+    let tasks = tasks.as_array().unwrap();
+    assert_eq!(tasks.len(), 2, "{tasks:?}");
+    assert!(tasks.iter().all(|t| t["status"] == "error"), "{tasks:?}");
+    assert_eq!(d.get("/api/v1/jobs").1, serde_json::json!([]));
+    let allocs = d.get("/api/v1/allocations").1;
+    assert_eq!(allocs["held"], serde_json::json!([]), "{allocs}");
+    assert_eq!(allocs["granted"], serde_json::json!([]), "{allocs}");
+    // And it still runs tasks: the node is healthy.
+    let (code, rec) = d.send(
+        "POST",
+        "/api/v1/tasks",
+        r#"{"template": "square", "params": {"n": 7}}"#,
+    );
+    assert_eq!(code, 200, "{rec}");
+    assert_eq!(rec["result"]["stdout"], "49\n");
+    // The CLI: a bad job file names the file and the problem.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("job.toml");
+    std::fs::write(
+        &file,
+        "[[subtasks]]\ntemplate = \"square\"\nmemory = \"lots\"\n",
+    )
+    .unwrap();
+    let out = d.cli(&["job", "run", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("job.toml") && err.contains("memory"), "{err}");
+}

@@ -146,7 +146,7 @@ struct Watch {
 }
 
 /// Most pieces held back waiting for an earlier one.
-const MAX_EARLY_CHUNKS: usize = 4096;
+const MAX_EARLY_CHUNKS: usize = 64;
 
 impl Watch {
     fn new(owner: NodeId, tx: mpsc::UnboundedSender<TaskUpdate>) -> Self {
