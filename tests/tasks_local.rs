@@ -358,6 +358,46 @@ async fn inference_is_forwarded_to_the_local_model_server_and_streamed() {
     assert_eq!(r.stdout, "[gpu-box/llama3] tell me a story");
     assert!(chunks.len() > 1, "streamed: {chunks:?}");
     assert_eq!(chunks.concat(), r.stdout);
+    // A chat, not streamed: the answer comes whole, in the result.
+    let chat = TaskSpec::Inference(InferenceRequest {
+        model: "llama3".into(),
+        call: InferenceCall::Chat {
+            messages: vec![
+                lanswarm::model::ChatMessage {
+                    role: "system".into(),
+                    content: "be brief".into(),
+                },
+                lanswarm::model::ChatMessage {
+                    role: "user".into(),
+                    content: "hello there".into(),
+                },
+            ],
+        },
+        stream: false,
+        options: Some("{\"temperature\": 0}".into()),
+    });
+    let (chunks, r) = run(&laptop.node, &owner.node, &alloc.allocation_id, chat)
+        .await
+        .unwrap();
+    assert!(chunks.is_empty(), "{chunks:?}");
+    assert_eq!(r.stdout, "[gpu-box/llama3] hello there");
+    // A model the owner does not serve is refused by name.
+    let other = TaskSpec::Inference(InferenceRequest {
+        model: "mistral".into(),
+        call: InferenceCall::Generate {
+            prompt: "x".into(),
+            system: None,
+        },
+        stream: false,
+        options: None,
+    });
+    match run(&laptop.node, &owner.node, &alloc.allocation_id, other).await {
+        Err(NodeError::TaskRefused { reason, message }) => {
+            assert_eq!(reason, "unknown_model", "{message}");
+            assert!(message.contains("llama3"), "{message}");
+        }
+        other => panic!("expected unknown_model, got {other:?}"),
+    }
 
     // The server goes down: a clear error, and the node stops offering.
     stop.cancel();
