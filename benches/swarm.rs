@@ -12,7 +12,11 @@
 //!    under contention with 20 nodes, p50/p99;
 //! 5. time until a capacity change is seen at every other node of 20, p99;
 //! 6. resident memory and CPU of an idle `lanswarm` process with 20 peers
-//!    (real processes of the release binary, on 127.0.0.1, mDNS off).
+//!    (real processes of the release binary, on 127.0.0.1, mDNS off);
+//! 7. a task on a lease (run `true` on the owner, result back at the
+//!    requester) beside spawning `true` directly, and an inference task
+//!    through the swarm beside the same call made straight to the model
+//!    server (the in-process Ollama stand-in).
 //!
 //! `LANSWARM_BENCH_QUICK=1` runs a smaller version of each.
 
@@ -212,6 +216,136 @@ async fn alloc_rtt(b: &mut Bench, tcp_p50: f64) {
         "x",
     );
     b.record_latencies("release rtt", &rel);
+}
+
+/// Figure 7: what running work through the swarm adds to the work itself.
+async fn task_rtt(b: &mut Bench) {
+    use lanswarm::handle::TaskUpdate;
+    use lanswarm::model::{InferenceCall, InferenceRequest, TaskSpec};
+    let n = if b.quick { 50 } else { 300 };
+    // Baseline: spawn and reap `true` here.
+    let mut spawn = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        std::process::Command::new("true").status().unwrap();
+        spawn.push(t.elapsed());
+    }
+    let (spawn_p50, _) = b.record_latencies("spawn `true` directly (baseline)", &spawn);
+
+    let (addr, _server) = lanswarm::sim::fake_ollama::spawn_local(
+        lanswarm::sim::fake_ollama::FakeOllama::new("bench", &["llama3:latest"]),
+        b.shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{addr}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = NodeConfig::for_test("task-owner", cap(64), dir.path().join("state.redb"));
+    cfg.tasks.templates = vec![lanswarm::core::tasks::Template::new("true", ["true"])];
+    cfg.tasks.model_server = Some(lanswarm::net::node::ModelServerSettings {
+        api: lanswarm::hw::models::ModelApi::Ollama,
+        url: url.clone(),
+        refresh: Duration::from_millis(200),
+        timeout: Duration::from_secs(5),
+    });
+    let (owner, _task) = node::start(cfg, b.shutdown.clone()).await.unwrap();
+    b._dirs.push(dir);
+    let requester = b
+        .node("task-requester", cap(0), Some(&first_addr(&owner).await))
+        .await;
+    wait_for_view(&[owner.clone(), requester.clone()], 2).await;
+    while !requester
+        .nodes()
+        .await
+        .unwrap()
+        .iter()
+        .any(|n| n.models.contains(&"llama3".to_owned()))
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lease = requester
+        .request(AllocationRequest {
+            node_id: Some("task-owner".into()),
+            ..req(1)
+        })
+        .await
+        .unwrap();
+    let run = |spec: TaskSpec| {
+        let requester = requester.clone();
+        let owner_id = owner.id().clone();
+        let lease = lease.allocation_id.clone();
+        async move {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let id = uuid::Uuid::new_v4().to_string();
+            requester
+                .start_task(owner_id, &lease, &id, spec, tx)
+                .await
+                .unwrap();
+            loop {
+                if let Some(TaskUpdate::Finished(r)) = rx.recv().await {
+                    return r;
+                }
+            }
+        }
+    };
+    let true_spec = TaskSpec::Template {
+        template: "true".into(),
+        params: BTreeMap::new(),
+    };
+    let mut d = Vec::with_capacity(n);
+    for i in 0..n + 10 {
+        let t = Instant::now();
+        let r = run(true_spec.clone()).await;
+        assert_eq!(r.exit_code, Some(0));
+        if i >= 10 {
+            d.push(t.elapsed());
+        }
+    }
+    let (p50, _) = b.record_latencies("task `true` on a lease (start -> result)", &d);
+    b.record(
+        "task p50 - spawn p50 (what the swarm adds)",
+        p50 - spawn_p50,
+        "ms",
+    );
+
+    // Inference: straight to the server, then through the swarm.
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({"model": "llama3", "prompt": "one two three", "stream": false});
+    let mut direct = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = client
+            .post(format!("{url}/api/generate"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        r.bytes().await.unwrap();
+        direct.push(t.elapsed());
+    }
+    let (direct_p50, _) = b.record_latencies("generate straight to the model server", &direct);
+    let spec = TaskSpec::Inference(InferenceRequest {
+        model: "llama3".into(),
+        call: InferenceCall::Generate {
+            prompt: "one two three".into(),
+            system: None,
+        },
+        stream: false,
+        options: None,
+    });
+    let mut via = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = run(spec.clone()).await;
+        assert_eq!(r.stdout, "[bench/llama3] one two three");
+        via.push(t.elapsed());
+    }
+    let (via_p50, _) = b.record_latencies("generate through the swarm (task)", &via);
+    b.record(
+        "inference p50 - direct p50 (what the swarm adds)",
+        via_p50 - direct_p50,
+        "ms",
+    );
 }
 
 async fn grants_per_second(b: &mut Bench, in_flight: usize) {
@@ -565,6 +699,9 @@ fn main() {
         if want("throughput") {
             grants_per_second(&mut b, 1).await;
             grants_per_second(&mut b, 8).await;
+        }
+        if want("tasks") {
+            task_rtt(&mut b).await;
         }
         if want("placement") || want("propagation") {
             let nodes = placement_under_contention(&mut b).await;

@@ -485,3 +485,44 @@ async fn jobs_wait_in_a_priority_queue() {
     assert_eq!(done[1].result, Some(serde_json::json!(["0.1"])));
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_larger_than_the_swarm_waits_for_room() {
+    use lanswarm::core::tasks::{JobSpec, JobStatus};
+    use lanswarm::work::{Work, WorkConfig};
+    let sleep = template(
+        "name = \"sleep\"\nargv = [\"sh\", \"-c\", \"sleep 0.2; echo \\\"$1\\\"\", \"sh\", \"{n}\"]\n\
+         [params.n]\ntype = \"int\"\n",
+    );
+    // 4 cores; 6 subtasks of 2 cores each: 2 at a time.
+    let node = start("small", None, |c| c.tasks.templates = vec![sleep]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let work = Work::start(
+        node.node.clone(),
+        &dir.path().join("work.redb"),
+        WorkConfig::default(),
+        stop.clone(),
+    )
+    .unwrap();
+    let mut text = String::from(
+        "aggregate = \"sum\"\nmax_attempts = 1\n[defaults]\ntemplate = \"sleep\"\ncpu_cores = 2\n",
+    );
+    for n in 1..=6 {
+        text.push_str(&format!("[[subtasks]]\nparams = {{ n = {n} }}\n"));
+    }
+    let job = work.submit_job(JobSpec::from_toml(&text).unwrap()).unwrap();
+    let t0 = tokio::time::Instant::now();
+    let done = loop {
+        let j = work.job(&job.job.id).unwrap().job;
+        if j.is_done() {
+            break j;
+        }
+        assert!(t0.elapsed() < WAIT, "{j:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done.status, JobStatus::Succeeded, "{:?}", done.error);
+    assert_eq!(done.result, Some(serde_json::json!(21)));
+    assert!(done.subtasks.iter().all(|s| s.attempts == 1));
+    stop.cancel();
+}

@@ -14,6 +14,7 @@ use super::NodeId;
 
 /// What a task runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TaskSpec {
     /// A template the owner declared, by name, with values for its
     /// declared parameters. Values travel as text; the owner parses them
@@ -51,6 +52,7 @@ pub struct InferenceRequest {
 
 /// The two kinds of inference call.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum InferenceCall {
     /// Complete a prompt.
     Generate {

@@ -446,6 +446,19 @@ fn check_bounds(ann: &Announcement) -> Result<(), AnnounceError> {
     if ann.models.len() > 256 || ann.models.iter().any(|m| m.is_empty() || m.len() > 128) {
         return Err(AnnounceError::OutOfBounds("too many or bad model names"));
     }
+    if ann.loaded_models.len() > 256
+        || ann
+            .loaded_models
+            .iter()
+            .any(|m| m.is_empty() || m.len() > 128)
+    {
+        return Err(AnnounceError::OutOfBounds(
+            "too many or bad loaded model names",
+        ));
+    }
+    if ann.templates.len() > 128 || ann.templates.iter().any(|t| t.is_empty() || t.len() > 64) {
+        return Err(AnnounceError::OutOfBounds("too many or bad template names"));
+    }
     if ann.gpus.len() > 64 || ann.capacity.gpus.len() > 64 || ann.free.gpus.len() > 64 {
         return Err(AnnounceError::OutOfBounds("more than 64 GPUs"));
     }

@@ -189,9 +189,8 @@ impl TaskSubmission {
                     Some(o @ serde_json::Value::Object(_)) => Some(o.to_string()),
                     Some(_) => return Err("options must be a JSON object".into()),
                 };
-                if !req.required_resources.preferred_models.contains(m) {
-                    req.required_resources.preferred_models = vec![m.clone()];
-                }
+                // Only nodes serving this very model can run the call.
+                req.required_resources.preferred_models = vec![m.clone()];
                 TaskSpec::Inference(InferenceRequest {
                     model: m.clone(),
                     call,
@@ -291,11 +290,14 @@ impl Work {
         let (tasks, jobs) = db.load().map_err(WorkError::Storage)?;
         let mut queue = JobQueue::new();
         let mut next_seq = 0;
-        for j in jobs.values() {
-            if j.status == JobStatus::Queued {
-                queue.push(j.id.clone(), j.priority, next_seq);
-                next_seq += 1;
-            }
+        let mut queued: Vec<&JobState> = jobs
+            .values()
+            .filter(|j| j.status == JobStatus::Queued)
+            .collect();
+        queued.sort_by_key(|j| j.submitted_at_ms);
+        for j in queued {
+            queue.push(j.id.clone(), j.priority, next_seq);
+            next_seq += 1;
         }
         let work = Work {
             inner: Arc::new(Inner {
@@ -509,7 +511,7 @@ impl Work {
                 rec.finished_at_ms = Some(result.finished_at_ms);
                 rec.result = Some(*result);
             }
-            Outcome::Lost(why) => {
+            Outcome::Lost(why) | Outcome::NoRoom(why) => {
                 rec.status = TaskStatus::Lost;
                 rec.error = Some(why);
                 rec.finished_at_ms = Some(now_ms());
@@ -798,6 +800,13 @@ impl Work {
                     }
                     Outcome::Finished(_) => Vec::new(),
                     Outcome::Lost(why) => job.lost(i, &why, now),
+                    // Others of this job hold the room it needs: wait for
+                    // them without using up an attempt.
+                    Outcome::NoRoom(_) if job.active() > 1 => {
+                        job.deferred(i);
+                        Vec::new()
+                    }
+                    Outcome::NoRoom(why) => job.lost(i, &why, now),
                     Outcome::Shutdown => return,
                 };
                 let snapshot = job.clone();
@@ -876,7 +885,7 @@ impl Work {
             // Nothing could take it now: wait a moment before the retry
             // (it counts as an attempt).
             tokio::time::sleep(Duration::from_millis(500)).await;
-            return Outcome::Lost(format!(
+            return Outcome::NoRoom(format!(
                 "no node could take it: {}",
                 last_err.map(|e| e.to_string()).unwrap_or_default()
             ));

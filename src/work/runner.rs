@@ -26,6 +26,9 @@ pub enum Outcome {
     Finished(Box<TaskResult>),
     /// The owner is gone, or no longer knows the task.
     Lost(String),
+    /// No node could take it now (a job may wait for its own subtasks to
+    /// free room before counting this as an attempt).
+    NoRoom(String),
     /// This node is shutting down; nothing is decided.
     Shutdown,
 }

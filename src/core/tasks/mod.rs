@@ -71,7 +71,7 @@ pub const MAX_ARG_LEN: usize = 128 * 1024 - 1;
 pub const MAX_ARGV_BYTES: usize = 1024 * 1024;
 
 /// Most templates one node may declare.
-pub const MAX_TEMPLATES: usize = 256;
+pub const MAX_TEMPLATES: usize = 128;
 
 /// Environment variables the node sets for every task itself; a template
 /// may not set them (`LANSWARM_*` is reserved as a whole).

@@ -43,7 +43,7 @@ pub struct Template {
     /// The name peers use: `a-z`, `0-9`, then also `_`, `.` and `-`, at
     /// most 64 characters.
     pub name: String,
-    /// What it does, for `lanswarm templates` and the dashboard.
+    /// What it does, for `lanswarm offers` and the dashboard.
     #[serde(default)]
     pub description: String,
     /// The program and its arguments. `argv[0]` is fixed (no placeholder)

@@ -31,8 +31,12 @@ use crate::net::protocol::{
 
 /// Most finished results an owner keeps for polling.
 const MAX_FINISHED: usize = 4096;
-/// Most models announced (the announcement has a size limit).
+/// Most models announced, and the most bytes of their names (the
+/// announcement has a size limit; peers refuse longer lists).
 const MAX_ANNOUNCED_MODELS: usize = 256;
+const MAX_ANNOUNCED_MODEL_BYTES: usize = 8 * 1024;
+/// Most templates announced (peers refuse more).
+const MAX_ANNOUNCED_TEMPLATES: usize = crate::core::tasks::MAX_TEMPLATES;
 /// Longest answer an inference task returns, bytes.
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
 
@@ -121,6 +125,9 @@ struct Outbox {
     in_flight: bool,
     /// The result, held until the text before it is delivered.
     result: Option<Box<TaskResult>>,
+    /// A piece could not be delivered: send no more pieces (the
+    /// requester gets the whole answer in the result).
+    broken: bool,
 }
 
 impl Outbox {
@@ -131,8 +138,17 @@ impl Outbox {
             next_seq: 0,
             in_flight: false,
             result: None,
+            broken: false,
         }
     }
+}
+
+/// A task this node ran, kept for its requester to poll.
+struct Finished {
+    result: Box<TaskResult>,
+    label: String,
+    requester: NodeId,
+    at_ms: u64,
 }
 
 /// A task of ours running on some owner.
@@ -189,7 +205,7 @@ pub(super) struct Tasks {
     declared_models: Vec<String>,
     running: BTreeMap<String, RunningTask>,
     /// Finished results: the result, when it ended, and its requester.
-    finished: BTreeMap<String, (Box<TaskResult>, u64, NodeId)>,
+    finished: BTreeMap<String, Finished>,
     watches: HashMap<String, Watch>,
     pending: HashMap<OutboundRequestId, TaskPending>,
     /// Streamed answers being delivered, by task.
@@ -242,6 +258,7 @@ impl Tasks {
         self.settings
             .templates
             .iter()
+            .take(MAX_ANNOUNCED_TEMPLATES)
             .map(|t| t.name.clone())
             .collect()
     }
@@ -388,11 +405,12 @@ impl EventLoop {
                     // The requester is unreachable: stop streaming; the
                     // result is kept for it to poll.
                     debug!(%peer, %error, task = %task_id, "streaming stopped");
-                    if let Some(out) = self.tasks.outbox.remove(&task_id) {
-                        if let Some(r) = out.result {
-                            self.push_to(&out.requester, TaskRequest::Finished(r));
-                        }
+                    if let Some(out) = self.tasks.outbox.get_mut(&task_id) {
+                        out.broken = true;
+                        out.in_flight = false;
+                        out.text.clear();
                     }
+                    self.send_next(&task_id);
                 }
                 _ => debug!(%peer, %error, "task message failed"),
             },
@@ -435,9 +453,7 @@ impl EventLoop {
                     }
                 } else {
                     match self.tasks.finished.get(&task_id) {
-                        Some((r, _, requester)) if requester == from => {
-                            TaskState::Finished(r.clone())
-                        }
+                        Some(f) if &f.requester == from => TaskState::Finished(f.result.clone()),
                         _ => TaskState::Unknown,
                     }
                 };
@@ -646,7 +662,9 @@ impl EventLoop {
                     .outbox
                     .entry(task_id.clone())
                     .or_insert_with(|| Outbox::new(requester));
-                out.text.push_str(&text);
+                if !out.broken {
+                    out.text.push_str(&text);
+                }
                 self.send_next(&task_id);
             }
             TaskEvent::Finished(mut result) => {
@@ -677,7 +695,7 @@ impl EventLoop {
                         .tasks
                         .finished
                         .iter()
-                        .min_by_key(|(_, (_, at, _))| *at)
+                        .min_by_key(|(_, f)| f.at_ms)
                         .map(|(id, _)| id.clone());
                     match oldest {
                         Some(id) => self.tasks.finished.remove(&id),
@@ -686,7 +704,12 @@ impl EventLoop {
                 }
                 self.tasks.finished.insert(
                     result.task_id.clone(),
-                    (result.clone(), now_ms(), t.requester.clone()),
+                    Finished {
+                        result: result.clone(),
+                        label: t.label.clone(),
+                        requester: t.requester.clone(),
+                        at_ms: now_ms(),
+                    },
                 );
                 let id = result.task_id.clone();
                 match self.tasks.outbox.get_mut(&id) {
@@ -785,8 +808,21 @@ impl EventLoop {
                 let keep = |m: &String| {
                     self.tasks.declared_models.is_empty() || self.tasks.declared_models.contains(m)
                 };
-                let mut models: Vec<String> = d.models.into_iter().filter(keep).collect();
-                models.truncate(MAX_ANNOUNCED_MODELS);
+                let mut budget = MAX_ANNOUNCED_MODEL_BYTES;
+                let models: Vec<String> = d
+                    .models
+                    .into_iter()
+                    .filter(keep)
+                    .filter(|m| !m.is_empty() && m.len() <= 128)
+                    .take_while(|m| match budget.checked_sub(m.len()) {
+                        Some(left) => {
+                            budget = left;
+                            true
+                        }
+                        None => false,
+                    })
+                    .take(MAX_ANNOUNCED_MODELS)
+                    .collect();
                 let loaded: Vec<String> = d
                     .loaded
                     .into_iter()
@@ -839,7 +875,7 @@ impl EventLoop {
             .tasks
             .finished
             .iter()
-            .filter(|(_, (_, at, _))| now.saturating_sub(*at) > keep_ms)
+            .filter(|(_, f)| now.saturating_sub(f.at_ms) > keep_ms)
             .map(|(id, _)| id.clone())
             .collect();
         for id in old {
@@ -1000,21 +1036,16 @@ impl EventLoop {
                 exit_code: None,
             })
             .collect();
-        out.extend(
-            self.tasks
-                .finished
-                .values()
-                .map(|(r, _, requester)| LocalTask {
-                    task_id: r.task_id.clone(),
-                    label: String::new(),
-                    allocation_id: r.allocation_id.clone(),
-                    requester: requester.clone(),
-                    status: r.outcome.as_str().into(),
-                    accepted_at: crate::handle::ms_to_utc(r.accepted_at_ms),
-                    finished_at: Some(crate::handle::ms_to_utc(r.finished_at_ms)),
-                    exit_code: r.exit_code,
-                }),
-        );
+        out.extend(self.tasks.finished.values().map(|f| LocalTask {
+            task_id: f.result.task_id.clone(),
+            label: f.label.clone(),
+            allocation_id: f.result.allocation_id.clone(),
+            requester: f.requester.clone(),
+            status: f.result.outcome.as_str().into(),
+            accepted_at: crate::handle::ms_to_utc(f.result.accepted_at_ms),
+            finished_at: Some(crate::handle::ms_to_utc(f.result.finished_at_ms)),
+            exit_code: f.result.exit_code,
+        }));
         out
     }
 }
