@@ -55,6 +55,10 @@ timeout = "1s"
 argv = ["sh", "-c", "sleep 987654 & sleep 987654"]
 
 [[tasks.templates]]
+name = "orphan"
+argv = ["sh", "-c", "sleep 876543 & sleep 876543"]
+
+[[tasks.templates]]
 name = "flood"
 max_output = "64KiB"
 argv = ["sh", "-c", "yes lanswarm | head -c \"$1\"", "sh", "{bytes}"]
@@ -343,6 +347,37 @@ fn bad_tasks_end_with_clear_errors_and_leave_no_process() {
         .cli_json(0, &["task", "run", "square", "n=12", "--cpu", "1"])
         .unwrap();
     assert_eq!(rec["result"]["stdout"], "144\n");
+
+    // A node killed outright leaves what its tasks started in the
+    // background (no cgroup here); when it starts again, it stops them.
+    lan.cli_json(0, &["task", "run", "orphan", "--cpu", "1", "--detach"])
+        .expect("the task starts");
+    lan.eventually(
+        "the orphan task runs",
+        CONVERGE,
+        || match processes_matching("sleep 876543") {
+            0 => Err("not yet".to_owned()),
+            n => Ok(n),
+        },
+    );
+    lan.kill9(0);
+    std::thread::sleep(Duration::from_millis(500));
+    let left = processes_matching("sleep 876543");
+    eprintln!("{left} processes of the task outlived its node");
+    lan.start(0);
+    lan.eventually(
+        "the restarted node stopped them",
+        CONVERGE,
+        || match processes_matching("sleep 876543") {
+            0 => Ok(()),
+            n => Err(format!("{n} left")),
+        },
+    );
+    if left > 0 {
+        assert!(lan
+            .log(0)
+            .contains("killed processes left by tasks of an earlier run"));
+    }
 }
 
 /// Submit a job from host `i` and wait for it to end.

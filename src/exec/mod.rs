@@ -56,6 +56,7 @@
 //! - `process.rs`: spawning, output capture, waiting, killing and reaping.
 
 mod limits;
+pub mod orphans;
 mod process;
 #[cfg(test)]
 mod tests;

@@ -221,6 +221,13 @@ pub async fn start(
 
     let local_id = node_id_of(swarm.local_peer_id());
     let now = now_ms();
+    // Tasks of an earlier run of this node that outlived it (killed
+    // outright, no cgroup): nothing can claim their results; stop them.
+    let (key, value) = crate::exec::orphans::marker(&local_id.0);
+    let orphans = crate::exec::orphans::kill_marked(std::path::Path::new("/proc"), &key, &value);
+    if !orphans.is_empty() {
+        warn!(count = orphans.len(), pids = ?orphans, "killed processes left by tasks of an earlier run");
+    }
     let mut sched = Scheduler::new(
         local_id.clone(),
         cfg.capacity.clone(),

@@ -575,6 +575,7 @@ impl EventLoop {
                 env.extend(t.env.iter().map(|(k, v)| (k.clone(), v.clone())));
                 let gpus: Vec<u32> = lease.gpus.iter().map(|g| g.index).collect();
                 env.push(exec::gpu_env(&gpus));
+                env.push(exec::orphans::marker(&self.local_id.0));
                 env.push(("LANSWARM_ALLOCATION_ID".into(), allocation_id.0.clone()));
                 env.push(("LANSWARM_TASK_ID".into(), task_id.clone()));
                 env.push(("LANSWARM_CPU_CORES".into(), lease.cpu_cores.to_string()));
