@@ -43,6 +43,7 @@ pub mod contention;
 pub mod elastic;
 pub mod fit;
 pub mod groups;
+pub mod health;
 pub mod ledger;
 pub mod multi;
 pub mod placement;
