@@ -84,6 +84,15 @@ mod tests {
             .env("LANSWARM_NODE_ID", format!("{value}-other"))
             .spawn()
             .unwrap();
+        // Right after fork the child still has our environment: wait for
+        // its exec.
+        let entry = format!("LANSWARM_NODE_ID={value}").into_bytes();
+        let environ = format!("/proc/{}/environ", marked.id());
+        let t0 = std::time::Instant::now();
+        while !std::fs::read(&environ).is_ok_and(|e| has_entry(&e, &entry)) {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(5), "no exec");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let killed = kill_marked(Path::new("/proc"), "LANSWARM_NODE_ID", &value);
         assert_eq!(killed, vec![marked.id()]);
         let status = marked.wait().unwrap();
