@@ -482,9 +482,9 @@ async fn graceful_shutdown_releases_held_leases_and_says_goodbye() {
         owner.node.allocations().await.unwrap().granted.is_empty(),
         "released on the way out"
     );
-    eventually("owner marks holder offline", || async {
+    eventually("owner marks holder left", || async {
         let h = node_named(&owner.node, "holder").await?;
-        (h.status == lanswarm::model::NodeStatus::Offline).then_some(())
+        (h.status == lanswarm::model::NodeStatus::Left).then_some(())
     })
     .await;
 }

@@ -61,7 +61,9 @@ fn gpus(c: &Capacity) -> String {
 fn status_word(s: NodeStatus) -> &'static str {
     match s {
         NodeStatus::Online => "online",
-        NodeStatus::Stale => "stale",
+        NodeStatus::Degraded => "degraded",
+        NodeStatus::Suspect => "suspect",
+        NodeStatus::Left => "left",
         NodeStatus::Offline => "offline",
     }
 }

@@ -12,7 +12,8 @@
 //! - `suspect`: no connection to it, or silent for `suspect_after_ms`
 //!   (missed pings and announcements), or pings failing.
 //! - `degraded`: reachable but slow or overloaded: ping RTT at least
-//!   `degraded_rtt_ms`, or host CPU at least `degraded_cpu_pct`.
+//!   `degraded_rtt_ms`, or (when configured) host CPU at least
+//!   `degraded_cpu_pct`. Still asked for leases.
 //! - `online`: otherwise.
 //!
 //! Hearing from a peer again (any message, a ping answer, a new
@@ -20,8 +21,9 @@
 //! peer that had `left` clears that too. The node calls [`PeerHealth::status`]
 //! whenever it needs the status; nothing here schedules anything.
 //!
-//! Not wired into the node yet: the view still uses its announcement
-//! silence thresholds (see `core::view`). Issue 8 wires this in.
+//! The view ([`crate::core::view`]) keeps one per peer it has been
+//! connected to; a peer known only from relayed announcements is judged by
+//! announcement silence instead.
 
 use serde::{Deserialize, Serialize};
 
@@ -62,22 +64,24 @@ pub struct HealthConfig {
     pub offline_after_ms: u64,
     /// Ping RTT at or above which a peer is degraded, ms.
     pub degraded_rtt_ms: f64,
-    /// Host CPU use at or above which a peer is degraded, percent.
-    pub degraded_cpu_pct: f32,
+    /// Host CPU use at or above which a peer is degraded, percent; `None`
+    /// (the default): CPU use alone never makes a peer degraded (a busy
+    /// machine still answers; the RTT says when it stops keeping up).
+    pub degraded_cpu_pct: Option<f32>,
     /// How long an offline or departed peer stays in the view, ms.
     pub forget_after_ms: u64,
 }
 
 impl Default for HealthConfig {
     /// Suspect after 2 s, offline after 3 s of silence (with pings every
-    /// 500 ms), degraded at 500 ms RTT or 95 % CPU, forgotten 5 minutes
-    /// after it went offline or left.
+    /// 500 ms), degraded at 500 ms RTT, forgotten 5 minutes after it went
+    /// offline or left.
     fn default() -> Self {
         HealthConfig {
             suspect_after_ms: 2_000,
             offline_after_ms: 3_000,
             degraded_rtt_ms: 500.0,
-            degraded_cpu_pct: 95.0,
+            degraded_cpu_pct: None,
             forget_after_ms: 300_000,
         }
     }
@@ -190,7 +194,7 @@ impl PeerHealth {
         {
             PeerStatus::Suspect
         } else if self.rtt_ms.is_some_and(|r| r >= cfg.degraded_rtt_ms)
-            || self.cpu_pct >= cfg.degraded_cpu_pct
+            || cfg.degraded_cpu_pct.is_some_and(|c| self.cpu_pct >= c)
         {
             PeerStatus::Degraded
         } else {
@@ -295,7 +299,16 @@ mod tests {
         h.ping_ok(5.0, 20);
         assert_eq!(h.status(30, &cfg()), PeerStatus::Online);
         h.load(99.0);
-        assert_eq!(h.status(30, &cfg()), PeerStatus::Degraded);
+        assert_eq!(
+            h.status(30, &cfg()),
+            PeerStatus::Online,
+            "CPU alone: off by default"
+        );
+        let busy = HealthConfig {
+            degraded_cpu_pct: Some(95.0),
+            ..cfg()
+        };
+        assert_eq!(h.status(30, &busy), PeerStatus::Degraded);
         assert!(PeerStatus::Degraded.usable());
         assert!(!PeerStatus::Suspect.usable());
     }

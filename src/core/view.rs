@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 
 use crate::core::fit::fit;
+use crate::core::health::{HealthConfig, PeerHealth, PeerStatus};
 use crate::core::placement::Candidate;
 use crate::model::{Announcement, Capacity, NodeId, NodeStatus, ResourceRequirements};
 
@@ -24,14 +25,18 @@ const RTT_ALPHA: f64 = 0.3;
 /// How long silence may last before a peer counts as stale, offline, or is
 /// forgotten. Silence is measured from the last announcement or
 /// [`View::touch`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ViewConfig {
-    /// Silent longer than this: [`NodeStatus::Stale`], not asked.
+    /// For a peer never connected to directly (known from relayed
+    /// announcements only): silent longer than this is
+    /// [`NodeStatus::Suspect`], not asked.
     pub stale_after_ms: u64,
     /// Silent longer than this: [`NodeStatus::Offline`].
     pub offline_after_ms: u64,
     /// Silent longer than this: dropped by [`View::prune`].
     pub forget_after_ms: u64,
+    /// The failure detector for peers we connect to directly.
+    pub health: HealthConfig,
 }
 
 impl Default for ViewConfig {
@@ -40,6 +45,7 @@ impl Default for ViewConfig {
             stale_after_ms: 15_000,
             offline_after_ms: 30_000,
             forget_after_ms: 300_000,
+            health: HealthConfig::default(),
         }
     }
 }
@@ -55,6 +61,12 @@ pub struct PeerEntry {
     pub rtt_ms: Option<f64>,
     /// Whether we hold a connection to it right now.
     pub connected: bool,
+    /// Whether we ever held a connection to it. Until then its status
+    /// comes from announcement silence (`stale_after_ms`,
+    /// `offline_after_ms`); after, from the failure detector.
+    pub direct: bool,
+    /// The failure detector's observations.
+    pub health: PeerHealth,
 }
 
 /// What [`View::apply`] did with an announcement.
@@ -124,11 +136,25 @@ impl View {
         match self.peers.get_mut(&ann.node_id) {
             Some(entry) if ann.seq <= entry.ann.seq => Applied::Replay,
             Some(entry) => {
+                let restarted = ann.instance != entry.ann.instance;
+                if ann.leaving {
+                    entry.health.goodbye();
+                } else if restarted {
+                    entry.health.restarted(now_ms);
+                } else {
+                    entry.health.heard(now_ms);
+                }
+                entry.health.load(ann.cpu_usage_pct);
                 entry.ann = ann;
                 entry.last_seen_ms = entry.last_seen_ms.max(now_ms);
                 Applied::Updated
             }
             None => {
+                let mut health = PeerHealth::new(now_ms);
+                if ann.leaving {
+                    health.goodbye();
+                }
+                health.load(ann.cpu_usage_pct);
                 self.peers.insert(
                     ann.node_id.clone(),
                     PeerEntry {
@@ -136,6 +162,8 @@ impl View {
                         last_seen_ms: now_ms,
                         rtt_ms: None,
                         connected: false,
+                        direct: false,
+                        health,
                     },
                 );
                 Applied::New
@@ -148,6 +176,35 @@ impl View {
     pub fn touch(&mut self, node: &NodeId, now_ms: u64) {
         if let Some(e) = self.peers.get_mut(node) {
             e.last_seen_ms = e.last_seen_ms.max(now_ms);
+            e.health.heard(now_ms);
+        }
+    }
+
+    /// A ping to `node` answered in `rtt_ms` at `now_ms`: the smoothed
+    /// RTT (see [`View::set_rtt`]) and the failure detector both learn.
+    pub fn ping_ok(&mut self, node: &NodeId, rtt_ms: f64, now_ms: u64) {
+        self.set_rtt(node, rtt_ms);
+        if let Some(e) = self.peers.get_mut(node) {
+            e.last_seen_ms = e.last_seen_ms.max(now_ms);
+            if let Some(rtt) = e.rtt_ms {
+                e.health.ping_ok(rtt, now_ms);
+            }
+        }
+    }
+
+    /// A ping to `node` failed or timed out.
+    pub fn ping_failed(&mut self, node: &NodeId) {
+        if let Some(e) = self.peers.get_mut(node) {
+            e.health.ping_failed();
+        }
+    }
+
+    /// Dialling `node` failed. With no connection open, it is gone.
+    pub fn dial_failed(&mut self, node: &NodeId) {
+        if let Some(e) = self.peers.get_mut(node) {
+            if !e.connected {
+                e.health.dial_failed();
+            }
         }
     }
 
@@ -182,8 +239,35 @@ impl View {
 
     /// Record whether we hold a connection to `node` (unknown nodes ignored).
     pub fn set_connected(&mut self, node: &NodeId, connected: bool) {
-        if let Some(e) = self.peers.get_mut(node) {
-            e.connected = connected;
+        self.connection_changed(node, connected, None);
+    }
+
+    /// A first connection to `node` opened (`connected`), or its last one
+    /// closed, at `now_ms` (when known). Returns whether the node was
+    /// connected before and now is not: the caller should dial it again
+    /// at once, to tell a dead process from a dropped connection.
+    pub fn connection_changed(
+        &mut self,
+        node: &NodeId,
+        connected: bool,
+        now_ms: Option<u64>,
+    ) -> bool {
+        let Some(e) = self.peers.get_mut(node) else {
+            return false;
+        };
+        let was = e.connected;
+        e.connected = connected;
+        if connected {
+            e.direct = true;
+            if !was {
+                e.health.connected(now_ms.unwrap_or(e.last_seen_ms));
+            }
+            false
+        } else {
+            if was {
+                e.health.disconnected();
+            }
+            was
         }
     }
 
@@ -199,11 +283,23 @@ impl View {
     }
 
     fn entry_status(&self, e: &PeerEntry, now_ms: u64) -> NodeStatus {
+        if e.ann.leaving {
+            return NodeStatus::Left;
+        }
+        if e.direct {
+            return match e.health.status(now_ms, &self.cfg.health) {
+                PeerStatus::Online => NodeStatus::Online,
+                PeerStatus::Degraded => NodeStatus::Degraded,
+                PeerStatus::Suspect => NodeStatus::Suspect,
+                PeerStatus::Offline => NodeStatus::Offline,
+                PeerStatus::Left => NodeStatus::Left,
+            };
+        }
         let silent = now_ms.saturating_sub(e.last_seen_ms);
-        if e.ann.leaving || silent > self.cfg.offline_after_ms {
+        if silent > self.cfg.offline_after_ms {
             NodeStatus::Offline
         } else if silent > self.cfg.stale_after_ms {
-            NodeStatus::Stale
+            NodeStatus::Suspect
         } else {
             NodeStatus::Online
         }
@@ -248,7 +344,9 @@ impl View {
             .iter()
             .filter(|(_, e)| {
                 let silent = now_ms.saturating_sub(e.last_seen_ms);
-                silent > cfg.forget_after_ms || (e.ann.leaving && silent > cfg.offline_after_ms)
+                silent > cfg.forget_after_ms
+                    || (e.ann.leaving && silent > cfg.offline_after_ms)
+                    || (e.direct && e.health.forgettable(now_ms, &cfg.health))
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -316,9 +414,10 @@ impl View {
         if let Some(e) = entry {
             let silent = now_ms.saturating_sub(e.last_seen_ms);
             match self.entry_status(e, now_ms) {
-                NodeStatus::Online => {}
-                NodeStatus::Stale => return Some(format!("stale: silent for {silent} ms")),
+                NodeStatus::Online | NodeStatus::Degraded => {}
+                NodeStatus::Suspect => return Some(format!("suspect: silent for {silent} ms")),
                 NodeStatus::Offline => return Some(format!("offline: silent for {silent} ms")),
+                NodeStatus::Left => return Some("left".to_owned()),
             }
         }
         if !req.preferred_models.is_empty()
@@ -467,7 +566,7 @@ mod tests {
         v.apply(ann("a", 1), 1_000);
         assert_eq!(v.status(&id("a"), 1_000), Some(NodeStatus::Online));
         assert_eq!(v.status(&id("a"), 16_000), Some(NodeStatus::Online));
-        assert_eq!(v.status(&id("a"), 16_001), Some(NodeStatus::Stale));
+        assert_eq!(v.status(&id("a"), 16_001), Some(NodeStatus::Suspect));
         assert_eq!(v.status(&id("a"), 31_001), Some(NodeStatus::Offline));
         v.touch(&id("a"), 31_001);
         assert_eq!(v.status(&id("a"), 31_001), Some(NodeStatus::Online));
@@ -482,7 +581,41 @@ mod tests {
         let mut bye = ann("a", 2);
         bye.leaving = true;
         assert_eq!(v.apply(bye, 32_000), Applied::Updated);
-        assert_eq!(v.status(&id("a"), 32_000), Some(NodeStatus::Offline));
+        assert_eq!(v.status(&id("a"), 32_000), Some(NodeStatus::Left));
+    }
+
+    #[test]
+    fn directly_connected_peers_use_the_failure_detector() {
+        let mut v = view();
+        v.apply(ann("a", 1), 0);
+        // Known from announcements only: announcement silence decides.
+        assert_eq!(v.status(&id("a"), 2_500), Some(NodeStatus::Online));
+        assert!(!v.connection_changed(&id("a"), true, Some(3_000)));
+        v.ping_ok(&id("a"), 1.0, 3_000);
+        assert_eq!(v.status(&id("a"), 4_000), Some(NodeStatus::Online));
+        // Pings stop: suspect at 2 s of silence, offline at 3 s.
+        assert_eq!(v.status(&id("a"), 5_000), Some(NodeStatus::Suspect));
+        assert_eq!(v.status(&id("a"), 6_000), Some(NodeStatus::Offline));
+        v.ping_ok(&id("a"), 1.0, 7_000);
+        assert_eq!(v.status(&id("a"), 7_000), Some(NodeStatus::Online));
+        // The last connection closes: redial; a refused dial is offline.
+        assert!(v.connection_changed(&id("a"), false, None));
+        assert_eq!(v.status(&id("a"), 7_001), Some(NodeStatus::Suspect));
+        v.dial_failed(&id("a"));
+        assert_eq!(v.status(&id("a"), 7_002), Some(NodeStatus::Offline));
+        let (ok, excluded) = v.candidates(&ResourceRequirements::default(), 7_002);
+        assert_eq!(ok.len(), 1, "only the local node");
+        assert!(excluded[0].1.starts_with("offline"), "{excluded:?}");
+        // Back.
+        v.connection_changed(&id("a"), true, Some(8_000));
+        assert_eq!(v.status(&id("a"), 8_000), Some(NodeStatus::Online));
+        // A slow one (smoothed RTT) is degraded, and still a candidate.
+        for t in 0..5 {
+            v.ping_ok(&id("a"), 900.0, 8_000 + t * 20);
+        }
+        assert_eq!(v.status(&id("a"), 8_100), Some(NodeStatus::Degraded));
+        let (ok, _) = v.candidates(&ResourceRequirements::default(), 8_100);
+        assert_eq!(ok.len(), 2);
     }
 
     #[test]
@@ -577,7 +710,7 @@ mod tests {
         );
         assert_eq!(why["leaving"], "leaving");
         assert!(why["gone"].starts_with("offline"), "{}", why["gone"]);
-        assert!(why["stale"].starts_with("stale"), "{}", why["stale"]);
+        assert!(why["stale"].starts_with("suspect"), "{}", why["stale"]);
         assert!(
             why["mistral"].contains("preferred models"),
             "{}",

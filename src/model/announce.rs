@@ -118,8 +118,21 @@ pub struct Announcement {
 pub enum NodeStatus {
     /// Heard from recently.
     Online,
-    /// Not heard from for a while; not asked for new leases.
-    Stale,
-    /// Said it was leaving, or silent for too long.
+    /// Reachable but slow (ping RTT); still asked for leases.
+    Degraded,
+    /// Missed pings or announcements, or its connection closed and it is
+    /// being dialled again; not asked for new leases.
+    Suspect,
+    /// Gone: dialling it failed after its connection closed, or silent for
+    /// too long.
     Offline,
+    /// Said goodbye.
+    Left,
+}
+
+impl NodeStatus {
+    /// Whether new requests may be sent there.
+    pub fn usable(self) -> bool {
+        matches!(self, NodeStatus::Online | NodeStatus::Degraded)
+    }
 }

@@ -120,7 +120,11 @@ impl Behaviour {
             identify::Config::new("/lanswarm/id/1".into(), key.public())
                 .with_agent_version(format!("lanswarm/{}", env!("CARGO_PKG_VERSION"))),
         );
-        let ping = ping::Behaviour::new(ping::Config::new().with_interval(cfg.ping_interval));
+        let ping = ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(cfg.ping_interval)
+                .with_timeout((cfg.ping_interval * 3).max(Duration::from_millis(1500))),
+        );
         let mdns = if cfg.mdns {
             let mcfg = mdns::Config {
                 ttl: cfg.mdns_ttl,

@@ -538,7 +538,7 @@ level = "{log}"
                 let Some(seen) = view.iter().find(|v| v.id.0 == n.id) else {
                     return Err(format!("{} does not know {}", viewer.name, n.name));
                 };
-                if seen.status != lanswarm::model::NodeStatus::Online {
+                if !seen.status.usable() {
                     return Err(format!(
                         "{} sees {} as {:?}",
                         viewer.name, n.name, seen.status

@@ -246,7 +246,7 @@ impl Tally {
 }
 
 /// The kind of an exclusion, without its numbers: `cpu_cores: want 64,
-/// free 7` is `cpu_cores`, `stale: silent for 3100 ms` is `stale`,
+/// free 7` is `cpu_cores`, `suspect: silent for 3100 ms` is `suspect`,
 /// `not the requested node n3` is `not the requested node`.
 pub fn exclusion_kind(why: &str) -> String {
     if why.starts_with("not the requested node") {
@@ -662,7 +662,7 @@ mod tests {
     #[test]
     fn exclusions_are_grouped_without_their_numbers() {
         assert_eq!(exclusion_kind("cpu_cores: want 64, free 7"), "cpu_cores");
-        assert_eq!(exclusion_kind("stale: silent for 3100 ms"), "stale");
+        assert_eq!(exclusion_kind("suspect: silent for 3100 ms"), "suspect");
         assert_eq!(
             exclusion_kind("not the requested node n3"),
             "not the requested node"

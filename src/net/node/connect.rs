@@ -58,7 +58,12 @@ impl EventLoop {
             .view
             .peers()
             .filter(|p| !p.connected && !p.ann.leaving)
-            .filter(|p| self.view.status(&p.ann.node_id, now) != Some(NodeStatus::Offline))
+            .filter(|p| {
+                !matches!(
+                    self.view.status(&p.ann.node_id, now),
+                    Some(NodeStatus::Offline | NodeStatus::Left)
+                )
+            })
             .filter_map(|p| peer_id_of(&p.ann.node_id))
             .collect();
         for peer in unconnected {

@@ -20,8 +20,9 @@ impl EventLoop {
             } => {
                 self.dialing.remove(&peer_id);
                 let id = node_id_of(&peer_id);
-                self.view.set_connected(&id, true);
-                self.view.touch(&id, now_ms());
+                let now = now_ms();
+                self.view.connection_changed(&id, true, Some(now));
+                self.view.touch(&id, now);
                 if num_established.get() == 1 {
                     debug!(peer = %peer_id, "connected");
                     if endpoint.is_dialer() {
@@ -43,12 +44,19 @@ impl EventLoop {
             } => {
                 debug!(peer = %peer_id, "disconnected");
                 let id = node_id_of(&peer_id);
-                self.view.set_connected(&id, false);
+                // Dial again at once: a dead process refuses (offline in a
+                // round trip), a live one answers (online again).
+                if self.view.connection_changed(&id, false, None) {
+                    self.connect_if_needed(peer_id);
+                }
                 self.owner_disconnected(&id);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 if let Some(peer) = peer_id {
                     self.dialing.remove(&peer);
+                    if !self.swarm.is_connected(&peer) {
+                        self.view.dial_failed(&node_id_of(&peer));
+                    }
                 }
                 debug!(?peer_id, error = %error, "outgoing connection failed");
             }
@@ -121,10 +129,13 @@ impl EventLoop {
             }
             BehaviourEvent::Identify(_) => {}
             BehaviourEvent::Ping(ping::Event { peer, result, .. }) => {
-                if let Ok(rtt) = result {
-                    let id = node_id_of(&peer);
-                    self.view.set_rtt(&id, rtt.as_secs_f64() * 1000.0);
-                    self.view.touch(&id, now_ms());
+                let id = node_id_of(&peer);
+                match result {
+                    Ok(rtt) => self.view.ping_ok(&id, rtt.as_secs_f64() * 1000.0, now_ms()),
+                    Err(e) => {
+                        debug!(%peer, error = %e, "ping failed");
+                        self.view.ping_failed(&id);
+                    }
                 }
             }
         }

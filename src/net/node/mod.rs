@@ -198,7 +198,10 @@ pub async fn start(
     let bcfg = BehaviourConfig {
         mdns: cfg.mdns,
         mdns_ttl: cfg.mdns_ttl,
-        ping_interval: Duration::from_secs(5),
+        // Pings every 500 ms feed the failure detector (suspect after 2 s
+        // of silence, offline after 3 s); a ping not answered within 1.5 s
+        // counts as failed.
+        ping_interval: Duration::from_millis(500),
     };
     let mut swarm = build_swarm(&cfg, &bcfg)?;
     for addr in &cfg.listen {
@@ -277,6 +280,7 @@ pub async fn start(
         stale_after_ms: announce_ms * 2 + 1_000,
         offline_after_ms: announce_ms * 4 + 2_000,
         forget_after_ms: (announce_ms * 30).max(300_000),
+        health: crate::core::health::HealthConfig::default(),
     };
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let mut el = EventLoop {

@@ -335,7 +335,11 @@ impl EventLoop {
         let anns = std::iter::once((local, true)).chain(
             self.view
                 .peers()
-                .filter(|e| self.view.status(&e.ann.node_id, now) == Some(NodeStatus::Online))
+                .filter(|e| {
+                    self.view
+                        .status(&e.ann.node_id, now)
+                        .is_some_and(NodeStatus::usable)
+                })
                 .map(|e| (&e.ann, false)),
         );
         anns.filter(|(ann, is_local)| {
@@ -412,7 +416,12 @@ impl EventLoop {
             .chain(
                 self.view
                     .peers()
-                    .filter(|e| self.view.status(&e.ann.node_id, now) != Some(NodeStatus::Offline))
+                    .filter(|e| {
+                        !matches!(
+                            self.view.status(&e.ann.node_id, now),
+                            Some(NodeStatus::Offline | NodeStatus::Left)
+                        )
+                    })
                     .map(|e| &e.ann),
             )
             .collect();

@@ -502,7 +502,10 @@ impl EventLoop {
         for e in self.view.peers() {
             if pools::matches(&p.selector, &e.ann.node_id, &e.ann.labels) {
                 members.push(self.member(&e.ann.node_id));
-                let up = self.view.status(&e.ann.node_id, now) == Some(NodeStatus::Online);
+                let up = self
+                    .view
+                    .status(&e.ann.node_id, now)
+                    .is_some_and(NodeStatus::usable);
                 if up && !e.ann.leaving {
                     online.push((&e.ann.capacity, &e.ann.free));
                 }
