@@ -687,6 +687,7 @@ pub(crate) enum Command {
         oneshot::Sender<Result<crate::net::protocol::TaskResponse, NodeError>>,
     ),
     Offers(oneshot::Sender<Offers>),
+    HealthChecks(oneshot::Sender<Vec<HealthCheck>>),
     CreatePool(NewPool, oneshot::Sender<Result<PoolInfo, NodeError>>),
     DeletePool(String, oneshot::Sender<Result<(), NodeError>>),
 }
@@ -731,6 +732,33 @@ pub struct Offers {
     pub model_status: String,
     /// Tasks running for peers, and recent results.
     pub tasks: Vec<LocalTask>,
+}
+
+/// The result of asking one node how it is (seed 004's `HealthCheck`,
+/// extended).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub node_id: NodeId,
+    pub name: String,
+    /// When the answer (or the failure) came.
+    pub timestamp: DateTime<Utc>,
+    /// `online`, `degraded` (answered in 500 ms or more), `left` (said it is
+    /// leaving), `suspect` (no answer in time) or `offline` (unreachable).
+    pub status: NodeStatus,
+    /// What it reported; `None` when it did not answer.
+    pub resources: Option<NodeResources>,
+    pub active_allocations: u32,
+    /// Requests waiting in its queue.
+    pub queued: u32,
+    /// Tasks it runs for peers.
+    pub running_tasks: u32,
+    /// Round trip of the check, ms (0 for this node).
+    pub response_time_ms: Option<f64>,
+    /// How long its process has run, seconds.
+    pub uptime_secs: Option<u64>,
+    pub version: Option<String>,
+    /// Why it did not answer.
+    pub error: Option<String>,
 }
 
 /// Fresh readings of the host, fed in by the hardware monitor task and
@@ -848,6 +876,12 @@ impl Node {
         req: crate::net::protocol::TaskRequest,
     ) -> Result<crate::net::protocol::TaskResponse, NodeError> {
         self.call(|tx| Command::TaskCall(owner, req, tx)).await?
+    }
+
+    /// Ask every known node how it is, at once (each with a 2 s timeout);
+    /// this node first, then by node id.
+    pub async fn perform_health_checks(&self) -> Result<Vec<HealthCheck>, NodeError> {
+        self.call(Command::HealthChecks).await
     }
 
     /// This node's templates, model server and the tasks it runs for peers.

@@ -1617,3 +1617,23 @@ type = "int"
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("job.toml") && err.contains("memory"), "{err}");
 }
+
+#[test]
+fn health_checks_through_the_api_and_the_cli() {
+    let d = Daemon::start("healthy", None, "");
+    let (code, v) = d.send("POST", "/api/v1/health-checks", "");
+    assert_eq!(code, 200, "{v}");
+    let checks = v.as_array().unwrap();
+    assert_eq!(checks.len(), 1, "{v}");
+    assert_eq!(checks[0]["name"], "healthy");
+    assert_eq!(checks[0]["status"], "online");
+    assert_eq!(checks[0]["response_time_ms"], 0.0);
+    assert!(checks[0]["resources"]["free"]["cpu_cores"].is_number());
+    let out = d.cli(&["health"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(
+        text.contains("healthy") && text.contains("online"),
+        "{text}"
+    );
+}

@@ -898,3 +898,63 @@ async fn elastic_sharing_lends_less_while_the_owner_is_busy_and_never_breaks_lea
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_ask_every_node_at_once() {
+    let a = spawn("a", cap(4, 8), None, |_| {}).await;
+    let boot = a.addr().await;
+    let b = spawn("b", cap(2, 4), Some(boot.clone()), |_| {}).await;
+    let c = spawn("c", cap(1, 2), Some(boot), |_| {}).await;
+    for n in [&a, &b, &c] {
+        eventually("three nodes known", || async {
+            (n.node.nodes().await.ok()?.len() == 3).then_some(())
+        })
+        .await;
+    }
+    let lease = b
+        .node
+        .request(AllocationRequest {
+            required_resources: ResourceRequirements {
+                cpu_cores: 1,
+                ..Default::default()
+            },
+            node_id: Some("c".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let checks = a.node.perform_health_checks().await.unwrap();
+    let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(names[0], "a", "this node first");
+    for chk in &checks {
+        assert_eq!(chk.status, lanswarm::model::NodeStatus::Online, "{chk:?}");
+        assert!(chk.error.is_none());
+        let rt = chk.response_time_ms.unwrap();
+        assert!(rt.is_finite() && rt >= 0.0);
+        assert!(chk.resources.is_some());
+        assert_eq!(chk.version.as_deref(), Some(env!("CARGO_PKG_VERSION")));
+    }
+    let on_c = checks.iter().find(|x| x.name == "c").unwrap();
+    assert_eq!(on_c.active_allocations, 1);
+    assert_eq!(on_c.resources.as_ref().unwrap().free.cpu_cores, 0);
+    let _ = lease;
+    // A node that crashed answers nothing: reported, with why, in time.
+    let (_cfg, _dir) = c.crash().await;
+    let t0 = tokio::time::Instant::now();
+    let checks = a.node.perform_health_checks().await.unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    let gone = checks
+        .iter()
+        .find(|x| x.name == "c")
+        .expect("c is still known");
+    assert!(
+        matches!(
+            gone.status,
+            lanswarm::model::NodeStatus::Offline | lanswarm::model::NodeStatus::Suspect
+        ),
+        "{gone:?}"
+    );
+    assert!(gone.error.is_some() && gone.resources.is_none(), "{gone:?}");
+    assert_eq!(checks.iter().filter(|x| x.error.is_none()).count(), 2);
+}

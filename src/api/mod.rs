@@ -71,6 +71,7 @@ pub fn router(node: Node, work: Work, token: Option<String>) -> Router {
         .route("/jobs", get(tasks::jobs).post(tasks::submit_job))
         .route("/jobs/{id}", get(tasks::job).delete(tasks::cancel_job))
         .route("/offers", get(tasks::offers))
+        .route("/health-checks", post(health_checks))
         .route("/models", get(tasks::models))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth));
@@ -134,6 +135,11 @@ fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// Ask every known node how it is (seed 004's `perform_health_checks`).
+async fn health_checks(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.perform_health_checks().await?))
 }
 
 async fn healthz(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {

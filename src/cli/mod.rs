@@ -120,6 +120,9 @@ pub enum Command {
     Offers,
     /// Every model served in the swarm, and where (loaded first).
     Models,
+    /// Ask every known node how it is, at once: status, response time,
+    /// free capacity, allocations.
+    Health,
 }
 
 /// Options of `lanswarm run`. Each overrides the config file.
@@ -957,6 +960,12 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<()> {
         Command::Infer(args) => tasks::infer(&c, json, args).await,
         Command::Offers => tasks::offers(&c, json).await,
         Command::Models => tasks::models(&c, json).await,
+        Command::Health => {
+            let checks: Vec<crate::handle::HealthCheck> = c
+                .call(Method::POST, "/api/v1/health-checks", None::<&()>)
+                .await?;
+            out(json, &checks, || table::health(&checks))
+        }
     }
 }
 

@@ -728,3 +728,37 @@ pub fn contention(r: &ContentionReport) -> String {
     }
     s
 }
+
+/// `lanswarm health`: one line per node.
+pub fn health(checks: &[crate::handle::HealthCheck]) -> String {
+    let mut out = format!(
+        "{:<20} {:<9} {:>9} {:>10} {:>7} {:>6}  {}\n",
+        "NODE", "STATUS", "RESPONSE", "FREE CPU", "LEASES", "TASKS", "NOTE"
+    );
+    for c in checks {
+        let status = serde_json::to_value(c.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let response = c
+            .response_time_ms
+            .map(|ms| format!("{ms:.1} ms"))
+            .unwrap_or_else(|| "-".into());
+        let free = c
+            .resources
+            .as_ref()
+            .map(|r| format!("{}/{}", r.free.cpu_cores, r.lendable.cpu_cores))
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{:<20} {:<9} {:>9} {:>10} {:>7} {:>6}  {}\n",
+            c.name,
+            status,
+            response,
+            free,
+            c.active_allocations,
+            c.running_tasks,
+            c.error.clone().unwrap_or_default()
+        ));
+    }
+    out
+}

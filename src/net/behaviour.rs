@@ -1,5 +1,5 @@
-//! The libp2p behaviour: mDNS, gossipsub, the allocation, sync and task
-//! request-response protocols, identify and ping, combined with
+//! The libp2p behaviour: mDNS, gossipsub, the allocation, sync, task and
+//! health request-response protocols, identify and ping, combined with
 //! `#[derive(NetworkBehaviour)]`.
 
 use std::time::Duration;
@@ -10,8 +10,9 @@ use libp2p::{
 };
 
 use super::protocol::{
-    AllocCodec, SyncCodec, TaskCodec, ALLOC_PROTOCOL, MAX_ALLOC_MESSAGE, MAX_ANNOUNCEMENT,
-    MAX_SYNC_MESSAGE, MAX_TASK_MESSAGE, SYNC_PROTOCOL, TASK_PROTOCOL,
+    AllocCodec, HealthCodec, SyncCodec, TaskCodec, ALLOC_PROTOCOL, HEALTH_PROTOCOL,
+    MAX_ALLOC_MESSAGE, MAX_ANNOUNCEMENT, MAX_HEALTH_MESSAGE, MAX_SYNC_MESSAGE, MAX_TASK_MESSAGE,
+    SYNC_PROTOCOL, TASK_PROTOCOL,
 };
 
 /// The error type libp2p's builder takes from a behaviour constructor.
@@ -21,6 +22,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a task message may take (results carry outputs of megabytes).
 pub const TASK_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a health check waits for its answer.
+pub const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most concurrent inbound/outbound streams per connection, per protocol.
 pub const MAX_CONCURRENT_STREAMS: usize = 256;
 
@@ -34,6 +37,7 @@ pub struct Behaviour {
     pub alloc: request_response::Behaviour<AllocCodec>,
     pub sync: request_response::Behaviour<SyncCodec>,
     pub task: request_response::Behaviour<TaskCodec>,
+    pub health: request_response::Behaviour<HealthCodec>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
@@ -114,7 +118,12 @@ impl Behaviour {
         let task = request_response::Behaviour::with_codec(
             TaskCodec::new(MAX_TASK_MESSAGE, MAX_TASK_MESSAGE),
             [(TASK_PROTOCOL, request_response::ProtocolSupport::Full)],
-            rr_cfg.with_request_timeout(TASK_REQUEST_TIMEOUT),
+            rr_cfg.clone().with_request_timeout(TASK_REQUEST_TIMEOUT),
+        );
+        let health = request_response::Behaviour::with_codec(
+            HealthCodec::new(64, MAX_HEALTH_MESSAGE),
+            [(HEALTH_PROTOCOL, request_response::ProtocolSupport::Full)],
+            rr_cfg.with_request_timeout(HEALTH_CHECK_TIMEOUT),
         );
         let identify = identify::Behaviour::new(
             identify::Config::new("/lanswarm/id/1".into(), key.public())
@@ -141,6 +150,7 @@ impl Behaviour {
             alloc,
             sync,
             task,
+            health,
             identify,
             ping,
             mdns: mdns.into(),

@@ -29,6 +29,11 @@ pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/lanswarm/sync/1"
 /// Task protocol: run work under a lease, cancel it, ask after it; the
 /// owner pushes streamed pieces and the result back the same way.
 pub const TASK_PROTOCOL: StreamProtocol = StreamProtocol::new("/lanswarm/task/1");
+/// Health-check protocol: "how are you?", answered with the node's own
+/// state (seed 004's `HealthCheck`).
+pub const HEALTH_PROTOCOL: StreamProtocol = StreamProtocol::new("/lanswarm/health/1");
+/// Largest health-check message, bytes.
+pub const MAX_HEALTH_MESSAGE: usize = 64 * 1024;
 /// Gossipsub topic for signed capacity announcements.
 pub const CAPACITY_TOPIC: &str = "lanswarm/capacity/1";
 /// Gossipsub topic for signed swarm-state events (groups and pools).
@@ -194,6 +199,38 @@ pub enum TaskResponse {
     },
     Status(TaskState),
     Ack,
+}
+
+/// A request on `/lanswarm/health/1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthRequest {
+    /// The asker's clock when it asked, ms (echoed back).
+    pub sent_at_ms: u64,
+}
+
+/// The answer on `/lanswarm/health/1`: the node's own view of itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthReply {
+    /// Echo of the request's `sent_at_ms`.
+    pub sent_at_ms: u64,
+    /// The node's clock when it answered, ms.
+    pub now_ms: u64,
+    pub name: String,
+    pub version: String,
+    /// Since when this process runs, ms since the epoch.
+    pub started_at_ms: u64,
+    pub capacity: Capacity,
+    pub free: Capacity,
+    pub gpus: Vec<crate::model::GpuInfo>,
+    pub machine_cpu_cores: u32,
+    pub machine_memory_mb: u64,
+    pub cpu_usage_pct: f32,
+    pub active_allocations: u32,
+    pub queued: u32,
+    /// Tasks it runs for peers right now.
+    pub running_tasks: u32,
+    /// Whether it is shutting down.
+    pub leaving: bool,
 }
 
 /// The answer on `/lanswarm/alloc/1`.
@@ -665,6 +702,8 @@ where
 pub type AllocCodec = PostcardCodec<AllocRequest, AllocReply>;
 /// Codec for `/lanswarm/task/1`.
 pub type TaskCodec = PostcardCodec<TaskRequest, TaskResponse>;
+/// Codec for `/lanswarm/health/1` (a request is a small fixed message).
+pub type HealthCodec = PostcardCodec<HealthRequest, HealthReply>;
 /// Codec for `/lanswarm/sync/1`.
 pub type SyncCodec = PostcardCodec<SyncRequest, SyncResponse>;
 

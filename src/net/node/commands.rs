@@ -174,6 +174,7 @@ impl EventLoop {
                 updates,
             } => self.watch_task(owner, task_id, updates),
             Command::TaskCall(owner, req, reply) => self.task_call(owner, req, reply),
+            Command::HealthChecks(reply) => self.perform_health_checks(reply),
             Command::Offers(reply) => {
                 let _ = reply.send(self.offers());
             }

@@ -122,6 +122,7 @@ impl EventLoop {
             BehaviourEvent::Alloc(ev) => self.on_alloc_event(ev),
             BehaviourEvent::Sync(ev) => self.on_sync_event(ev),
             BehaviourEvent::Task(ev) => self.on_task_event(ev),
+            BehaviourEvent::Health(ev) => self.on_health_event(ev),
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 for addr in info.listen_addrs {
                     self.swarm.add_peer_address(peer_id, addr);

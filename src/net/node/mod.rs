@@ -58,6 +58,7 @@ mod commands;
 mod connect;
 mod events;
 mod gossip;
+mod health;
 mod holder;
 mod multi;
 mod owner;
@@ -298,6 +299,10 @@ pub async fn start(
         reserving: HashMap::new(),
         multis: BTreeMap::new(),
         tasks: tasks::Tasks::new(cfg.tasks.clone(), cfg.models.clone()),
+        health_rounds: HashMap::new(),
+        health_asks: HashMap::new(),
+        next_health_round: 0,
+        shutting_down: false,
         elastic: cfg.elastic.enabled.then(|| {
             Elastic::new(
                 cfg.elastic.clone(),
@@ -525,6 +530,12 @@ struct EventLoop {
     multis: BTreeMap<String, multi::Multi>,
     /// Tasks we run for peers, and ours running on peers.
     tasks: tasks::Tasks,
+    /// Health-check rounds waiting for answers, and their asks.
+    health_rounds: HashMap<u64, health::HealthRound>,
+    health_asks: HashMap<OutboundRequestId, health::HealthAsk>,
+    next_health_round: u64,
+    /// Set once shutdown began (health checks answer `leaving`).
+    shutting_down: bool,
     view: View,
     placer: Placer,
     strategy: StrategyConfig,
@@ -619,6 +630,7 @@ impl EventLoop {
     /// give the swarm a moment to flush, then drop everything.
     async fn shutdown(&mut self) {
         info!("shutting down: stopping tasks, releasing held leases, announcing departure");
+        self.shutting_down = true;
         self.stop_all_tasks();
         let ids: Vec<LeaseId> = self.held.keys().cloned().collect();
         for id in ids {

@@ -993,6 +993,11 @@ impl EventLoop {
         self.tasks.pending.insert(rid, TaskPending::Call { reply });
     }
 
+    /// Tasks running here for peers.
+    pub(super) fn running_task_count(&self) -> usize {
+        self.tasks.running.len()
+    }
+
     /// Whether this node offers template `name`.
     pub(super) fn tasks_offer(&self, name: &str) -> bool {
         self.tasks.templates().iter().any(|t| t.name == name)
