@@ -71,6 +71,10 @@ pub struct AllocationRequest {
     /// Nodes not to use (ids or names): a task re-placed after its node
     /// was lost, or spread over the swarm.
     pub avoid: Vec<String>,
+    /// When the owner goes offline (or leaves) while this node holds the
+    /// lease, place the same request again elsewhere. The lost allocation
+    /// names its replacement in `replaced_by`.
+    pub replace: bool,
 }
 
 /// What an allocation holds (seed 004's `AllocatedResources`).
@@ -101,6 +105,10 @@ pub enum AllocationStatus {
     TimedOut,
     /// Ended by the owner for another reason (see `ended_reason`).
     Ended,
+    /// Its owner went offline or left while we held it (or it ran out
+    /// before it could be renewed); the owner takes it back when it
+    /// expires there.
+    Lost,
 }
 
 /// One refusal on the way to a grant (late binding) or to a failure.
@@ -152,6 +160,10 @@ pub struct Allocation {
     /// For an allocation the owner ended: why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_reason: Option<String>,
+    /// For a lost allocation requested with `replace`: the allocation that
+    /// replaced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<String>,
 }
 
 /// Time in ms since the epoch as a UTC timestamp.
@@ -190,6 +202,7 @@ impl Allocation {
             refusals: Vec::new(),
             queue_position: None,
             ended_reason: None,
+            replaced_by: None,
         }
     }
 }

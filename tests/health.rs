@@ -106,3 +106,110 @@ fn a_node_that_leaves_is_left() {
     let took = until_seen(&lan, &[0, 2], &leaver, "left", t0);
     eprintln!("measured: departed node left on every peer after {took:?}");
 }
+
+fn held(lan: &Lan, i: usize, id: &str) -> Option<serde_json::Value> {
+    lan.allocations(i)["held"]
+        .as_array()?
+        .iter()
+        .find(|a| a["allocation_id"] == id)
+        .cloned()
+}
+
+#[test]
+fn a_lost_owner_loses_its_leases_and_replace_places_them_again() {
+    let checks = "when an owner dies, its holder reports the lease `lost`; a request made with \
+                  `replace` is placed again on another node";
+    let Some(mut lan) = Lan::builder(checks).hosts(3, "").start() else {
+        return;
+    };
+    lan.wait_converged(CONVERGE);
+    let owner = lan.id(2);
+    let ask = |replace: bool| {
+        let (code, a) = lan.request(
+            0,
+            &serde_json::json!({
+                "required_resources": {"cpu_cores": 1},
+                "node_id": owner,
+                "replace": replace,
+            }),
+        );
+        assert_eq!(code, 201, "{a}");
+        a["allocation_id"].as_str().unwrap().to_owned()
+    };
+    let replaced = ask(true);
+    let plain = ask(false);
+    let t0 = Instant::now();
+    lan.kill9(2);
+    let (a, _) = lan.eventually("h0 reports both lost", CONVERGE, || {
+        let a = held(&lan, 0, &replaced).ok_or("gone")?;
+        let b = held(&lan, 0, &plain).ok_or("gone")?;
+        if a["status"] == "lost" && b["status"] == "lost" && a["replaced_by"].is_string() {
+            Ok(a)
+        } else {
+            Err(format!(
+                "{} {} {}",
+                a["status"], b["status"], a["replaced_by"]
+            ))
+        }
+    });
+    eprintln!(
+        "measured: leases reported lost and replaced {:?} after the owner was killed",
+        t0.elapsed()
+    );
+    assert!(
+        a["ended_reason"].as_str().unwrap().contains("went offline"),
+        "{a}"
+    );
+    let new = a["replaced_by"].as_str().unwrap();
+    let n = held(&lan, 0, new).expect("the replacement is held");
+    assert_eq!(n["status"], "active", "{n}");
+    assert_ne!(n["node_id"], owner.as_str(), "placed elsewhere: {n}");
+    let b = held(&lan, 0, &plain).unwrap();
+    assert!(b.get("replaced_by").is_none(), "{b}");
+}
+
+#[test]
+fn an_owner_keeps_a_lost_holders_lease_until_it_expires() {
+    let checks = "when a holder dies, the owner keeps its lease until the lease term runs out, \
+                  then takes the resources back";
+    let Some(mut lan) = Lan::builder(checks).hosts(2, "").start() else {
+        return;
+    };
+    lan.wait_converged(CONVERGE);
+    let (code, a) = lan.request(
+        0,
+        &serde_json::json!({
+            "required_resources": {"cpu_cores": 1},
+            "node_id": lan.id(1),
+            "timeout_secs": 4,
+        }),
+    );
+    assert_eq!(code, 201, "{a}");
+    let id = a["allocation_id"].as_str().unwrap().to_owned();
+    let t0 = Instant::now();
+    lan.kill9(0);
+    let granted = |lan: &Lan| {
+        lan.allocations(1)["granted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["allocation_id"] == id.as_str())
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(granted(&lan), "kept while its term runs");
+    lan.eventually("the owner takes it back", CONVERGE, || {
+        if granted(&lan) {
+            Err("still granted".to_owned())
+        } else {
+            Ok(())
+        }
+    });
+    let took = t0.elapsed();
+    eprintln!(
+        "measured: the owner took the lease back {took:?} after its holder was killed (4 s term)"
+    );
+    assert!(
+        took >= Duration::from_secs(2),
+        "not before the term: {took:?}"
+    );
+}

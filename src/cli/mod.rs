@@ -206,6 +206,10 @@ pub struct RequestArgs {
     /// e.g. 30s (default: do not wait).
     #[arg(long, value_parser = duration_arg)]
     pub wait: Option<u64>,
+    /// If the owner goes offline or leaves while this node holds the
+    /// allocation, place the same request again on another node.
+    #[arg(long)]
+    pub replace: bool,
     /// A label the node must carry, KEY=VALUE; repeat.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label_arg)]
     pub labels: Vec<(String, String)>,
@@ -713,6 +717,7 @@ impl RequestArgs {
             pool: self.pool.clone(),
             group: self.group.clone(),
             wait_secs: self.wait,
+            replace: self.replace,
             constraints: Constraints {
                 labels: self.labels.iter().cloned().collect(),
                 arch: self.arch.clone(),
@@ -1080,6 +1085,11 @@ fn settled(json: bool, a: &Allocation) -> anyhow::Result<()> {
         ),
         AllocationStatus::Ended => bail!(
             "allocation {} on {} was ended{why}",
+            a.allocation_id,
+            a.node_name
+        ),
+        AllocationStatus::Lost => bail!(
+            "allocation {} on {} was lost{why}",
             a.allocation_id,
             a.node_name
         ),

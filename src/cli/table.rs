@@ -201,6 +201,7 @@ fn alloc_status_word(s: AllocationStatus) -> &'static str {
         AllocationStatus::Preempted => "preempted",
         AllocationStatus::TimedOut => "timed_out",
         AllocationStatus::Ended => "ended",
+        AllocationStatus::Lost => "lost",
     }
 }
 

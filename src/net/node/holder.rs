@@ -31,8 +31,69 @@ impl EventLoop {
     }
 
     pub(super) fn drop_held(&mut self, lease_id: &LeaseId) {
+        self.replace_on_loss.remove(lease_id);
         if self.held.remove(lease_id).is_some() {
             self.deferred.delete_held.push(lease_id.clone());
+        }
+    }
+
+    /// A lease we hold is lost: its owner went offline or left, or it ran
+    /// out before it could be renewed. Reported `lost`; placed again
+    /// elsewhere if it was requested with `replace`.
+    fn lose_held(&mut self, lease_id: &LeaseId, why: String) {
+        let Some(h) = self.held.get(lease_id) else {
+            return;
+        };
+        let owner = h.rec.lease.node_id.clone();
+        let mut a = Allocation::from_lease(&h.rec.lease, &h.rec.owner_name, h.rec.release_at_ms);
+        a.status = crate::handle::AllocationStatus::Lost;
+        a.ended_reason = Some(why.clone());
+        warn!(lease = %lease_id, owner = %h.rec.owner_name, %why, "allocation lost");
+        let replace = self.replace_on_loss.remove(lease_id);
+        self.drop_held(lease_id);
+        self.remember_ended_allocation(a);
+        if let Some(mut req) = replace {
+            req.avoid.push(owner.0.clone());
+            req.request_id = None;
+            if req.node_id.as_deref() == Some(owner.0.as_str()) {
+                req.node_id = None;
+            }
+            let (tx, rx) = oneshot::channel::<Result<Allocation, NodeError>>();
+            let back = self.replaced_tx.clone();
+            let lost = lease_id.clone();
+            tokio::spawn(async move {
+                let result = match rx.await {
+                    Ok(Ok(a)) => Ok(a),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("the node stopped".to_owned()),
+                };
+                let _ = back.send((lost, result));
+            });
+            self.on_request(req, tx);
+        }
+    }
+
+    /// A replacement for lost lease `lost` was placed (or not).
+    pub(super) fn on_replaced(&mut self, lost: LeaseId, result: Result<Allocation, String>) {
+        let note = match &result {
+            Ok(a) => {
+                info!(lost = %lost, replacement = %a.allocation_id, owner = %a.node_name, "lost allocation replaced");
+                None
+            }
+            Err(e) => {
+                warn!(lost = %lost, error = %e, "lost allocation could not be replaced");
+                Some(format!("; not replaced: {e}"))
+            }
+        };
+        if let Some(a) = self.ended.iter_mut().find(|a| a.allocation_id == lost.0) {
+            match result {
+                Ok(r) => a.replaced_by = Some(r.allocation_id),
+                Err(_) => {
+                    if let (Some(reason), Some(n)) = (a.ended_reason.as_mut(), note) {
+                        reason.push_str(&n);
+                    }
+                }
+            }
         }
     }
 
@@ -116,8 +177,32 @@ impl EventLoop {
             .map(|(id, _)| id.clone())
             .collect();
         for id in lost {
-            warn!(lease = %id, "lease expired before it could be renewed; dropping it");
-            self.drop_held(&id);
+            self.lose_held(
+                &id,
+                "the lease ran out before it could be renewed".to_owned(),
+            );
+        }
+        // Leases on owners the failure detector gave up on.
+        let gone: Vec<(LeaseId, String)> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.rec.lease.node_id != self.local_id)
+            .filter_map(|(id, h)| {
+                let status = self.view.status(&h.rec.lease.node_id, now)?;
+                matches!(status, NodeStatus::Offline | NodeStatus::Left).then(|| {
+                    let word = if status == NodeStatus::Left { "left" } else { "went offline" };
+                    (
+                        id.clone(),
+                        format!(
+                            "its owner {} {word}; the owner takes the lease back when it expires there",
+                            h.rec.owner_name
+                        ),
+                    )
+                })
+            })
+            .collect();
+        for (id, why) in gone {
+            self.lose_held(&id, why);
         }
         let to_renew: Vec<(LeaseId, NodeId, u64)> = self
             .held

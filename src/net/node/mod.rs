@@ -284,6 +284,7 @@ pub async fn start(
         health: crate::core::health::HealthConfig::default(),
     };
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let (replaced_tx, replaced_rx) = mpsc::unbounded_channel();
     let mut el = EventLoop {
         view: View::new(placeholder_announcement(&local_id), view_cfg),
         swarm,
@@ -303,6 +304,9 @@ pub async fn start(
         health_asks: HashMap::new(),
         next_health_round: 0,
         shutting_down: false,
+        replace_on_loss: HashMap::new(),
+        replaced_tx,
+        replaced_rx,
         elastic: cfg.elastic.enabled.then(|| {
             Elastic::new(
                 cfg.elastic.clone(),
@@ -536,6 +540,12 @@ struct EventLoop {
     next_health_round: u64,
     /// Set once shutdown began (health checks answer `leaving`).
     shutting_down: bool,
+    /// Held leases requested with `replace`: the request to place again if
+    /// their owner is lost (memory only).
+    replace_on_loss: HashMap<LeaseId, AllocationRequest>,
+    /// Replacements placed for lost leases report back here.
+    replaced_tx: mpsc::UnboundedSender<(LeaseId, Result<Allocation, String>)>,
+    replaced_rx: mpsc::UnboundedReceiver<(LeaseId, Result<Allocation, String>)>,
     view: View,
     placer: Placer,
     strategy: StrategyConfig,
@@ -619,6 +629,7 @@ impl EventLoop {
                 _ = heartbeat.tick() => self.announce(false),
                 _ = tick.tick() => self.maintain(),
                 Some(ev) = self.tasks.next_event() => self.on_runner_event(ev),
+                Some((lost, result)) = self.replaced_rx.recv() => self.on_replaced(lost, result),
                 _ = redial.tick() => self.redial(),
                 _ = resync.tick() => self.resync(),
             }

@@ -476,6 +476,10 @@ impl EventLoop {
         );
         let mut alloc = Allocation::from_lease(&lease, &owner_name, p.release_at_ms);
         alloc.refusals = self.refusals(p.attempt);
+        if p.req.replace && lease.node_id != self.local_id {
+            self.replace_on_loss
+                .insert(lease.lease_id.clone(), p.req.clone());
+        }
         info!(lease = %lease.lease_id, owner = %owner_name, "allocation placed");
         if p.reply.send(Ok(alloc)).is_err() {
             // Whoever asked is gone (an HTTP client that timed out): nobody

@@ -486,6 +486,10 @@ impl EventLoop {
         }
     }
 
+    pub(super) fn remember_ended_allocation(&mut self, a: Allocation) {
+        self.remember_ended(a);
+    }
+
     fn remember_ended(&mut self, a: Allocation) {
         self.ended.retain(|e| e.allocation_id != a.allocation_id);
         self.ended.push_front(a);
