@@ -182,23 +182,43 @@ impl EventLoop {
                 "the lease ran out before it could be renewed".to_owned(),
             );
         }
-        // Leases on owners the failure detector gave up on.
+        // Leases on owners the failure detector gave up on: lost once the
+        // owner stayed offline (or away after a goodbye) for
+        // LOST_AFTER_OFFLINE_MS. Its leases are durable, so an owner that
+        // restarts sooner keeps them, and the renewals go on.
+        let mut down: BTreeMap<NodeId, (NodeStatus, u64)> = BTreeMap::new();
+        for h in self.held.values() {
+            let owner = &h.rec.lease.node_id;
+            if owner == &self.local_id || down.contains_key(owner) {
+                continue;
+            }
+            if let Some(st @ (NodeStatus::Offline | NodeStatus::Left)) =
+                self.view.status(owner, now)
+            {
+                let since = *self.owner_down_since.entry(owner.clone()).or_insert(now);
+                down.insert(owner.clone(), (st, since));
+            }
+        }
+        self.owner_down_since.retain(|n, _| down.contains_key(n));
         let gone: Vec<(LeaseId, String)> = self
             .held
             .iter()
-            .filter(|(_, h)| h.rec.lease.node_id != self.local_id)
             .filter_map(|(id, h)| {
-                let status = self.view.status(&h.rec.lease.node_id, now)?;
-                matches!(status, NodeStatus::Offline | NodeStatus::Left).then(|| {
-                    let word = if status == NodeStatus::Left { "left" } else { "went offline" };
-                    (
-                        id.clone(),
-                        format!(
-                            "its owner {} {word}; the owner takes the lease back when it expires there",
-                            h.rec.owner_name
-                        ),
-                    )
-                })
+                let (status, since) = down.get(&h.rec.lease.node_id)?;
+                if now.saturating_sub(*since) < LOST_AFTER_OFFLINE_MS {
+                    return None;
+                }
+                let word = match status {
+                    NodeStatus::Left => "left",
+                    _ => "went offline",
+                };
+                Some((
+                    id.clone(),
+                    format!(
+                        "its owner {} {word}; the owner takes the lease back when it expires there",
+                        h.rec.owner_name
+                    ),
+                ))
             })
             .collect();
         for (id, why) in gone {

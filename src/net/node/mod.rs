@@ -88,6 +88,9 @@ const ANNOUNCE_COALESCE: Duration = Duration::from_millis(2);
 const MAX_EVENT_BATCH: usize = 64;
 /// How long a connection with no open streams stays up.
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a held lease's owner may stay offline before the lease is
+/// reported lost (sooner if the lease runs out first).
+const LOST_AFTER_OFFLINE_MS: u64 = 5_000;
 /// How long shutdown waits for peers to confirm releases.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
@@ -305,6 +308,7 @@ pub async fn start(
         next_health_round: 0,
         shutting_down: false,
         replace_on_loss: HashMap::new(),
+        owner_down_since: HashMap::new(),
         replaced_tx,
         replaced_rx,
         elastic: cfg.elastic.enabled.then(|| {
@@ -543,6 +547,8 @@ struct EventLoop {
     /// Held leases requested with `replace`: the request to place again if
     /// their owner is lost (memory only).
     replace_on_loss: HashMap<LeaseId, AllocationRequest>,
+    /// Owners of held leases seen offline or departed, and since when.
+    owner_down_since: HashMap<NodeId, u64>,
     /// Replacements placed for lost leases report back here.
     replaced_tx: mpsc::UnboundedSender<(LeaseId, Result<Allocation, String>)>,
     replaced_rx: mpsc::UnboundedReceiver<(LeaseId, Result<Allocation, String>)>,
