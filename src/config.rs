@@ -178,6 +178,11 @@ pub struct NetworkConfig {
     /// port is found again within seconds. Default 6s.
     #[serde(with = "units::serde_duration")]
     pub mdns_ttl: Duration,
+    /// How long a node that is offline or left (or silent) stays in the
+    /// view before it is forgotten, so no ghosts linger. Default 5m; at
+    /// least 10s.
+    #[serde(with = "units::serde_duration")]
+    pub forget_after: Duration,
     /// Private swarm: a pre-shared key file (written by `lanswarm keygen`).
     /// With it, every connection is wrapped in libp2p's pnet layer, and a
     /// node without the same key cannot connect at all. pnet does not
@@ -204,6 +209,7 @@ impl Default for NetworkConfig {
             announce_interval: Duration::from_secs(10),
             announce_debounce: Duration::from_millis(100),
             mdns_ttl: Duration::from_secs(6),
+            forget_after: Duration::from_secs(300),
             swarm_key: None,
         }
     }
@@ -1613,6 +1619,15 @@ impl Config {
         if n.mdns_ttl.is_zero() {
             return Err(problem("network.mdns_ttl", "must be more than 0s"));
         }
+        if n.forget_after < Duration::from_secs(10) {
+            return Err(problem(
+                "network.forget_after",
+                format!(
+                    "must be at least 10s, got {}",
+                    units::format_duration(n.forget_after)
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -1983,6 +1998,7 @@ mod tests {
         Config::default().validate().unwrap();
         assert_eq!(c.lend.memory, Amount::Percent(75.0));
         assert_eq!(c.network.mdns_ttl, Duration::from_secs(6));
+        assert_eq!(c.network.forget_after, Duration::from_secs(300));
         assert_eq!(c.api.listen.to_string(), "127.0.0.1:7700");
     }
 
@@ -2273,6 +2289,7 @@ default = 2
             ("[strategy.weights]\nnode-a = 1001", "test.toml:2:1: strategy.weights.node-a: weights must be between 0 and 1000, got 1001"),
             ("[log]\nlevel = \"\"", "log.level: must not be empty"),
             ("[network]\nannounce_debounce = \"10s\"", "network.announce_debounce: must be shorter"),
+            ("[network]\nforget_after = \"2s\"", "network.forget_after: must be at least 10s, got 2s"),
             ("[network]\nlisten = [\"/ip4/0.0.0.0/tcp/0/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA\"]", "network.listen[0]: a listen address must not name a peer"),
             ("[[resources.gpus]]\nmemory = 0", "resources.gpus[0].memory: must be more than 0"),
             ("[lend]\nweight = 0", "lend.weight: must be between 1 and 1000"),

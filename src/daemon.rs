@@ -79,6 +79,7 @@ pub fn node_config(cfg: &Config, keypair: libp2p::identity::Keypair) -> anyhow::
         mdns: cfg.network.mdns,
         mdns_ttl: cfg.network.mdns_ttl,
         announce_interval: cfg.network.announce_interval,
+        forget_after: cfg.network.forget_after,
         announce_debounce: cfg.network.announce_debounce,
         capacity,
         gpus,

@@ -213,3 +213,34 @@ fn an_owner_keeps_a_lost_holders_lease_until_it_expires() {
         "not before the term: {took:?}"
     );
 }
+
+#[test]
+fn an_offline_node_is_forgotten_after_forget_after() {
+    let checks = "a node that died is removed from every other node's view after \
+                  network.forget_after (10 s here), so no ghost lingers";
+    let Some(mut lan) = Lan::builder(checks)
+        .hosts(3, "[network]\nforget_after = \"10s\"")
+        .start()
+    else {
+        return;
+    };
+    lan.wait_converged(CONVERGE);
+    let ghost = lan.id(2);
+    let t0 = Instant::now();
+    lan.kill9(2);
+    until_seen(&lan, &[0, 1], &ghost, "offline", t0);
+    lan.eventually("h0 and h1 forget h2", Duration::from_secs(30), || {
+        for i in [0, 1] {
+            if lan.view_of(i, &ghost).is_some() {
+                return Err(format!("h{i} still lists h2"));
+            }
+        }
+        Ok(())
+    });
+    let took = t0.elapsed();
+    eprintln!("measured: dead node forgotten by every peer {took:?} after the kill");
+    assert!(
+        took >= Duration::from_secs(9),
+        "not before forget_after: {took:?}"
+    );
+}

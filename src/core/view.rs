@@ -88,7 +88,14 @@ pub struct View {
     local: Announcement,
     cfg: ViewConfig,
     peers: BTreeMap<NodeId, PeerEntry>,
+    /// The last `seq` of every forgotten peer: an old announcement of it
+    /// that a peer still relays must not bring the ghost back; a new
+    /// process of it announces a higher `seq`.
+    forgotten: BTreeMap<NodeId, u64>,
 }
+
+/// Most forgotten peers remembered.
+const MAX_FORGOTTEN: usize = 4096;
 
 impl View {
     /// A view holding only the local node.
@@ -97,6 +104,7 @@ impl View {
             local,
             cfg,
             peers: BTreeMap::new(),
+            forgotten: BTreeMap::new(),
         }
     }
 
@@ -132,6 +140,13 @@ impl View {
     pub fn apply(&mut self, ann: Announcement, now_ms: u64) -> Applied {
         if ann.node_id == self.local.node_id {
             return Applied::OwnId;
+        }
+        if self
+            .forgotten
+            .get(&ann.node_id)
+            .is_some_and(|seq| ann.seq <= *seq)
+        {
+            return Applied::Replay;
         }
         match self.peers.get_mut(&ann.node_id) {
             Some(entry) if ann.seq <= entry.ann.seq => Applied::Replay,
@@ -351,7 +366,14 @@ impl View {
             .map(|(id, _)| id.clone())
             .collect();
         for id in &gone {
-            self.peers.remove(id);
+            if let Some(e) = self.peers.remove(id) {
+                if self.forgotten.len() >= MAX_FORGOTTEN {
+                    if let Some(k) = self.forgotten.keys().next().cloned() {
+                        self.forgotten.remove(&k);
+                    }
+                }
+                self.forgotten.insert(id.clone(), e.ann.seq);
+            }
         }
         gone
     }
@@ -633,6 +655,11 @@ mod tests {
         assert_eq!(v.prune(300_001), vec![id("a")]);
         assert_eq!(v.len(), 1);
         assert_eq!(v.peers().next().unwrap().ann.node_id, id("b"));
+        // A relayed copy of its last announcement does not bring it back;
+        // a newer one (a new process) does.
+        assert_eq!(v.apply(ann("a", 1), 300_002), Applied::Replay);
+        assert!(v.get(&id("a")).is_none());
+        assert_eq!(v.apply(ann("a", 2), 300_003), Applied::New);
     }
 
     #[test]

@@ -106,6 +106,8 @@ pub struct NodeConfig {
     pub mdns_ttl: Duration,
     pub announce_interval: Duration,
     pub announce_debounce: Duration,
+    /// How long an offline, departed or silent peer stays in the view.
+    pub forget_after: Duration,
     pub capacity: Capacity,
     pub gpus: Vec<GpuInfo>,
     pub machine_cpu_cores: u32,
@@ -149,6 +151,7 @@ impl NodeConfig {
             mdns_ttl: Duration::from_secs(6),
             announce_interval: Duration::from_secs(2),
             announce_debounce: Duration::from_millis(20),
+            forget_after: Duration::from_secs(300),
             capacity,
             gpus: vec![],
             machine_cpu_cores: 8,
@@ -283,8 +286,11 @@ pub async fn start(
     let view_cfg = ViewConfig {
         stale_after_ms: announce_ms * 2 + 1_000,
         offline_after_ms: announce_ms * 4 + 2_000,
-        forget_after_ms: (announce_ms * 30).max(300_000),
-        health: crate::core::health::HealthConfig::default(),
+        forget_after_ms: (cfg.forget_after.as_millis() as u64).max(announce_ms * 4 + 2_000),
+        health: crate::core::health::HealthConfig {
+            forget_after_ms: cfg.forget_after.as_millis() as u64,
+            ..Default::default()
+        },
     };
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let (replaced_tx, replaced_rx) = mpsc::unbounded_channel();
