@@ -27,33 +27,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// How a peer looks from here.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PeerStatus {
-    Online,
-    Degraded,
-    Suspect,
-    Offline,
-    Left,
-}
-
-impl PeerStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PeerStatus::Online => "online",
-            PeerStatus::Degraded => "degraded",
-            PeerStatus::Suspect => "suspect",
-            PeerStatus::Offline => "offline",
-            PeerStatus::Left => "left",
-        }
-    }
-
-    /// Whether requests should be sent there.
-    pub fn usable(self) -> bool {
-        matches!(self, PeerStatus::Online | PeerStatus::Degraded)
-    }
-}
+use crate::model::NodeStatus;
 
 /// Thresholds of the failure detector.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -103,9 +77,6 @@ pub struct PeerHealth {
     /// Latest ping RTT and host CPU use it announced.
     rtt_ms: Option<f64>,
     cpu_pct: f32,
-    /// The last status reported by [`PeerHealth::status`], and since when.
-    last_status: PeerStatus,
-    since_ms: u64,
 }
 
 impl PeerHealth {
@@ -119,8 +90,6 @@ impl PeerHealth {
             left: false,
             rtt_ms: None,
             cpu_pct: 0.0,
-            last_status: PeerStatus::Online,
-            since_ms: now_ms,
         }
     }
 
@@ -184,51 +153,30 @@ impl PeerHealth {
     }
 
     /// Its status at `now_ms`, per the rules in the module docs.
-    pub fn status(&self, now_ms: u64, cfg: &HealthConfig) -> PeerStatus {
+    pub fn status(&self, now_ms: u64, cfg: &HealthConfig) -> NodeStatus {
         let silent = now_ms.saturating_sub(self.last_heard_ms);
         if self.left {
-            PeerStatus::Left
+            NodeStatus::Left
         } else if self.unreachable || silent >= cfg.offline_after_ms {
-            PeerStatus::Offline
+            NodeStatus::Offline
         } else if self.connections == 0 || silent >= cfg.suspect_after_ms || self.ping_failures > 0
         {
-            PeerStatus::Suspect
+            NodeStatus::Suspect
         } else if self.rtt_ms.is_some_and(|r| r >= cfg.degraded_rtt_ms)
             || cfg.degraded_cpu_pct.is_some_and(|c| self.cpu_pct >= c)
         {
-            PeerStatus::Degraded
+            NodeStatus::Degraded
         } else {
-            PeerStatus::Online
+            NodeStatus::Online
         }
-    }
-
-    /// The status at `now_ms`, and the previous one if it changed since
-    /// the last call (for logs and metrics).
-    pub fn update(&mut self, now_ms: u64, cfg: &HealthConfig) -> (PeerStatus, Option<PeerStatus>) {
-        let s = self.status(now_ms, cfg);
-        if s == self.last_status {
-            return (s, None);
-        }
-        let before = std::mem::replace(&mut self.last_status, s);
-        self.since_ms = now_ms;
-        (s, Some(before))
-    }
-
-    /// When the current status began (as of the last [`PeerHealth::update`]).
-    pub fn since_ms(&self) -> u64 {
-        self.since_ms
     }
 
     /// Whether the peer should be dropped from the view at `now_ms`.
     pub fn forgettable(&self, now_ms: u64, cfg: &HealthConfig) -> bool {
         matches!(
             self.status(now_ms, cfg),
-            PeerStatus::Offline | PeerStatus::Left
+            NodeStatus::Offline | NodeStatus::Left
         ) && now_ms.saturating_sub(self.last_heard_ms) >= cfg.forget_after_ms
-    }
-
-    pub fn rtt_ms(&self) -> Option<f64> {
-        self.rtt_ms
     }
 }
 
@@ -250,19 +198,19 @@ mod tests {
     #[test]
     fn a_connected_peer_heard_recently_is_online() {
         let h = connected_at(1_000);
-        assert_eq!(h.status(1_500, &cfg()), PeerStatus::Online);
+        assert_eq!(h.status(1_500, &cfg()), NodeStatus::Online);
     }
 
     #[test]
     fn a_dead_process_is_offline_as_soon_as_the_redial_fails() {
         let mut h = connected_at(1_000);
         assert!(h.disconnected(), "the last connection: redial");
-        assert_eq!(h.status(1_001, &cfg()), PeerStatus::Suspect);
+        assert_eq!(h.status(1_001, &cfg()), NodeStatus::Suspect);
         h.dial_failed();
-        assert_eq!(h.status(1_002, &cfg()), PeerStatus::Offline);
+        assert_eq!(h.status(1_002, &cfg()), NodeStatus::Offline);
         // It comes back: online at once.
         h.connected(5_000);
-        assert_eq!(h.status(5_000, &cfg()), PeerStatus::Online);
+        assert_eq!(h.status(5_000, &cfg()), NodeStatus::Online);
     }
 
     #[test]
@@ -270,73 +218,59 @@ mod tests {
         let mut h = connected_at(1_000);
         h.connected(1_000);
         assert!(!h.disconnected(), "one connection is left");
-        assert_eq!(h.status(1_100, &cfg()), PeerStatus::Online);
+        assert_eq!(h.status(1_100, &cfg()), NodeStatus::Online);
         assert!(h.disconnected());
         h.connected(1_050);
-        assert_eq!(h.status(1_100, &cfg()), PeerStatus::Online);
+        assert_eq!(h.status(1_100, &cfg()), NodeStatus::Online);
     }
 
     #[test]
     fn a_silent_peer_is_suspect_at_2s_and_offline_at_3s() {
         let mut h = connected_at(10_000);
         h.ping_ok(1.0, 10_000);
-        assert_eq!(h.status(11_999, &cfg()), PeerStatus::Online);
+        assert_eq!(h.status(11_999, &cfg()), NodeStatus::Online);
         h.ping_failed();
-        assert_eq!(h.status(11_999, &cfg()), PeerStatus::Suspect);
-        assert_eq!(h.status(12_000, &cfg()), PeerStatus::Suspect);
-        assert_eq!(h.status(12_999, &cfg()), PeerStatus::Suspect);
-        assert_eq!(h.status(13_000, &cfg()), PeerStatus::Offline);
+        assert_eq!(h.status(11_999, &cfg()), NodeStatus::Suspect);
+        assert_eq!(h.status(12_000, &cfg()), NodeStatus::Suspect);
+        assert_eq!(h.status(12_999, &cfg()), NodeStatus::Suspect);
+        assert_eq!(h.status(13_000, &cfg()), NodeStatus::Offline);
         // Heard again (the link is back): online at once.
         h.ping_ok(2.0, 20_000);
-        assert_eq!(h.status(20_000, &cfg()), PeerStatus::Online);
+        assert_eq!(h.status(20_000, &cfg()), NodeStatus::Online);
     }
 
     #[test]
     fn slow_or_busy_is_degraded() {
         let mut h = connected_at(0);
         h.ping_ok(600.0, 0);
-        assert_eq!(h.status(10, &cfg()), PeerStatus::Degraded);
+        assert_eq!(h.status(10, &cfg()), NodeStatus::Degraded);
         h.ping_ok(5.0, 20);
-        assert_eq!(h.status(30, &cfg()), PeerStatus::Online);
+        assert_eq!(h.status(30, &cfg()), NodeStatus::Online);
         h.load(99.0);
         assert_eq!(
             h.status(30, &cfg()),
-            PeerStatus::Online,
+            NodeStatus::Online,
             "CPU alone: off by default"
         );
         let busy = HealthConfig {
             degraded_cpu_pct: Some(95.0),
             ..cfg()
         };
-        assert_eq!(h.status(30, &busy), PeerStatus::Degraded);
-        assert!(PeerStatus::Degraded.usable());
-        assert!(!PeerStatus::Suspect.usable());
+        assert_eq!(h.status(30, &busy), NodeStatus::Degraded);
+        assert!(NodeStatus::Degraded.usable());
+        assert!(!NodeStatus::Suspect.usable());
     }
 
     #[test]
     fn goodbye_is_left_until_a_new_process_appears() {
         let mut h = connected_at(0);
         h.goodbye();
-        assert_eq!(h.status(1, &cfg()), PeerStatus::Left);
+        assert_eq!(h.status(1, &cfg()), NodeStatus::Left);
         h.heard(2);
-        assert_eq!(h.status(3, &cfg()), PeerStatus::Left, "a late message");
+        assert_eq!(h.status(3, &cfg()), NodeStatus::Left, "a late message");
         h.restarted(4);
         h.connected(4);
-        assert_eq!(h.status(5, &cfg()), PeerStatus::Online);
-    }
-
-    #[test]
-    fn update_reports_transitions_once() {
-        let mut h = connected_at(0);
-        assert_eq!(h.update(1, &cfg()), (PeerStatus::Online, None));
-        h.disconnected();
-        h.dial_failed();
-        assert_eq!(
-            h.update(2, &cfg()),
-            (PeerStatus::Offline, Some(PeerStatus::Online))
-        );
-        assert_eq!(h.update(3, &cfg()), (PeerStatus::Offline, None));
-        assert_eq!(h.since_ms(), 2);
+        assert_eq!(h.status(5, &cfg()), NodeStatus::Online);
     }
 
     #[test]
@@ -404,7 +338,7 @@ mod tests {
             let later = h.status(now + wait, &c);
             prop_assert!(later >= s, "{s:?} then {later:?}");
             if h.left {
-                prop_assert_eq!(s, PeerStatus::Left);
+                prop_assert_eq!(s, NodeStatus::Left);
             }
             if now + wait >= h.last_heard_ms + c.offline_after_ms {
                 prop_assert!(!later.usable());

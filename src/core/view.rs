@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use crate::core::fit::fit;
-use crate::core::health::{HealthConfig, PeerHealth, PeerStatus};
+use crate::core::health::{HealthConfig, PeerHealth};
 use crate::core::placement::Candidate;
 use crate::model::{Announcement, Capacity, NodeId, NodeStatus, ResourceRequirements};
 
@@ -302,13 +302,7 @@ impl View {
             return NodeStatus::Left;
         }
         if e.direct {
-            return match e.health.status(now_ms, &self.cfg.health) {
-                PeerStatus::Online => NodeStatus::Online,
-                PeerStatus::Degraded => NodeStatus::Degraded,
-                PeerStatus::Suspect => NodeStatus::Suspect,
-                PeerStatus::Offline => NodeStatus::Offline,
-                PeerStatus::Left => NodeStatus::Left,
-            };
+            return e.health.status(now_ms, &self.cfg.health);
         }
         let silent = now_ms.saturating_sub(e.last_seen_ms);
         if silent > self.cfg.offline_after_ms {

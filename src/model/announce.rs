@@ -112,8 +112,8 @@ pub struct Announcement {
     pub leaving: bool,
 }
 
-/// How a node looks from here.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// How a node looks from here, in order of how bad it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeStatus {
     /// Heard from recently.
