@@ -107,6 +107,10 @@ pub struct Config {
     pub leases: LeasesConfig,
     /// `[strategy]`: how this node chooses peers for its own requests.
     pub strategy: StrategyConfig,
+    /// `[history]`: how long the allocation history (audit log) is kept:
+    /// `retention` (default `"30d"`, 1m to 3650d) and `max_events`
+    /// (default 100000, 1 to 10000000).
+    pub history: crate::core::history::HistoryConfig,
     /// `[log]`: logging.
     pub log: LogConfig,
     /// Where this config came from (a file path, or a label such as
@@ -183,6 +187,16 @@ pub struct NetworkConfig {
     /// least 10s.
     #[serde(with = "units::serde_duration")]
     pub forget_after: Duration,
+    /// Ping round-trip time at or above which a connected peer is
+    /// `degraded` (still asked, ranked as it is). Default 500ms; 1ms to 1m.
+    #[serde(with = "units::serde_duration")]
+    pub degraded_rtt: Duration,
+    /// Host CPU use, percent, at or above which a peer is `degraded`
+    /// (overloaded). Default: none, CPU use alone never degrades a peer (a
+    /// busy machine still answers; the RTT says when it stops keeping up).
+    /// 1 to 100.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded_cpu: Option<u8>,
     /// Private swarm: a pre-shared key file (written by `lanswarm keygen`).
     /// With it, every connection is wrapped in libp2p's pnet layer, and a
     /// node without the same key cannot connect at all. pnet does not
@@ -210,6 +224,8 @@ impl Default for NetworkConfig {
             announce_debounce: Duration::from_millis(100),
             mdns_ttl: Duration::from_secs(6),
             forget_after: Duration::from_secs(300),
+            degraded_rtt: Duration::from_millis(500),
+            degraded_cpu: None,
             swarm_key: None,
         }
     }
@@ -1400,6 +1416,7 @@ impl Config {
         self.check_tasks()?;
         self.check_leases()?;
         self.check_strategy()?;
+        self.check_history()?;
         self.check_log()
     }
 
@@ -1628,6 +1645,23 @@ impl Config {
                 ),
             ));
         }
+        if n.degraded_rtt < Duration::from_millis(1) || n.degraded_rtt > Duration::from_secs(60) {
+            return Err(problem(
+                "network.degraded_rtt",
+                format!(
+                    "must be between 1ms and 1m, got {}",
+                    units::format_duration(n.degraded_rtt)
+                ),
+            ));
+        }
+        if let Some(c) = n.degraded_cpu {
+            if !(1..=100).contains(&c) {
+                return Err(problem(
+                    "network.degraded_cpu",
+                    format!("must be a percentage from 1 to 100, got {c}"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -1835,6 +1869,27 @@ impl Config {
         Ok(())
     }
 
+    fn check_history(&self) -> Result<(), Problem> {
+        let h = &self.history;
+        let (min, max) = (Duration::from_secs(60), Duration::from_secs(3650 * 86_400));
+        if h.retention < min || h.retention > max {
+            return Err(problem(
+                "history.retention",
+                format!(
+                    "must be between 1m and 3650d, got {}",
+                    units::format_duration(h.retention)
+                ),
+            ));
+        }
+        if !(1..=10_000_000).contains(&h.max_events) {
+            return Err(problem(
+                "history.max_events",
+                format!("must be between 1 and 10000000, got {}", h.max_events),
+            ));
+        }
+        Ok(())
+    }
+
     fn check_log(&self) -> Result<(), Problem> {
         let level = self.log.level.trim();
         if level.is_empty() {
@@ -1999,7 +2054,18 @@ mod tests {
         assert_eq!(c.lend.memory, Amount::Percent(75.0));
         assert_eq!(c.network.mdns_ttl, Duration::from_secs(6));
         assert_eq!(c.network.forget_after, Duration::from_secs(300));
+        assert_eq!(c.network.degraded_rtt, Duration::from_millis(500));
+        assert_eq!(c.network.degraded_cpu, None);
         assert_eq!(c.api.listen.to_string(), "127.0.0.1:7700");
+    }
+
+    #[test]
+    fn degraded_thresholds_parse() {
+        let c: Config =
+            toml::from_str("[network]\ndegraded_rtt = \"250ms\"\ndegraded_cpu = 90").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.network.degraded_rtt, Duration::from_millis(250));
+        assert_eq!(c.network.degraded_cpu, Some(90));
     }
 
     #[test]
@@ -2288,8 +2354,14 @@ default = 2
             ("[strategy]\ndefault = \"fastest\"", "strategy.default: unknown strategy \"fastest\"; expected one of round-robin"),
             ("[strategy.weights]\nnode-a = 1001", "test.toml:2:1: strategy.weights.node-a: weights must be between 0 and 1000, got 1001"),
             ("[log]\nlevel = \"\"", "log.level: must not be empty"),
+            ("[history]\nretention = \"30s\"", "test.toml:2:1: history.retention: must be between 1m and 3650d, got 30s"),
+            ("[history]\nretention = \"4000d\"", "history.retention: must be between 1m and 3650d"),
+            ("[history]\nmax_events = 0", "history.max_events: must be between 1 and 10000000, got 0"),
             ("[network]\nannounce_debounce = \"10s\"", "network.announce_debounce: must be shorter"),
             ("[network]\nforget_after = \"2s\"", "network.forget_after: must be at least 10s, got 2s"),
+            ("[network]\ndegraded_rtt = \"0s\"", "network.degraded_rtt: must be between 1ms and 1m, got 0s"),
+            ("[network]\ndegraded_cpu = 150", "network.degraded_cpu: must be a percentage from 1 to 100, got 150"),
+            ("[network]\ndegraded_cpu = 0", "network.degraded_cpu: must be a percentage from 1 to 100, got 0"),
             ("[network]\nlisten = [\"/ip4/0.0.0.0/tcp/0/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA\"]", "network.listen[0]: a listen address must not name a peer"),
             ("[[resources.gpus]]\nmemory = 0", "resources.gpus[0].memory: must be more than 0"),
             ("[lend]\nweight = 0", "lend.weight: must be between 1 and 1000"),
@@ -2323,6 +2395,24 @@ default = 2
                 "{text}:\n got  {e}\n want {want}"
             );
             assert!(e.to_string().starts_with("test.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_history_section_sets_retention_and_rejects_bad_values() {
+        let c = parse("").unwrap();
+        assert_eq!(c.history.retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.history.max_events, 100_000);
+        let c = parse("[history]\nretention = \"7d\"\nmax_events = 500").unwrap();
+        assert_eq!(c.history.retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.history.max_events, 500);
+        for text in [
+            "[history]\nretention = \"5 parsecs\"",
+            "[history]\nmax_events = -1",
+            "[history]\nkeep = 3",
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.to_string().contains("history"), "{text}: {e}");
         }
     }
 

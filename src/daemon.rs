@@ -80,6 +80,8 @@ pub fn node_config(cfg: &Config, keypair: libp2p::identity::Keypair) -> anyhow::
         mdns_ttl: cfg.network.mdns_ttl,
         announce_interval: cfg.network.announce_interval,
         forget_after: cfg.network.forget_after,
+        degraded_rtt: cfg.network.degraded_rtt,
+        degraded_cpu_pct: cfg.network.degraded_cpu.map(f32::from),
         announce_debounce: cfg.network.announce_debounce,
         capacity,
         gpus,
@@ -108,6 +110,7 @@ pub fn node_config(cfg: &Config, keypair: libp2p::identity::Keypair) -> anyhow::
         // Read by `run` before anything else touches the data directory.
         swarm_key: None,
         tasks: task_settings(cfg),
+        history: cfg.history.clone(),
     })
 }
 

@@ -687,6 +687,11 @@ pub(crate) enum Command {
     ),
     Multis(oneshot::Sender<Vec<MultiAllocation>>),
     Contention(oneshot::Sender<ContentionReport>),
+    /// Query the allocation history (audit log).
+    History(
+        crate::core::history::HistoryQuery,
+        oneshot::Sender<Result<Vec<crate::core::history::HistoryEvent>, NodeError>>,
+    ),
     Pool(String, oneshot::Sender<Result<PoolInfo, NodeError>>),
     RunTask(Box<RunTaskCmd>),
     WatchTask {
@@ -701,6 +706,8 @@ pub(crate) enum Command {
     ),
     Offers(oneshot::Sender<Offers>),
     HealthChecks(oneshot::Sender<Vec<HealthCheck>>),
+    Utilization(u64, oneshot::Sender<crate::core::utilization::UtilReport>),
+    Discover(oneshot::Sender<crate::net::node::DiscoverReport>),
     CreatePool(NewPool, oneshot::Sender<Result<PoolInfo, NodeError>>),
     DeletePool(String, oneshot::Sender<Result<(), NodeError>>),
 }
@@ -802,11 +809,24 @@ pub struct RunTaskCmd {
 pub struct Node {
     tx: mpsc::Sender<Command>,
     id: NodeId,
+    /// The node's Prometheus metrics; the event loop updates them.
+    metrics: std::sync::Arc<prometheus_client::registry::Registry>,
 }
 
 impl Node {
-    pub(crate) fn new(tx: mpsc::Sender<Command>, id: NodeId) -> Self {
-        Node { tx, id }
+    pub(crate) fn new(
+        tx: mpsc::Sender<Command>,
+        id: NodeId,
+        metrics: std::sync::Arc<prometheus_client::registry::Registry>,
+    ) -> Self {
+        Node { tx, id, metrics }
+    }
+
+    /// The node's metrics in the OpenMetrics text format
+    /// ([`crate::metrics::CONTENT_TYPE`]), for `GET /metrics`. Reads the
+    /// registry directly: a scrape never waits on the event loop.
+    pub fn metrics_text(&self) -> String {
+        crate::metrics::encode(&self.metrics)
     }
 
     /// This node's id.
@@ -895,6 +915,21 @@ impl Node {
     /// this node first, then by node id.
     pub async fn perform_health_checks(&self) -> Result<Vec<HealthCheck>, NodeError> {
         self.call(Command::HealthChecks).await
+    }
+
+    /// Utilization samples and allocation round trips taken after
+    /// `after_ms` (ms since the Unix epoch; 0 for all that is kept).
+    pub async fn utilization(
+        &self,
+        after_ms: u64,
+    ) -> Result<crate::core::utilization::UtilReport, NodeError> {
+        self.call(|tx| Command::Utilization(after_ms, tx)).await
+    }
+
+    /// Look for nodes now: dial the bootstrap peers and known unconnected
+    /// peers again and sync views with every connected peer.
+    pub async fn discover(&self) -> Result<crate::net::node::DiscoverReport, NodeError> {
+        self.call(Command::Discover).await
     }
 
     /// This node's templates, model server and the tasks it runs for peers.
@@ -1067,6 +1102,15 @@ impl Node {
     /// Contention on this node: queued demand against free capacity.
     pub async fn contention(&self) -> Result<ContentionReport, NodeError> {
         self.call(Command::Contention).await
+    }
+
+    /// The allocation history (audit log): records matching `query`,
+    /// newest first.
+    pub async fn history(
+        &self,
+        query: crate::core::history::HistoryQuery,
+    ) -> Result<Vec<crate::core::history::HistoryEvent>, NodeError> {
+        self.call(|tx| Command::History(query, tx)).await?
     }
 
     /// Delete a pool, swarm-wide.

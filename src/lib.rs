@@ -10,6 +10,7 @@ pub mod exec;
 pub mod handle;
 pub mod hw;
 pub mod identity;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod sim;

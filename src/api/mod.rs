@@ -1,12 +1,15 @@
 //! The HTTP API (axum), JSON only, built on the [`Node`] handle.
 //!
 //! It listens on loopback by default. When a token is configured (it must
-//! be, for any other address), every `/api/` route needs
-//! `Authorization: Bearer <token>`; `/healthz` stays open. Every error is
+//! be, for any other address), every `/api/` route and `/metrics` (the
+//! Prometheus metrics) need `Authorization: Bearer <token>`; `/healthz`
+//! stays open. Every error is
 //! `{ "error": { "code", "message", ... } }` with the matching status.
 //! `docs/api.md` documents every route and field.
 
+mod dashboard;
 mod error;
+mod history;
 mod tasks;
 
 use std::net::SocketAddr;
@@ -65,6 +68,7 @@ pub fn router(node: Node, work: Work, token: Option<String>) -> Router {
         .route("/queue", get(queue))
         .route("/multi", get(multis).post(request_multi))
         .route("/contention", get(contention))
+        .route("/history", get(history::history))
         .route("/tasks", get(tasks::list).post(tasks::submit))
         .route("/tasks/{id}", get(tasks::get_one).delete(tasks::cancel))
         .route("/infer", post(tasks::submit))
@@ -73,10 +77,20 @@ pub fn router(node: Node, work: Work, token: Option<String>) -> Router {
         .route("/offers", get(tasks::offers))
         .route("/health-checks", post(health_checks))
         .route("/models", get(tasks::models))
+        .route("/utilization", get(dashboard::utilization))
+        .route("/discover", post(dashboard::discover))
+        .route("/events", get(dashboard::events))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(healthz))
+        .route(
+            "/metrics",
+            get(metrics).route_layer(middleware::from_fn_with_state(state.clone(), auth)),
+        )
+        .route("/", get(dashboard::index))
+        .route("/dashboard/app.js", get(dashboard::app_js))
+        .route("/dashboard/app.css", get(dashboard::app_css))
         .nest("/api/v1", api)
         .fallback(not_found)
         .with_state(state)
@@ -147,6 +161,26 @@ async fn healthz(State(st): State<AppState>) -> Result<impl IntoResponse, ApiErr
     Ok(Json(
         serde_json::json!({ "status": "ok", "node_id": n.id, "name": n.name }),
     ))
+}
+
+/// Prometheus metrics: OpenMetrics for clients that ask for it (Prometheus
+/// does), else Prometheus' classic text format (promtool, curl). Like
+/// `/api/`, it needs the token when one is configured.
+async fn metrics(State(st): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let text = st.node.metrics_text();
+    if openmetrics {
+        ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, crate::metrics::TEXT_CONTENT_TYPE)],
+            crate::metrics::to_text_format(&text),
+        )
+            .into_response()
+    }
 }
 
 async fn local_node(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {

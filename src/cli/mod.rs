@@ -3,6 +3,7 @@
 //! and prints a readable table, or JSON with `--json`.
 
 mod client;
+mod history;
 mod keygen;
 mod table;
 mod tasks;
@@ -107,6 +108,10 @@ pub enum Command {
     Queue,
     /// Contention on this node: queued demand against free capacity.
     Contention,
+    /// The allocation history (audit log): grants, denials, releases,
+    /// expiries, preemptions and policy, group and pool changes, newest
+    /// first, e.g. `lanswarm history --since 24h --kind grant,denial`.
+    History(history::HistoryArgs),
     /// Tasks: run a template on a lease, list, show, cancel.
     #[command(subcommand)]
     Task(tasks::TaskCommand),
@@ -960,6 +965,7 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<()> {
             let r: ContentionReport = c.get("/api/v1/contention").await?;
             out(json, &r, || table::contention(&r))
         }
+        Command::History(args) => history::run(&c, json, args).await,
         Command::Task(cmd) => tasks::task(&c, json, cmd).await,
         Command::Job(cmd) => tasks::job(&c, json, cmd).await,
         Command::Infer(args) => tasks::infer(&c, json, args).await,

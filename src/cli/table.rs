@@ -17,7 +17,7 @@ use crate::model::{Capacity, NodeStatus, ResourceRequirements, Usage};
 use crate::units::format_duration;
 
 /// Lay out rows in aligned columns.
-fn render(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(super) fn render(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -42,7 +42,7 @@ fn render(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn short(id: &str) -> String {
+pub(super) fn short(id: &str) -> String {
     if id.len() > 12 {
         format!("…{}", &id[id.len() - 10..])
     } else {

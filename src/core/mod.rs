@@ -35,6 +35,8 @@
 //!   calendar, quotas, rate limit and preemption.
 //! - [`multi`]: requests split over several nodes, their plan, and the
 //!   hold-then-confirm reservation lifecycle.
+//! - [`history`]: the allocation history and audit log: its records, the
+//!   query over them, and the retention rule.
 
 pub mod access;
 pub mod calendar;
@@ -44,6 +46,7 @@ pub mod elastic;
 pub mod fit;
 pub mod groups;
 pub mod health;
+pub mod history;
 pub mod ledger;
 pub mod multi;
 pub mod placement;
@@ -54,4 +57,5 @@ pub mod quota;
 pub mod sched;
 pub mod tasks;
 pub mod throttle;
+pub mod utilization;
 pub mod view;

@@ -112,6 +112,44 @@ pub struct Announcement {
     pub leaving: bool,
 }
 
+impl Announcement {
+    /// An empty announcement of `node_id` (sequence 0, nothing lent): what
+    /// a node holds for itself before its first real one, and a base for
+    /// tests.
+    pub fn placeholder(node_id: NodeId) -> Self {
+        Announcement {
+            node_id,
+            seq: 0,
+            issued_at_ms: 0,
+            name: String::new(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            addrs: vec![],
+            api: None,
+            capacity: Capacity::default(),
+            free: Capacity::default(),
+            gpus: vec![],
+            machine_cpu_cores: 0,
+            machine_memory_mb: 0,
+            cpu_usage_pct: 0.0,
+            models: vec![],
+            location: Location::default(),
+            weight: 1,
+            active_leases: 0,
+            labels: BTreeMap::new(),
+            access: AccessHint::default(),
+            arch: String::new(),
+            usage: Vec::new(),
+            queued: 0,
+            preemption: false,
+            leaving: false,
+            loaded_models: vec![],
+            templates: vec![],
+            instance: 0,
+            started_at_ms: 0,
+        }
+    }
+}
+
 /// How a node looks from here, in order of how bad it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

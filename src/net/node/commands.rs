@@ -66,6 +66,11 @@ impl EventLoop {
             }
             Command::SetStrategy(s, reply) => {
                 info!(strategy = %s.strategy, "balancing strategy changed");
+                self.record_local(
+                    crate::core::history::HistoryKind::PolicyChange,
+                    crate::core::history::Outcome::Changed,
+                    &format!("balancing strategy set to {}", s.strategy),
+                );
                 self.strategy = s;
                 let _ = reply.send(());
             }
@@ -175,11 +180,20 @@ impl EventLoop {
             } => self.watch_task(owner, task_id, updates),
             Command::TaskCall(owner, req, reply) => self.task_call(owner, req, reply),
             Command::HealthChecks(reply) => self.perform_health_checks(reply),
+            Command::Utilization(after_ms, reply) => {
+                let _ = reply.send(self.utilization(after_ms));
+            }
+            Command::Discover(reply) => {
+                let _ = reply.send(self.discover_now());
+            }
             Command::Offers(reply) => {
                 let _ = reply.send(self.offers());
             }
             Command::Contention(reply) => {
                 let _ = reply.send(self.contention_report());
+            }
+            Command::History(q, reply) => {
+                let _ = reply.send(self.query_history(&q));
             }
             Command::Dial(addr, reply) => {
                 let r = match addr.parse::<Multiaddr>() {

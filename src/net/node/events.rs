@@ -5,6 +5,7 @@ use super::*;
 
 impl EventLoop {
     pub(super) fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        self.record_swarm_event(&ev);
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(%address, "listening");
@@ -66,6 +67,7 @@ impl EventLoop {
     }
 
     pub(super) fn on_behaviour_event(&mut self, ev: BehaviourEvent) {
+        self.record_behaviour_event(&ev);
         match ev {
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 let mut peers = HashSet::new();
@@ -89,6 +91,7 @@ impl EventLoop {
                 message_id,
                 message,
             }) => {
+                self.note_gossip_in(&message.topic);
                 let verdict = if message.topic == self.state_topic.hash() {
                     match decode_exact::<SignedEvent>(&message.data) {
                         Err(e) => Err(format!("not a signed state event: {e}")),
@@ -132,7 +135,10 @@ impl EventLoop {
             BehaviourEvent::Ping(ping::Event { peer, result, .. }) => {
                 let id = node_id_of(&peer);
                 match result {
-                    Ok(rtt) => self.view.ping_ok(&id, rtt.as_secs_f64() * 1000.0, now_ms()),
+                    Ok(rtt) => {
+                        self.note_health_rtt("ping", rtt);
+                        self.view.ping_ok(&id, rtt.as_secs_f64() * 1000.0, now_ms())
+                    }
                     Err(e) => {
                         debug!(%peer, error = %e, "ping failed");
                         self.view.ping_failed(&id);

@@ -93,13 +93,16 @@ impl EventLoop {
             .gossipsub
             .publish(self.topic.clone(), bytes)
         {
-            Ok(_) => debug!(
-                seq,
-                free_cores = free.cpu_cores,
-                free_mem_mb = free.memory_mb,
-                leaving,
-                "capacity announced"
-            ),
+            Ok(_) => {
+                self.note_gossip(CAPACITY_TOPIC, "out");
+                debug!(
+                    seq,
+                    free_cores = free.cpu_cores,
+                    free_mem_mb = free.memory_mb,
+                    leaving,
+                    "capacity announced"
+                )
+            }
             Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
             Err(e) => debug!(error = %e, "announcement not published"),
         }

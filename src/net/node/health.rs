@@ -171,6 +171,7 @@ impl EventLoop {
                 let Some(ask) = self.health_asks.remove(&request_id) else {
                     return;
                 };
+                self.note_health_rtt("health_check", ask.sent.elapsed());
                 let rtt = ask.sent.elapsed().as_secs_f64() * 1000.0;
                 self.view.touch(&node_id_of(&peer), now_ms());
                 let check = self.check_of(&ask.node, &response, rtt);

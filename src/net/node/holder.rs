@@ -2,6 +2,7 @@
 //! maintenance tick.
 
 use super::*;
+use crate::core::history::HistoryKind;
 
 impl EventLoop {
     pub(super) fn on_renewed(&mut self, lease_id: &LeaseId, result: Result<AllocResponse, String>) {
@@ -20,6 +21,12 @@ impl EventLoop {
                 if matches!(d.reason, DenyReason::UnknownLease | DenyReason::NotHolder) =>
             {
                 warn!(lease = %lease_id, reason = %d.reason, "lease lost: the owner no longer has it");
+                self.record_held_end(
+                    lease_id,
+                    HistoryKind::Lost,
+                    Some(d.reason.code()),
+                    "the owner no longer has it",
+                );
                 self.drop_held(lease_id);
             }
             other => {
@@ -49,6 +56,12 @@ impl EventLoop {
         a.status = crate::handle::AllocationStatus::Lost;
         a.ended_reason = Some(why.clone());
         warn!(lease = %lease_id, owner = %h.rec.owner_name, %why, "allocation lost");
+        self.record_held_end(
+            lease_id,
+            HistoryKind::Lost,
+            Some(history::lost_reason(&why)),
+            &why,
+        );
         let replace = self.replace_on_loss.remove(lease_id);
         self.drop_held(lease_id);
         self.remember_ended_allocation(a);
@@ -107,6 +120,12 @@ impl EventLoop {
             return;
         };
         let owner = h.rec.lease.node_id.clone();
+        self.record_held_end(
+            lease_id,
+            HistoryKind::Release,
+            None,
+            "released by this node",
+        );
         self.drop_held(lease_id);
         self.release_on(&owner, lease_id, reply);
     }
@@ -156,6 +175,7 @@ impl EventLoop {
     pub(super) fn maintain(&mut self) {
         let now = now_ms();
         self.flush_deferred();
+        self.maintain_history(now);
         self.sched_tick(now);
         self.maintain_tasks(now);
         self.prune_tickets(now);
@@ -272,5 +292,6 @@ impl EventLoop {
             self.signed.remove(&id);
             debug!(peer = %id, "forgot silent peer");
         }
+        self.refresh_gauges();
     }
 }

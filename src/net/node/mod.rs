@@ -59,15 +59,19 @@ mod connect;
 mod events;
 mod gossip;
 mod health;
+mod history;
 mod holder;
+mod metrics;
 mod multi;
 mod owner;
 mod requester;
 mod sched;
 mod state;
 mod tasks;
+mod util;
 
 pub use tasks::{ModelServerSettings, TaskSettings};
+pub use util::DiscoverReport;
 
 /// How often leases are expired, renewed and peers pruned.
 const MAINTENANCE_TICK: Duration = Duration::from_millis(250);
@@ -108,6 +112,10 @@ pub struct NodeConfig {
     pub announce_debounce: Duration,
     /// How long an offline, departed or silent peer stays in the view.
     pub forget_after: Duration,
+    /// Ping RTT at or above which a peer is degraded.
+    pub degraded_rtt: Duration,
+    /// Host CPU use (percent) at or above which a peer is degraded.
+    pub degraded_cpu_pct: Option<f32>,
     pub capacity: Capacity,
     pub gpus: Vec<GpuInfo>,
     pub machine_cpu_cores: u32,
@@ -137,6 +145,8 @@ pub struct NodeConfig {
     pub swarm_key: Option<libp2p::pnet::PreSharedKey>,
     /// Task templates and the model server: what peers may run here.
     pub tasks: TaskSettings,
+    /// Retention of the allocation history (audit log).
+    pub history: crate::core::history::HistoryConfig,
 }
 
 impl NodeConfig {
@@ -152,6 +162,8 @@ impl NodeConfig {
             announce_interval: Duration::from_secs(2),
             announce_debounce: Duration::from_millis(20),
             forget_after: Duration::from_secs(300),
+            degraded_rtt: Duration::from_millis(500),
+            degraded_cpu_pct: None,
             capacity,
             gpus: vec![],
             machine_cpu_cores: 8,
@@ -171,6 +183,7 @@ impl NodeConfig {
             max_tries: 8,
             swarm_key: None,
             tasks: TaskSettings::default(),
+            history: Default::default(),
         }
     }
 }
@@ -251,6 +264,10 @@ pub async fn start(
     if !dropped.is_empty() {
         store.apply(&WriteBatch {
             delete_granted: dropped.iter().map(|l| l.lease_id.clone()).collect(),
+            history: dropped
+                .iter()
+                .map(|l| history::expired_while_down(l, now))
+                .collect(),
             ..Default::default()
         })?;
     }
@@ -289,10 +306,13 @@ pub async fn start(
         forget_after_ms: (cfg.forget_after.as_millis() as u64).max(announce_ms * 4 + 2_000),
         health: crate::core::health::HealthConfig {
             forget_after_ms: cfg.forget_after.as_millis() as u64,
+            degraded_rtt_ms: cfg.degraded_rtt.as_secs_f64() * 1000.0,
+            degraded_cpu_pct: cfg.degraded_cpu_pct,
             ..Default::default()
         },
     };
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let (metrics, registry) = crate::metrics::Metrics::new();
     let (replaced_tx, replaced_rx) = mpsc::unbounded_channel();
     let mut el = EventLoop {
         view: View::new(placeholder_announcement(&local_id), view_cfg),
@@ -309,6 +329,8 @@ pub async fn start(
         reserving: HashMap::new(),
         multis: BTreeMap::new(),
         tasks: tasks::Tasks::new(cfg.tasks.clone(), cfg.models.clone()),
+        util: Default::default(),
+        metrics: metrics::LoopMetrics::new(metrics),
         health_rounds: HashMap::new(),
         health_asks: HashMap::new(),
         next_health_round: 0,
@@ -327,6 +349,7 @@ pub async fn start(
         }),
         placer: Placer::new(),
         strategy: cfg.strategy.clone(),
+        history: history::Recorder::start(&store, &cfg.history, now),
         store,
         held,
         signed: BTreeMap::new(),
@@ -356,7 +379,7 @@ pub async fn start(
     el.announce(false);
     let span = tracing::info_span!("node", id = %short(&local_id));
     let task = tokio::spawn(tracing::Instrument::instrument(el.run(shutdown), span));
-    Ok((Node::new(tx, local_id), task))
+    Ok((Node::new(tx, local_id, registry), task))
 }
 
 /// Build the swarm: TCP (Noise, Yamux) and QUIC, or, with a swarm key,
@@ -418,36 +441,7 @@ fn short(id: &NodeId) -> &str {
 }
 
 fn placeholder_announcement(id: &NodeId) -> Announcement {
-    Announcement {
-        node_id: id.clone(),
-        seq: 0,
-        issued_at_ms: 0,
-        name: String::new(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        addrs: vec![],
-        api: None,
-        capacity: Capacity::default(),
-        free: Capacity::default(),
-        gpus: vec![],
-        machine_cpu_cores: 0,
-        machine_memory_mb: 0,
-        cpu_usage_pct: 0.0,
-        models: vec![],
-        location: Location::default(),
-        weight: 1,
-        active_leases: 0,
-        labels: BTreeMap::new(),
-        access: AccessHint::default(),
-        arch: String::new(),
-        usage: Vec::new(),
-        queued: 0,
-        preemption: false,
-        leaving: false,
-        loaded_models: vec![],
-        templates: vec![],
-        instance: 0,
-        started_at_ms: 0,
-    }
+    Announcement::placeholder(id.clone())
 }
 
 /// A peer that sent invalid messages.
@@ -544,6 +538,10 @@ struct EventLoop {
     multis: BTreeMap<String, multi::Multi>,
     /// Tasks we run for peers, and ours running on peers.
     tasks: tasks::Tasks,
+    /// Utilization samples and allocation round trips, for the dashboard.
+    util: crate::core::utilization::UtilHistory,
+    /// Prometheus metrics (`GET /metrics`).
+    metrics: metrics::LoopMetrics,
     /// Health-check rounds waiting for answers, and their asks.
     health_rounds: HashMap<u64, health::HealthRound>,
     health_asks: HashMap<OutboundRequestId, health::HealthAsk>,
@@ -561,6 +559,8 @@ struct EventLoop {
     view: View,
     placer: Placer,
     strategy: StrategyConfig,
+    /// The allocation history's recorder (pruning, bounds).
+    history: history::Recorder,
     store: Store,
     held: BTreeMap<LeaseId, Held>,
     /// The latest signed announcement of every node we know, ourselves
@@ -639,7 +639,10 @@ impl EventLoop {
                     self.announce(false);
                 }
                 _ = heartbeat.tick() => self.announce(false),
-                _ = tick.tick() => self.maintain(),
+                _ = tick.tick() => {
+                    self.maintain();
+                    self.sample_utilization();
+                }
                 Some(ev) = self.tasks.next_event() => self.on_runner_event(ev),
                 Some((lost, result)) = self.replaced_rx.recv() => self.on_replaced(lost, result),
                 _ = redial.tick() => self.redial(),

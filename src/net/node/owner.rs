@@ -63,6 +63,7 @@ impl EventLoop {
     ) {
         let holder = node_id_of(&peer);
         let now = now_ms();
+        let asked = history::asked(&request);
         let response = match request {
             AllocRequest::Allocate {
                 request_id,
@@ -77,12 +78,15 @@ impl EventLoop {
             } => {
                 if let Err(denial) = self.admit(&holder) {
                     debug!(%holder, reason = %denial.message, "request refused by access policy");
+                    self.record_refusal(&holder, asked, &denial);
                     AllocResponse::Denied(denial)
                 } else if request_id.len() > 128 || task_type.len() > 128 {
-                    AllocResponse::Denied(Denial::new(
+                    let denial = Denial::new(
                         DenyReason::BadRequest,
                         "request_id and task_type are limited to 128 bytes",
-                    ))
+                    );
+                    self.record_refusal(&holder, asked, &denial);
+                    AllocResponse::Denied(denial)
                 } else {
                     let args = sched::AllocateArgs {
                         request_id,
@@ -138,12 +142,15 @@ impl EventLoop {
                     end_ms,
                 };
                 if let Err(denial) = self.admit(&holder) {
+                    self.record_refusal(&holder, asked, &denial);
                     AllocResponse::Denied(denial)
                 } else if request_id.len() > 128 || args.task_type.len() > 128 {
-                    AllocResponse::Denied(Denial::new(
+                    let denial = Denial::new(
                         DenyReason::BadRequest,
                         "request_id and task_type are limited to 128 bytes",
-                    ))
+                    );
+                    self.record_refusal(&holder, asked, &denial);
+                    AllocResponse::Denied(denial)
                 } else {
                     self.decide_reserve(holder, args)
                 }
@@ -161,6 +168,7 @@ impl EventLoop {
 
     /// Answer an allocation request, with our free capacity right after it.
     pub(super) fn reply(&mut self, channel: ResponseChannel<AllocReply>, answer: AllocResponse) {
+        self.note_owner_answer(&answer);
         let reply = AllocReply {
             answer,
             free: self.sched.ledger().free(),
@@ -183,21 +191,27 @@ impl EventLoop {
         let answers = std::mem::take(&mut self.unanswered);
         let mut batch = std::mem::take(&mut self.deferred);
         let deferred_grants = batch.put_granted.len();
+        let deferred_history = batch.history.len();
         for (resp, _) in &answers {
             if let AllocResponse::Granted(l) | AllocResponse::Renewed(l) = resp {
                 batch.put_granted.push(l.clone());
+            }
+            if let AllocResponse::Granted(l) = resp {
+                batch.history.push(self.granted_record(l, ""));
             }
         }
         let result = self.store.apply(&batch);
         if let Err(e) = &result {
             error!(error = %e, "cannot write leases; refusing the grants");
             batch.put_granted.truncate(deferred_grants);
+            batch.history.truncate(deferred_history);
             self.deferred = batch;
         }
         for (resp, channel) in answers {
             let resp = match (&result, resp) {
                 (Ok(()), AllocResponse::Granted(l)) => {
                     log_grant(&l);
+                    self.note_grant("request");
                     self.schedule_announce();
                     AllocResponse::Granted(l)
                 }

@@ -2,6 +2,7 @@
 //! until one grants.
 
 use super::*;
+use crate::core::history::{HistoryKind, Outcome as HistoryOutcome, Role as HistoryRole};
 
 impl EventLoop {
     pub(super) fn on_request(
@@ -66,10 +67,14 @@ impl EventLoop {
         }
         self.task_filters(&req, &mut candidates, &mut excluded);
         if let Err(e) = self.scope_candidates(&req, &mut candidates, &mut excluded) {
+            self.note_allocation_error(now, &e);
+            self.record_request_failed(&req, &e);
             let _ = reply.send(Err(e));
             return;
         }
         if let Err(e) = self.apply_constraints(&req, &mut candidates, &mut excluded, now) {
+            self.note_allocation_error(now, &e);
+            self.record_request_failed(&req, &e);
             let _ = reply.send(Err(e));
             return;
         }
@@ -204,14 +209,20 @@ impl EventLoop {
                         let mut denial = original
                             .unwrap_or_else(|| Denial::new(only.reason, only.message.clone()));
                         denial.message = format!("{} refused: {}", only.node_name, only.message);
-                        let _ = p.reply.send(Err(NodeError::Denied(denial)));
+                        let err = NodeError::Denied(denial);
+                        self.note_allocation_error(p.created_ms, &err);
+                        self.record_request_failed(&p.req, &err);
+                        let _ = p.reply.send(Err(err));
                         return;
                     }
                 }
-                let _ = p.reply.send(Err(NodeError::NoCapacity {
+                let err = NodeError::NoCapacity {
                     refusals,
                     excluded: p.excluded,
-                }));
+                };
+                self.note_allocation_error(p.created_ms, &err);
+                self.record_request_failed(&p.req, &err);
+                let _ = p.reply.send(Err(err));
                 return;
             };
             self.ask(id, p, node, false)
@@ -257,7 +268,10 @@ impl EventLoop {
                 sched::OwnerAnswer::Now(AllocResponse::Queued { ticket, position }) => {
                     return self.on_queued(p, node, ticket, position);
                 }
-                sched::OwnerAnswer::Now(AllocResponse::Denied(d)) => p.attempt.refused(node, d),
+                sched::OwnerAnswer::Now(AllocResponse::Denied(d)) => {
+                    self.note_denial(d.reason);
+                    p.attempt.refused(node, d)
+                }
                 sched::OwnerAnswer::Now(other) => p.attempt.refused(
                     node,
                     Denial::new(
@@ -386,14 +400,18 @@ impl EventLoop {
     pub(super) fn commit_local_grant(&mut self, lease: Lease) -> Result<Lease, Denial> {
         let mut batch = std::mem::take(&mut self.deferred);
         batch.put_granted.push(lease.clone());
+        batch.history.push(self.granted_record(&lease, ""));
         if let Err(e) = self.store.apply(&batch) {
             error!(error = %e, "cannot write lease; refusing the grant");
+            self.note_denial(DenyReason::StorageError);
             let _ = self.sched.release(&lease.lease_id, None, now_ms());
             batch.put_granted.pop();
+            batch.history.pop();
             self.deferred = batch;
             return Err(Denial::new(DenyReason::StorageError, e.to_string()));
         }
         log_grant(&lease);
+        self.note_grant("request");
         self.schedule_announce();
         Ok(lease)
     }
@@ -481,6 +499,15 @@ impl EventLoop {
                 .insert(lease.lease_id.clone(), p.req.clone());
         }
         info!(lease = %lease.lease_id, owner = %owner_name, "allocation placed");
+        self.record_lease(
+            HistoryKind::Grant,
+            HistoryRole::Requester,
+            HistoryOutcome::Granted,
+            &lease,
+            None,
+            &format!("granted by {owner_name}"),
+        );
+        self.note_allocation("granted", metrics::since_ms(p.created_ms));
         if p.reply.send(Ok(alloc)).is_err() {
             // Whoever asked is gone (an HTTP client that timed out): nobody
             // knows this lease's id, so give it back rather than hold it.

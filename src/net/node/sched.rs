@@ -11,6 +11,7 @@ use super::*;
 use crate::core::calendar::{Reservation, ReservationStatus};
 use crate::core::contention::{self, ContentionReport};
 use crate::core::groups::GroupId;
+use crate::core::history::{HistoryKind, Outcome as HistoryOutcome, Role as HistoryRole};
 use crate::core::quota::{Quota, Subject};
 use crate::core::sched::{Events, Outcome, SchedSnapshot, Submit};
 use crate::handle::{
@@ -188,13 +189,15 @@ impl EventLoop {
             if let Err(why) =
                 crate::core::constraints::check(&a.constraints, &a.req, self.view.local())
             {
-                return OwnerAnswer::Now(AllocResponse::Denied(Denial::new(
+                let answer = AllocResponse::Denied(Denial::new(
                     DenyReason::Unsatisfiable,
                     format!(
                         "{} does not meet the request's constraints: {why}",
                         self.cfg.name
                     ),
-                )));
+                ));
+                self.record_owner_answer(&holder, &a.req, a.priority, &answer);
+                return OwnerAnswer::Now(answer);
             }
         }
         let gpus_allowed = (a.constraints.constrains_gpus() && a.req.gpus_wanted() > 0)
@@ -229,6 +232,7 @@ impl EventLoop {
         };
         let swarm = self.swarm_usage_if_capped(&holder);
         let req = submit.input.req.clone();
+        let priority = submit.input.priority;
         let ticket = submit.input.lease_id.clone();
         let outcome = self.sched.submit(submit, &swarm, now);
         let answer = match outcome {
@@ -238,6 +242,7 @@ impl EventLoop {
             }
             Outcome::Queued { position } => {
                 info!(%holder, ticket = %ticket, position, "request queued");
+                self.note_queued(&ticket, now);
                 self.persist_sched();
                 OwnerAnswer::Now(AllocResponse::Queued {
                     ticket,
@@ -251,6 +256,9 @@ impl EventLoop {
                 OwnerAnswer::Now(AllocResponse::Denied(d))
             }
         };
+        if let OwnerAnswer::Now(resp) = &answer {
+            self.record_owner_answer(&holder, &req, priority, resp);
+        }
         self.sched_tick(now);
         answer
     }
@@ -273,9 +281,11 @@ impl EventLoop {
         if preempted.is_empty() {
             return;
         }
+        self.note_preempted(preempted.len());
         self.forget_granted(&preempted);
         for l in preempted {
             info!(lease = %l.lease_id, holder = %l.holder, priority = %l.priority, "lease preempted");
+            self.record_preempted(&l, "higher_priority");
             let denial = Denial::new(
                 DenyReason::Preempted,
                 format!(
@@ -299,8 +309,10 @@ impl EventLoop {
         if ev.is_empty() {
             return;
         }
+        self.note_sched_events(&ev, now);
         for l in &ev.expired {
             info!(lease = %l.lease_id, holder = %l.holder, "lease expired; resources taken back");
+            self.record_expired(l);
         }
         self.forget_granted(&ev.expired);
         self.on_preempted(ev.preempted);
@@ -315,6 +327,16 @@ impl EventLoop {
         if !new.is_empty() {
             let mut batch = std::mem::take(&mut self.deferred);
             batch.put_granted.extend(new.iter().cloned());
+            batch.history.extend(
+                ev.granted
+                    .iter()
+                    .map(|l| self.granted_record(l, " from the queue")),
+            );
+            batch.history.extend(
+                ev.reservations_started
+                    .iter()
+                    .map(|l| self.started_record(l)),
+            );
             if let Err(e) = self.store.apply(&batch) {
                 // Keep them (in memory they are granted) and retry the
                 // write; holders are told now, as the lease exists.
@@ -335,8 +357,10 @@ impl EventLoop {
         }
         for r in &ev.reservations_ended {
             info!(reservation = %r.id, status = ?r.status, "reservation ended");
+            self.record_owner_reservation(HistoryOutcome::Ended, r);
         }
         for w in ev.timed_out {
+            self.record_waiting(&w, HistoryOutcome::TimedOut, None);
             let holder = w.input.holder.clone();
             let denial = Denial::new(
                 DenyReason::QueueTimeout,
@@ -351,6 +375,7 @@ impl EventLoop {
             );
         }
         for (w, denial) in ev.failed {
+            self.record_waiting(&w, HistoryOutcome::Denied, Some(&denial));
             let holder = w.input.holder.clone();
             self.notify(
                 &holder,
@@ -429,6 +454,14 @@ impl EventLoop {
                 }
                 let t = self.tickets.remove(&lease.lease_id).expect("checked above");
                 info!(lease = %lease.lease_id, owner = %t.owner_name, "queued request granted");
+                self.record_lease(
+                    HistoryKind::Grant,
+                    HistoryRole::Requester,
+                    HistoryOutcome::Granted,
+                    &lease,
+                    None,
+                    &format!("queued request granted by {}", t.owner_name),
+                );
                 let release_at_ms = t.duration_ms.map(|d| now_ms().saturating_add(d));
                 self.hold(lease, t.owner_name, release_at_ms);
                 self.persist_requester();
@@ -445,6 +478,14 @@ impl EventLoop {
                     r.reservation.status = ReservationStatus::Active;
                 }
                 info!(reservation = %lease.lease_id, owner = %owner_name, "reservation active");
+                self.record_lease(
+                    HistoryKind::Reservation,
+                    HistoryRole::Requester,
+                    HistoryOutcome::Started,
+                    &lease,
+                    None,
+                    &format!("reservation on {owner_name} began"),
+                );
                 self.hold(lease, owner_name, None);
                 self.persist_requester();
             }
@@ -464,6 +505,7 @@ impl EventLoop {
                     };
                     a.ended_reason = Some(denial.to_string());
                     warn!(lease = %lease_id, reason = %denial.reason, "the owner ended our lease");
+                    self.record_ended_by_owner(&lease_id, &denial);
                     self.drop_held(&lease_id);
                     self.remember_ended(a);
                 } else if let Some(t) = self.tickets.get(&lease_id) {
@@ -479,6 +521,7 @@ impl EventLoop {
                     a.queue_position = None;
                     a.ended_reason = Some(denial.to_string());
                     info!(ticket = %lease_id, reason = %denial.reason, "queued request ended");
+                    self.record_ticket_denied(&lease_id, &t, &denial);
                     self.remember_ended(a);
                     self.persist_requester();
                 }
@@ -534,8 +577,10 @@ impl EventLoop {
         let mut a = ticket_allocation(&ticket, &t, &self.local_id);
         a.refusals = self.refusals(p.attempt);
         info!(ticket = %ticket, owner = %t.owner_name, position, "request queued at the owner");
+        self.record_queued_at(&t.owner, &ticket, &t);
         self.tickets.insert(ticket, t);
         self.persist_requester();
+        self.note_allocation("queued", metrics::since_ms(p.created_ms));
         let _ = p.reply.send(Ok(a));
     }
 
@@ -563,6 +608,13 @@ impl EventLoop {
                 a.status = AllocationStatus::TimedOut;
                 a.queue_position = None;
                 a.ended_reason = Some("the wait ran out".into());
+                self.record_ticket_end(
+                    &id,
+                    &t,
+                    HistoryOutcome::TimedOut,
+                    Some("queue_timeout"),
+                    "the wait ran out",
+                );
                 self.remember_ended(a);
             }
         }
@@ -577,6 +629,13 @@ impl EventLoop {
     /// Stop waiting: tell the owner, forget the ticket.
     pub(super) fn cancel_ticket(&mut self, id: &LeaseId) -> Option<NodeId> {
         let t = self.tickets.remove(id)?;
+        self.record_ticket_end(
+            id,
+            &t,
+            HistoryOutcome::Cancelled,
+            None,
+            "withdrawn by this node",
+        );
         self.persist_requester();
         self.release_on(&t.owner, id, None);
         Some(t.owner)
@@ -592,14 +651,20 @@ impl EventLoop {
         let now = now_ms();
         let existed = match self.sched.release(lease_id, holder, now)? {
             Some(lease) => {
+                self.note_release();
+                self.record_owner_release(&lease, holder);
                 self.forget_granted(&[lease]);
                 true
             }
             None => {
-                if self.sched.cancel_wait(lease_id, holder).is_some() {
+                if let Some(w) = self.sched.cancel_wait(lease_id, holder) {
+                    self.record_waiting(&w, HistoryOutcome::Cancelled, None);
+                    true
+                } else if let Ok(r) = self.sched.cancel_reservation(lease_id, holder) {
+                    self.record_owner_reservation(HistoryOutcome::Cancelled, &r);
                     true
                 } else {
-                    self.sched.cancel_reservation(lease_id, holder).is_ok()
+                    false
                 }
             }
         };
@@ -647,10 +712,12 @@ impl EventLoop {
         };
         let groups = self.groups_of(&r.holder);
         let swarm = self.swarm_usage_if_capped(&r.holder);
+        let (who, asked) = history::asked_reservation(&r);
         match self.sched.reserve(r, &groups, &swarm, now) {
             Ok(r) => match self.persist_sched_now() {
                 Ok(()) => {
                     info!(reservation = %r.id, holder = %r.holder, start_ms, end_ms, "reservation booked");
+                    self.record_owner_reservation(HistoryOutcome::Booked, &r);
                     AllocResponse::Reserved(r)
                 }
                 Err(e) => {
@@ -658,7 +725,10 @@ impl EventLoop {
                     AllocResponse::Denied(Denial::new(DenyReason::StorageError, e.to_string()))
                 }
             },
-            Err(d) => AllocResponse::Denied(d),
+            Err(d) => {
+                self.record_refusal(&who, asked, &d);
+                AllocResponse::Denied(d)
+            }
         }
     }
 
@@ -834,6 +904,7 @@ impl EventLoop {
     fn finish_reserve(&mut self, r: Reserving, node: NodeId, res: Reservation) {
         let owner_name = self.name_of(&node);
         let info = ReservationInfo::from_reservation(&res, &owner_name, &node);
+        self.record_reservation(HistoryRole::Requester, HistoryOutcome::Booked, &res, &node);
         self.held_reservations.insert(
             res.id.clone(),
             HeldReservation {
@@ -875,6 +946,12 @@ impl EventLoop {
     /// Cancel a reservation we made (before or during its window).
     pub(super) fn cancel_held_reservation(&mut self, id: &LeaseId) -> Option<NodeId> {
         let h = self.held_reservations.remove(id)?;
+        self.record_reservation(
+            HistoryRole::Requester,
+            HistoryOutcome::Cancelled,
+            &h.reservation,
+            &h.owner,
+        );
         self.persist_requester();
         self.release_on(&h.owner, id, None);
         Some(h.owner)
@@ -940,6 +1017,7 @@ impl EventLoop {
 
     pub(super) fn set_quota(&mut self, c: QuotaChange) -> Result<Vec<QuotaEntry>, NodeError> {
         let subject = self.parse_subject(&c.subject)?;
+        let change = history::quota_set(&subject, &c);
         let result = if c.swarm {
             if c.burst.is_some() {
                 return Err(NodeError::BadRequest(
@@ -968,6 +1046,7 @@ impl EventLoop {
         })?;
         self.persist_sched_now()?;
         info!(subject = %subject, swarm = c.swarm, "quota set");
+        self.record_local(HistoryKind::PolicyChange, HistoryOutcome::Changed, &change);
         Ok(self.quota_entries())
     }
 
@@ -989,6 +1068,12 @@ impl EventLoop {
             )));
         }
         self.persist_sched_now()?;
+        let scope = if swarm { "swarm-wide" } else { "local" };
+        self.record_local(
+            HistoryKind::PolicyChange,
+            HistoryOutcome::Changed,
+            &format!("{scope} quota for {subject} removed"),
+        );
         Ok(self.quota_entries())
     }
 
@@ -1039,6 +1124,11 @@ impl EventLoop {
             preemption = p.preemption,
             max_queue = p.max_queue,
             "scheduling policy changed"
+        );
+        self.record_local(
+            HistoryKind::PolicyChange,
+            HistoryOutcome::Changed,
+            &history::sched_policy_set(&p),
         );
         self.sched.set_policy(p.clone());
         self.schedule_announce();
@@ -1125,6 +1215,8 @@ impl EventLoop {
                         DenyReason::Preempted,
                         "the machine's owner needs the resources back (elastic sharing)",
                     );
+                    self.record_preempted(&l, "elastic");
+                    self.note_preempted(1);
                     self.forget_granted(std::slice::from_ref(&l));
                     self.notify(
                         &l.holder,

@@ -16,6 +16,7 @@
 use super::*;
 use crate::core::access::{self, AccessPolicy};
 use crate::core::groups::{GroupEvent, GroupEventKind, GroupId, GroupView};
+use crate::core::history::{HistoryKind, Outcome as HistoryOutcome};
 use crate::core::pools::{self, PoolEvent, PoolEventKind, PoolView};
 use crate::handle::{AccessChange, GroupInfo, GroupMember, NewGroup, NewPool, PoolInfo};
 use crate::net::protocol::{SignedEvent, StateEvent, MAX_SYNC_EVENTS};
@@ -296,7 +297,8 @@ impl EventLoop {
             .gossipsub
             .publish(self.state_topic.clone(), bytes)
         {
-            Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Ok(_) => self.note_gossip(STATE_TOPIC, "out"),
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
             Err(e) => debug!(error = %e, "state event not published; sync will carry it"),
         }
         Ok(())
@@ -364,6 +366,11 @@ impl EventLoop {
         );
         self.publish_event(ev)?;
         info!(group = %id, name = %new.name.trim(), "group created");
+        self.record_local(
+            HistoryKind::GroupChange,
+            HistoryOutcome::Created,
+            &format!("group {} ({id}) created", new.name.trim()),
+        );
         self.group_info_of(&id)
     }
 
@@ -398,6 +405,11 @@ impl EventLoop {
             )));
         }
         info!(group = %g.id, "joined group");
+        self.record_local(
+            HistoryKind::GroupChange,
+            HistoryOutcome::Joined,
+            &format!("joined group {} ({})", g.name, g.id),
+        );
         Ok(info)
     }
 
@@ -409,6 +421,11 @@ impl EventLoop {
         let ev = self.group_event(&g.id, GroupEventKind::Leave);
         self.publish_event(ev)?;
         info!(group = %g.id, "left group");
+        self.record_local(
+            HistoryKind::GroupChange,
+            HistoryOutcome::Left,
+            &format!("left group {} ({})", g.name, g.id),
+        );
         self.group_info_of(&g.id)
     }
 
@@ -431,6 +448,11 @@ impl EventLoop {
         let ev = self.group_event(&g.id, GroupEventKind::Invite { node: node.clone() });
         self.publish_event(ev)?;
         info!(group = %g.id, %node, "invited to group");
+        self.record_local(
+            HistoryKind::GroupChange,
+            HistoryOutcome::Invited,
+            &format!("invited {node} to group {} ({})", g.name, g.id),
+        );
         self.group_info_of(&g.id)
     }
 
@@ -484,6 +506,11 @@ impl EventLoop {
             allow = p.allow.len(),
             deny = p.deny.len(),
             "access policy changed"
+        );
+        self.record_local(
+            HistoryKind::PolicyChange,
+            HistoryOutcome::Changed,
+            &history::access_change(&self.policy, &p),
         );
         self.policy = p.clone();
         self.schedule_announce();
@@ -560,6 +587,11 @@ impl EventLoop {
         pools::validate(&ev).map_err(|e| NodeError::BadRequest(e.to_string()))?;
         self.publish_event(StateEvent::Pool(ev))?;
         info!(pool = %new.name, "pool created");
+        self.record_local(
+            HistoryKind::PoolChange,
+            HistoryOutcome::Created,
+            &format!("pool {} created", new.name),
+        );
         self.pool_by_name(&new.name)
     }
 
@@ -575,6 +607,11 @@ impl EventLoop {
         };
         self.publish_event(StateEvent::Pool(ev))?;
         info!(pool = %name, "pool deleted");
+        self.record_local(
+            HistoryKind::PoolChange,
+            HistoryOutcome::Deleted,
+            &format!("pool {name} deleted"),
+        );
         Ok(())
     }
 

@@ -1,0 +1,697 @@
+//! The web dashboard in a real browser: headless Chromium, driven over the
+//! WebDriver protocol by `chromedriver`, against two real `lanswarm`
+//! nodes on loopback. It clicks through requesting and releasing an
+//! allocation, a refused request, toggling remote access and a health
+//! check, checks each result on the page and through the API, checks that
+//! the page follows changes made elsewhere without a reload (server-sent
+//! events), and saves a screenshot to `target/tmp/dashboard.png`.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs
+//! them). Without them the test fails under CI (`CI` set) and otherwise
+//! says `SKIPPED` with what it needs.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use common::{clean_env, eventually, BIN};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// The W3C WebDriver key of an element reference.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
+    lanswarm::sim::http::request(method, url, body)
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// A `lanswarm run` on loopback (mDNS off), killed on drop; its log is
+/// printed if the test fails.
+struct Daemon {
+    child: Child,
+    api: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(name: &str, bootstrap: Option<&str>) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("node.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+name = "{name}"
+data_dir = "{data}"
+[api]
+listen = "127.0.0.1:{port}"
+[network]
+listen = ["/ip4/127.0.0.1/tcp/0"]
+mdns = false
+bootstrap = [{bootstrap}]
+[resources]
+cpu_cores = 8
+memory = "16GiB"
+disk = "100GiB"
+detect_gpus = false
+[[resources.gpus]]
+name = "Synthetic GPU"
+memory = "24GiB"
+[lend]
+cpu_cores = 4
+memory = "8GiB"
+disk = "10GiB"
+"#,
+                data = dir.path().join("data").display(),
+                bootstrap = bootstrap.map(|b| format!("{b:?}")).unwrap_or_default(),
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("node.log");
+        let child = clean_env(Command::new(BIN).args(["run", "--config"]).arg(&config))
+            .env("LANSWARM_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawning lanswarm");
+        let d = Daemon {
+            child,
+            api: format!("http://127.0.0.1:{port}"),
+            log,
+            _dir: dir,
+        };
+        eventually("the node answers /healthz", Duration::from_secs(30), || {
+            match lanswarm::sim::http::request("GET", &format!("{}/healthz", d.api), None) {
+                Ok((200, _)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+        d
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        http("GET", &format!("{}{path}", self.api), None)
+    }
+
+    fn send(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        http(method, &format!("{}{path}", self.api), Some(body))
+    }
+
+    fn id(&self) -> String {
+        self.get("/api/v1/node").1["id"]
+            .as_str()
+            .expect("node id")
+            .to_owned()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- log of node at {} -----\n{}\n-----",
+                self.api,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// One WebDriver exchange. chromedriver keeps connections open whatever
+/// the request says, so the answer is read by its `Content-Length`.
+fn webdriver(method: &str, url: &str, body: Option<&str>) -> Result<(u16, Value), String> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let rest = url.strip_prefix("http://").ok_or("not an http URL")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = std::net::TcpStream::connect(host).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).map_err(|e| e.to_string())?;
+    let status: u16 = line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {line:?}"))?;
+    let mut len = 0usize;
+    loop {
+        line.clear();
+        r.read_line(&mut line).map_err(|e| e.to_string())?;
+        let h = line.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().map_err(|_| format!("bad length {v:?}"))?;
+            }
+        }
+    }
+    let mut buf = vec![0; len];
+    r.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    Ok((status, serde_json::from_slice(&buf).unwrap_or(Value::Null)))
+}
+
+/// chromedriver and one headless Chromium session, ended on drop.
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let port = free_port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning chromedriver");
+        let base = format!("http://127.0.0.1:{port}");
+        eventually("chromedriver is ready", WAIT, || {
+            match webdriver("GET", &format!("{base}/status"), None) {
+                Ok((200, v)) if v["value"]["ready"] == json!(true) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+        let profile = tempfile::tempdir().unwrap();
+        // Flags as for any headless Chromium run as root on a machine with
+        // no outside network: no sandbox (root), no GPU, and none of the
+        // background connections to Google's hosts.
+        let caps = json!({
+            "capabilities": { "alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": {
+                    "binary": CHROMIUM,
+                    "args": [
+                        "--headless=new", "--no-sandbox", "--disable-gpu",
+                        "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update",
+                        "--disable-sync", "--window-size=1400,2000",
+                        format!("--user-data-dir={}", profile.path().display()),
+                    ]
+                }
+            }}
+        });
+        let (status, v) = webdriver("POST", &format!("{base}/session"), Some(&caps.to_string()))
+            .unwrap_or_else(|e| panic!("new WebDriver session: {e}"));
+        let mut b = Browser {
+            driver,
+            base,
+            session: String::new(),
+            _profile: profile,
+        };
+        assert_eq!(status, 200, "new WebDriver session: {v}");
+        b.session = v["value"]["sessionId"]
+            .as_str()
+            .expect("session id")
+            .to_owned();
+        b
+    }
+
+    /// One WebDriver command on the session; panics on a WebDriver error.
+    fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_cmd(method, path, body)
+            .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"))
+    }
+
+    fn try_cmd(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let body = body.map(|b| b.to_string());
+        let (status, v) = webdriver(method, &url, body.as_deref())?;
+        if status == 200 {
+            Ok(v["value"].clone())
+        } else {
+            Err(format!("{status}: {v}"))
+        }
+    }
+
+    fn goto(&self, url: &str) {
+        self.cmd("POST", "/url", Some(json!({ "url": url })));
+    }
+
+    fn find(&self, css: &str) -> Result<String, String> {
+        let v = self.try_cmd(
+            "POST",
+            "/element",
+            Some(json!({ "using": "css selector", "value": css })),
+        )?;
+        v[ELEMENT]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no element reference in {v}"))
+    }
+
+    /// Wait until `css` matches an element, and return it.
+    fn wait_for(&self, css: &str) -> String {
+        eventually(&format!("the page shows {css}"), WAIT, || self.find(css)).0
+    }
+
+    fn click(&self, css: &str) {
+        let e = self.wait_for(css);
+        self.cmd("POST", &format!("/element/{e}/click"), Some(json!({})));
+    }
+
+    fn text(&self, css: &str) -> String {
+        let e = self.wait_for(css);
+        self.cmd("GET", &format!("/element/{e}/text"), None)
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn set_value(&self, css: &str, value: &str) {
+        let e = self.wait_for(css);
+        self.cmd("POST", &format!("/element/{e}/clear"), Some(json!({})));
+        self.cmd(
+            "POST",
+            &format!("/element/{e}/value"),
+            Some(json!({ "text": value })),
+        );
+    }
+
+    /// Run `script` (a function body) in the page.
+    fn js(&self, script: &str) -> Value {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            Some(json!({ "script": script, "args": [] })),
+        )
+    }
+
+    /// Wait until the text of `css` satisfies `ok`, and return it.
+    fn wait_text(&self, what: &str, css: &str, ok: impl Fn(&str) -> bool) -> String {
+        eventually(what, WAIT, || {
+            let t = self
+                .find(css)
+                .and_then(|e| self.try_cmd("GET", &format!("/element/{e}/text"), None))?;
+            let t = t.as_str().unwrap_or_default().to_owned();
+            if ok(&t) {
+                Ok(t)
+            } else {
+                Err(format!("{css} says {t:?}"))
+            }
+        })
+        .0
+    }
+
+    fn screenshot(&self, path: &Path) {
+        let png = self.cmd("GET", "/screenshot", None);
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().expect("base64 screenshot"))
+            .expect("decoding the screenshot");
+        assert!(bytes.starts_with(b"\x89PNG"), "the screenshot is a PNG");
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = self.try_cmd("DELETE", "", None);
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Whether Chromium and chromedriver are here; under CI they must be.
+fn browser_available(checks: &str) -> bool {
+    let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must install Debian's chromium and chromium-driver (.ci/run does); missing {missing:?}"
+    );
+    eprintln!(
+        "SKIPPED (needs Debian's chromium and chromium-driver; missing {missing:?}): would have checked {checks}"
+    );
+    false
+}
+
+fn held(d: &Daemon, id: &str) -> Option<Value> {
+    let (status, all) = d.get("/api/v1/allocations");
+    assert_eq!(status, 200);
+    all["held"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["allocation_id"] == json!(id))
+        .cloned()
+}
+
+#[test]
+fn the_dashboard_drives_a_real_node_in_headless_chromium() {
+    if !browser_available(
+        "requesting and releasing an allocation, a refusal, remote access, a health check \
+         and live updates on the dashboard in headless Chromium",
+    ) {
+        return;
+    }
+    let a = Daemon::start("dash-a", None);
+    let addr = a.get("/api/v1/node").1["addresses"][0]
+        .as_str()
+        .expect("an address")
+        .to_owned();
+    let b = Daemon::start("dash-b", Some(&addr));
+    let (a_id, b_id) = (a.id(), b.id());
+    let started = Instant::now();
+    let browser = Browser::start();
+    browser.goto(&format!("{}/", a.api));
+
+    // The page connects to the live stream and lists both nodes, online.
+    browser.wait_text("the page is live", "#live", |t| t == "live");
+    assert_eq!(browser.text("#node-name"), "dash-a");
+    for id in [&a_id, &b_id] {
+        browser.wait_text(
+            "both nodes are listed online",
+            &format!("#nodes-table tr[data-node='{id}'] .badge"),
+            |t| t == "online",
+        );
+    }
+    browser.click("#nodes-discover");
+    let msg = browser.wait_text("discovery reports", "#nodes-msg", |t| {
+        t.starts_with("discovering")
+    });
+    println!("discover: {msg}");
+
+    // Request 2 cores and 1 GiB on node b from the form.
+    browser.set_value("#req-cpu", "2");
+    browser.set_value("#req-mem", "1024");
+    browser.js(&format!(
+        "document.getElementById('req-node').value = '{b_id}'; return true;"
+    ));
+    browser.click("#req-submit");
+    browser.wait_text("the request is granted", "#req-result", |t| {
+        t.starts_with("active")
+    });
+    let id = browser.text("#req-allocation-id");
+    let lease = held(&a, &id).expect("the API lists the allocation the page made");
+    assert_eq!(lease["status"], "active");
+    assert_eq!(lease["node_id"], json!(b_id));
+    assert_eq!(lease["allocated_resources"]["cpu_cores"], 2);
+    assert_eq!(lease["allocated_resources"]["memory_mb"], 1024);
+    let (_, on_b) = b.get(&format!("/api/v1/allocations/{id}"));
+    assert_eq!(on_b["holder"], json!(a_id), "b granted it to a");
+    // The allocations panel shows it, with a release button.
+    browser.wait_for(&format!("#alloc-held button[data-release='{id}']"));
+
+    // Release it from the allocations panel.
+    browser.click(&format!("#alloc-held button[data-release='{id}']"));
+    let msg = browser.wait_text("the release is confirmed", "#alloc-msg", |t| {
+        t.starts_with("released")
+    });
+    assert!(msg.contains("owner confirmed"), "{msg}");
+    assert!(held(&a, &id).is_none(), "a no longer holds {id}");
+    let (status, _) = b.get(&format!("/api/v1/allocations/{id}"));
+    assert_eq!(status, 404, "b took {id} back");
+    eventually("the page drops the released lease", WAIT, || match browser
+        .find(&format!("#alloc-held tr[data-allocation='{id}']"))
+    {
+        Ok(_) => Err("still listed".into()),
+        Err(_) => Ok(()),
+    });
+
+    // More cores than any node lends: refused, with the reason on the page.
+    browser.set_value("#req-cpu", "64");
+    browser.click("#req-submit");
+    let refusal = browser.wait_text("the refusal is shown", "#req-result", |t| {
+        t.contains("unsatisfiable")
+    });
+    println!("refusal on the page: {refusal}");
+    let (_, all) = a.get("/api/v1/allocations");
+    assert_eq!(all["held"], json!([]), "nothing held after the refusal");
+
+    // A lease made elsewhere (through the API) appears without a reload.
+    let (status, made) = a.send(
+        "POST",
+        "/api/v1/allocations",
+        r#"{"required_resources": {"cpu_cores": 1}, "node_id": "dash-a"}"#,
+    );
+    assert_eq!(status, 201, "{made}");
+    let other = made["allocation_id"].as_str().unwrap().to_owned();
+    let (_, pushed_after) = eventually("the page shows the new lease live", WAIT, || {
+        browser
+            .find(&format!("#alloc-held tr[data-allocation='{other}']"))
+            .map(|_| ())
+    });
+    println!("a lease made through the API appeared on the page after {pushed_after:?}");
+
+    // Remote access: untick, check the API, tick again.
+    let (_, access) = a.get("/api/v1/access");
+    assert_eq!(access["allow_remote"], true);
+    browser.click("#access-remote");
+    browser.wait_text("remote access is off", "#access-status", |t| {
+        t.contains("off") && t.contains("saved")
+    });
+    assert_eq!(a.get("/api/v1/access").1["allow_remote"], false);
+    // b is now refused by a's access policy.
+    let (status, denied) = b.send(
+        "POST",
+        "/api/v1/allocations",
+        r#"{"required_resources": {"cpu_cores": 1}, "node_id": "dash-a"}"#,
+    );
+    assert_eq!(status, 403, "{denied}");
+    browser.click("#access-remote");
+    browser.wait_text("remote access is on again", "#access-status", |t| {
+        t.contains("allowed") && t.contains("saved")
+    });
+    assert_eq!(a.get("/api/v1/access").1["allow_remote"], true);
+    browser.click("#access-get");
+
+    // Health check: both nodes answer.
+    browser.click("#health-check");
+    for id in [&a_id, &b_id] {
+        browser.wait_text(
+            "the health check lists both nodes online",
+            &format!("#health-table tr[data-node='{id}'] .badge"),
+            |t| t == "online",
+        );
+    }
+
+    // The charts have data from the stream: samples and the page's own
+    // allocation round trips (granted and refused).
+    let (counts, _) = eventually("the charts have samples and latencies", WAIT, || {
+        let v = browser.js("return [state.samples.length, state.latency.length, \
+             state.latency.filter(p => p.outcome === 'granted').length];");
+        let n: Vec<u64> = v
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default();
+        if n.len() == 3 && n[0] >= 2 && n[1] >= 2 && n[2] >= 2 {
+            Ok(n)
+        } else {
+            Err(format!("{v}"))
+        }
+    });
+    println!(
+        "charts: {} samples, {} allocation latencies ({} granted)",
+        counts[0], counts[1], counts[2]
+    );
+
+    // The history panel lists the grant and the release the page made.
+    browser.click("#history-refresh");
+    let history = browser.wait_text(
+        "the history lists the grant and the release",
+        "#history-table",
+        |t| t.contains("grant") && t.contains("release") && t.contains("policy change"),
+    );
+    println!(
+        "history panel: {} rows",
+        history.lines().count().saturating_sub(1)
+    );
+
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    browser.screenshot(&shot);
+    println!(
+        "screenshot: {} (test took {:?})",
+        shot.display(),
+        started.elapsed()
+    );
+    let (status, _) = a.send("DELETE", &format!("/api/v1/allocations/{other}"), "");
+    assert_eq!(status, 200);
+}
+
+/// Read a node's event stream until the first `snapshot` event, and
+/// return its data.
+fn first_snapshot(api: &str) -> Value {
+    use std::io::{Read, Write};
+    let host = api.strip_prefix("http://").unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /api/v1/events HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16384];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = s.read(&mut buf).expect("reading the event stream");
+        assert!(n > 0, "the stream ended early");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 200"),
+            "not a 200: {}",
+            &text[..text.len().min(200)]
+        );
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("content-type: text/event-stream"),
+            "{text}"
+        );
+        // Chunked: the event's lines arrive inside one chunk.
+        if let Some(at) = text.find("event: snapshot\ndata: ") {
+            let rest = &text[at + "event: snapshot\ndata: ".len()..];
+            if let Some(end) = rest.find('\n') {
+                return serde_json::from_str(&rest[..end]).expect("snapshot data is JSON");
+            }
+        }
+        assert!(Instant::now() < deadline, "no snapshot within 10 s: {text}");
+    }
+}
+
+#[test]
+fn the_dashboard_assets_stream_and_utilization_answer_and_bad_queries_are_refused() {
+    let a = Daemon::start("dash-assets", None);
+    // The page and its assets, from the binary, with their types.
+    for (path, ctype, needle) in [
+        ("/", "text/html", "<canvas id=\"chart-local\""),
+        ("/dashboard/app.js", "text/javascript", "/api/v1/events"),
+        ("/dashboard/app.css", "text/css", ".badge"),
+    ] {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-i", &format!("{}{path}", a.api)])
+            .output();
+        let Ok(out) = out else {
+            // No curl: fall back to the JSON client, which still sees the
+            // status.
+            let (status, _) = a.get(path);
+            assert_eq!(status, 200, "{path}");
+            continue;
+        };
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text:.200}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains(&format!("content-type: {ctype}")),
+            "{path}: {text:.300}"
+        );
+        assert!(text.contains(needle), "{path} holds {needle:?}");
+        // Nothing is fetched from elsewhere: no absolute URLs to load.
+        assert!(
+            !text.contains("src=\"http") && !text.contains("href=\"http"),
+            "{path} loads nothing from other hosts"
+        );
+    }
+    // The event stream's first snapshot: this node, the nodes, the
+    // allocations and the utilization history so far.
+    let snap = first_snapshot(&a.api);
+    assert_eq!(snap["node"]["name"], "dash-assets");
+    assert_eq!(snap["nodes"].as_array().map(Vec::len), Some(1));
+    assert!(snap["allocations"]["held"].is_array());
+    assert_eq!(snap["utilization"]["every_ms"], 2000);
+
+    // A granted request shows in the utilization samples and latencies.
+    let (status, made) = a.send(
+        "POST",
+        "/api/v1/allocations",
+        r#"{"required_resources": {"cpu_cores": 3, "memory_mb": 2048}}"#,
+    );
+    assert_eq!(status, 201, "{made}");
+    let (u, waited) = eventually("a sample shows the lease", WAIT, || {
+        let (status, u) = a.get("/api/v1/utilization?since=1m");
+        if status != 200 {
+            return Err(format!("{status}: {u}"));
+        }
+        let last = u["samples"].as_array().and_then(|s| s.last()).cloned();
+        match last {
+            Some(s) if s["local"]["cpu_cores_free"] == 1 => Ok(u),
+            other => Err(format!("latest sample {other:?}")),
+        }
+    });
+    println!("the lease showed in a sample after {waited:?}");
+    let last = u["samples"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["local"]["cpu_cores_total"], 4);
+    assert_eq!(last["local"]["memory_mb_free"], 8192 - 2048);
+    assert_eq!(last["local_active_leases"], 1);
+    assert_eq!(last["swarm"]["nodes"], 1);
+    assert_eq!(last["nodes"]["online"], 1);
+    let lat = u["latency"].as_array().unwrap();
+    assert_eq!(lat.len(), 1, "{u}");
+    assert_eq!(lat[0]["outcome"], "granted");
+    assert!(lat[0]["ms"].as_f64().unwrap() > 0.0);
+    // after_ms past the last sample gives nothing older.
+    let after = last["at_ms"].as_u64().unwrap();
+    let (_, later) = a.get(&format!("/api/v1/utilization?after_ms={after}"));
+    assert!(later["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["at_ms"].as_u64().unwrap() > after));
+
+    // Discovery now: no bootstrap, no peers, mDNS off.
+    let (status, d) = a.send("POST", "/api/v1/discover", "");
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(
+        d,
+        json!({"bootstrap_dialed": 0, "synced_with": 0, "known": 0, "mdns": false})
+    );
+
+    // Bad queries: 400 bad_query, JSON error, nothing else changes.
+    for q in [
+        "since=abc",
+        "since=-5m",
+        "since=1m&after_ms=5",
+        "after_ms=soon",
+        "every=1s",
+    ] {
+        let (status, e) = a.get(&format!("/api/v1/utilization?{q}"));
+        assert_eq!(status, 400, "{q}: {e}");
+        assert_eq!(e["error"]["code"], "bad_query", "{q}: {e}");
+        assert!(
+            e["error"]["message"].as_str().unwrap().len() > 10,
+            "{q}: {e}"
+        );
+    }
+    let (_, all) = a.get("/api/v1/allocations");
+    assert_eq!(all["held"].as_array().map(Vec::len), Some(1));
+}
