@@ -3,171 +3,15 @@
 //! stopped with SIGTERM. Each node's log goes to a file that is printed
 //! when a test fails.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lanswarm");
-
-/// A running `lanswarm run`, killed on drop; its log is printed if the
-/// test is failing.
-struct Daemon {
-    child: Option<Child>,
-    api: String,
-    log: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Daemon {
-    fn start(name: &str, bootstrap: Option<&str>, extra_toml: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let config = dir.path().join("node.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-name = "{name}"
-data_dir = "{data}"
-[api]
-listen = "127.0.0.1:{port}"
-[network]
-listen = ["/ip4/127.0.0.1/tcp/0"]
-mdns = false
-bootstrap = [{bootstrap}]
-[resources]
-cpu_cores = 8
-memory = "16GiB"
-disk = "100GiB"
-detect_gpus = false
-[[resources.gpus]]
-name = "Synthetic GPU"
-memory = "24GiB"
-[lend]
-cpu_cores = 4
-memory = "8GiB"
-disk = "10GiB"
-{extra_toml}
-"#,
-                data = dir.path().join("data").display(),
-                bootstrap = bootstrap.map(|b| format!("{b:?}")).unwrap_or_default(),
-            ),
-        )
-        .unwrap();
-        let log = dir.path().join("node.log");
-        let mut d = Daemon {
-            child: None,
-            api: format!("http://127.0.0.1:{port}"),
-            log,
-            dir,
-        };
-        d.spawn(&config);
-        d
-    }
-
-    fn spawn(&mut self, config: &Path) {
-        let logf = std::fs::File::create(&self.log).unwrap();
-        let child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .env("LANSWARM_LOG", "info,lanswarm=debug")
-            .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .expect("spawning lanswarm");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = http("GET", &format!("{}/healthz", self.api), None) {
-                if r.0 == 200 {
-                    return;
-                }
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("lanswarm exited early ({status}):\n{}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no /healthz:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(["--api", &self.api])
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        http("GET", &format!("{}{}", self.api, path), None).unwrap()
-    }
-
-    fn send(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
-        http(method, &format!("{}{}", self.api, path), Some(body)).unwrap()
-    }
-
-    /// SIGTERM, and wait for a clean exit.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let ok = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("no exit after SIGTERM:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "----- log of node in {} -----\n{}\n-----",
-                self.dir.path().display(),
-                self.log_text()
-            );
-        }
-    }
-}
-
-/// One blocking HTTP exchange with a node's API.
-fn http(method: &str, url: &str, body: Option<&str>) -> std::io::Result<(u16, Value)> {
-    lanswarm::sim::http::request(method, url, body)
-}
+use common::daemon::Daemon;
+use common::BIN;
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -175,7 +19,7 @@ fn stdout(o: &Output) -> String {
 
 #[test]
 fn the_binary_allocates_through_the_api_and_the_cli_and_stops_on_sigterm() {
-    let mut d = Daemon::start("solo", None, "");
+    let mut d = Daemon::start("solo");
 
     let (s, node) = d.get("/api/v1/node");
     assert_eq!(s, 200);
@@ -262,9 +106,18 @@ fn the_binary_allocates_through_the_api_and_the_cli_and_stops_on_sigterm() {
 
 #[test]
 fn bad_input_gets_a_clear_error_and_changes_nothing() {
-    let d = Daemon::start("strict", None, "");
+    let d = Daemon::start("strict");
     let before = d.get("/api/v1/allocations").1;
-    let node_before = d.get("/api/v1/node").1["resources"].clone();
+    // What the node lends and has free; `cpu_usage_pct` is the host's own
+    // reading (every 5 s) and moves by itself, so it is left out.
+    let resources = |d: &Daemon| {
+        let mut r = d.get("/api/v1/node").1["resources"].clone();
+        if let Some(o) = r.as_object_mut() {
+            o.remove("cpu_usage_pct");
+        }
+        r
+    };
+    let node_before = resources(&d);
 
     let cases: &[(&str, &str, &str, u16, &str)] = &[
         (
@@ -371,7 +224,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
     );
 
     assert_eq!(d.get("/api/v1/allocations").1, before, "no state changed");
-    assert_eq!(d.get("/api/v1/node").1["resources"], node_before);
+    assert_eq!(resources(&d), node_before);
     assert_eq!(d.get("/api/v1/strategy").1["strategy"], "least-loaded");
 
     // The CLI reports the same errors readably and exits non-zero.
@@ -402,11 +255,11 @@ fn a_malformed_config_names_the_file_the_key_and_the_problem() {
 
 #[test]
 fn two_binaries_share_leases_and_the_identity_survives_a_restart() {
-    let mut a = Daemon::start("first", None, "");
+    let mut a = Daemon::start("first");
     let node = a.get("/api/v1/node").1;
     let id = node["id"].as_str().unwrap().to_owned();
     let addr = node["addresses"][0].as_str().unwrap().to_owned();
-    let b = Daemon::start("second", Some(&addr), "");
+    let b = Daemon::builder("second").bootstrap(&addr).start();
     let deadline = Instant::now() + Duration::from_secs(20);
     while d_nodes(&b) < 2 {
         assert!(
@@ -428,8 +281,7 @@ fn two_binaries_share_leases_and_the_identity_survives_a_restart() {
     assert_eq!(granted[0]["holder"], b.get("/api/v1/node").1["id"]);
 
     assert!(a.terminate().success());
-    let config = a.dir.path().join("node.toml");
-    a.spawn(&config);
+    a.start_again();
     let node = a.get("/api/v1/node").1;
     assert_eq!(node["id"], id.as_str(), "same PeerId after restart");
     let granted = a.get("/api/v1/allocations").1["granted"].clone();
@@ -469,7 +321,9 @@ fn expect_errors(d: &Daemon, cases: &[(&str, String, String, u16, &str)]) {
 
 #[test]
 fn groups_access_and_pools_through_the_api_validate_input_and_change_nothing_on_error() {
-    let d = Daemon::start("hub", None, "[labels]\ntier = \"gpu\"\n");
+    let d = Daemon::builder("hub")
+        .toml("[labels]\ntier = \"gpu\"\n")
+        .start();
     let me = d.get("/api/v1/node").1["id"].as_str().unwrap().to_owned();
     let other = stranger_id();
     let long = "x".repeat(65);
@@ -827,7 +681,7 @@ fn groups_access_and_pools_through_the_api_validate_input_and_change_nothing_on_
 
 #[test]
 fn the_cli_manages_groups_access_and_pools() {
-    let d = Daemon::start("cli", None, "[labels]\na = \"b\"\n");
+    let d = Daemon::builder("cli").toml("[labels]\na = \"b\"\n").start();
     let ok = |args: &[&str]| {
         let out = d.cli(args);
         assert!(
@@ -932,7 +786,7 @@ fn the_cli_manages_groups_access_and_pools() {
 
 #[test]
 fn groups_pools_and_access_survive_a_restart() {
-    let mut d = Daemon::start("keeper", None, "");
+    let mut d = Daemon::start("keeper");
     let me = d.get("/api/v1/node").1["id"].as_str().unwrap().to_owned();
     let (s, g) = d.send(
         "POST",
@@ -957,8 +811,7 @@ fn groups_pools_and_access_survive_a_restart() {
     let pools = d.get("/api/v1/pools").1;
 
     assert!(d.terminate().success(), "{}", d.log_text());
-    let config = d.dir.path().join("node.toml");
-    d.spawn(&config);
+    d.start_again();
     assert_eq!(d.get("/api/v1/node").1["id"], me.as_str());
     assert_eq!(d.get("/api/v1/groups").1, groups, "groups kept");
     assert_eq!(d.get("/api/v1/access").1, policy, "policy kept");
@@ -992,7 +845,7 @@ fn reservation_in<'a>(list: &'a Value, id: &str) -> Option<&'a Value> {
 
 #[test]
 fn reservations_quotas_the_scheduler_and_the_queue_through_the_api() {
-    let d = Daemon::start("sched", None, "");
+    let d = Daemon::start("sched");
     let me = d.get("/api/v1/node").1["id"].as_str().unwrap().to_owned();
     let allocs_before = d.get("/api/v1/allocations").1;
 
@@ -1275,7 +1128,7 @@ fn reservations_quotas_the_scheduler_and_the_queue_through_the_api() {
 
 #[test]
 fn the_cli_waits_in_the_queue_reserves_and_manages_quotas_and_the_scheduler() {
-    let d = Daemon::start("sched-cli", None, "");
+    let d = Daemon::start("sched-cli");
     let me = d.get("/api/v1/node").1["id"].as_str().unwrap().to_owned();
     let ok = |args: &[&str]| {
         let out = d.cli(args);
@@ -1295,10 +1148,11 @@ fn the_cli_waits_in_the_queue_reserves_and_manages_quotas_and_the_scheduler() {
     );
     assert_eq!(s, 201, "{full}");
     let full = full["allocation_id"].as_str().unwrap().to_owned();
-    let api = d.api.clone();
+    let api = d.api().to_owned();
     let releaser = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1500));
-        http("DELETE", &format!("{api}/api/v1/allocations/{full}"), None).unwrap()
+        lanswarm::sim::http::request("DELETE", &format!("{api}/api/v1/allocations/{full}"), None)
+            .unwrap()
     });
     let out = d.cli(&[
         "request",
@@ -1457,7 +1311,7 @@ fn the_cli_waits_in_the_queue_reserves_and_manages_quotas_and_the_scheduler() {
 
 #[test]
 fn quotas_reservations_and_the_scheduling_policy_survive_a_restart() {
-    let mut d = Daemon::start("sched-keeper", None, "");
+    let mut d = Daemon::start("sched-keeper");
     let me = d.get("/api/v1/node").1["id"].as_str().unwrap().to_owned();
     let (s, qs) = d.send(
         "PUT",
@@ -1485,8 +1339,7 @@ fn quotas_reservations_and_the_scheduling_policy_survive_a_restart() {
     assert_eq!(reservations["granted"].as_array().unwrap().len(), 1);
 
     assert!(d.terminate().success(), "{}", d.log_text());
-    let config = d.dir.path().join("node.toml");
-    d.spawn(&config);
+    d.start_again();
     assert_eq!(d.get("/api/v1/node").1["id"], me.as_str());
     assert_eq!(d.get("/api/v1/quotas").1, quotas, "quotas kept");
     assert_eq!(d.get("/api/v1/scheduler").1, p, "policy kept");
@@ -1504,7 +1357,7 @@ argv = ["sh", "-c", "echo $(( $1 * $1 ))", "sh", "{n}"]
 [tasks.templates.params.n]
 type = "int"
 "#;
-    let d = Daemon::start("tasker", None, templates);
+    let d = Daemon::builder("tasker").toml(templates).start();
     let s = |v: &str| v.to_owned();
     expect_errors(
         &d,
@@ -1620,7 +1473,7 @@ type = "int"
 
 #[test]
 fn health_checks_through_the_api_and_the_cli() {
-    let d = Daemon::start("healthy", None, "");
+    let d = Daemon::start("healthy");
     let (code, v) = d.send("POST", "/api/v1/health-checks", "");
     assert_eq!(code, 200, "{v}");
     let checks = v.as_array().unwrap();

@@ -12,15 +12,15 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use common::{clean_env, eventually, BIN};
+use common::daemon::{free_port, Daemon, DaemonBuilder};
+use common::eventually;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -28,113 +28,9 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 const WAIT: Duration = Duration::from_secs(20);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
-    lanswarm::sim::http::request(method, url, body)
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
-}
-
-/// A `lanswarm run` on loopback (mDNS off), killed on drop; its log is
-/// printed if the test fails.
-struct Daemon {
-    child: Child,
-    api: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(name: &str, bootstrap: Option<&str>) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let config = dir.path().join("node.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-name = "{name}"
-data_dir = "{data}"
-[api]
-listen = "127.0.0.1:{port}"
-[network]
-listen = ["/ip4/127.0.0.1/tcp/0"]
-mdns = false
-bootstrap = [{bootstrap}]
-[resources]
-cpu_cores = 8
-memory = "16GiB"
-disk = "100GiB"
-detect_gpus = false
-[[resources.gpus]]
-name = "Synthetic GPU"
-memory = "24GiB"
-[lend]
-cpu_cores = 4
-memory = "8GiB"
-disk = "10GiB"
-"#,
-                data = dir.path().join("data").display(),
-                bootstrap = bootstrap.map(|b| format!("{b:?}")).unwrap_or_default(),
-            ),
-        )
-        .unwrap();
-        let log = dir.path().join("node.log");
-        let child = clean_env(Command::new(BIN).args(["run", "--config"]).arg(&config))
-            .env("LANSWARM_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawning lanswarm");
-        let d = Daemon {
-            child,
-            api: format!("http://127.0.0.1:{port}"),
-            log,
-            _dir: dir,
-        };
-        eventually("the node answers /healthz", Duration::from_secs(30), || {
-            match lanswarm::sim::http::request("GET", &format!("{}/healthz", d.api), None) {
-                Ok((200, _)) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        });
-        d
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        http("GET", &format!("{}{path}", self.api), None)
-    }
-
-    fn send(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
-        http(method, &format!("{}{path}", self.api), Some(body))
-    }
-
-    fn id(&self) -> String {
-        self.get("/api/v1/node").1["id"]
-            .as_str()
-            .expect("node id")
-            .to_owned()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "----- log of node at {} -----\n{}\n-----",
-                self.api,
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
+/// A node as these tests run it, logging at `info`.
+fn node(name: &str) -> DaemonBuilder {
+    Daemon::builder(name).log_filter("info")
 }
 
 /// One WebDriver exchange. chromedriver keeps connections open whatever
@@ -384,16 +280,16 @@ fn the_dashboard_drives_a_real_node_in_headless_chromium() {
     ) {
         return;
     }
-    let a = Daemon::start("dash-a", None);
+    let a = node("dash-a").start();
     let addr = a.get("/api/v1/node").1["addresses"][0]
         .as_str()
         .expect("an address")
         .to_owned();
-    let b = Daemon::start("dash-b", Some(&addr));
+    let b = node("dash-b").bootstrap(&addr).start();
     let (a_id, b_id) = (a.id(), b.id());
     let started = Instant::now();
     let browser = Browser::start();
-    browser.goto(&format!("{}/", a.api));
+    browser.goto(&format!("{}/", a.api()));
 
     // The page connects to the live stream and lists both nodes, online.
     browser.wait_text("the page is live", "#live", |t| t == "live");
@@ -591,7 +487,7 @@ fn first_snapshot(api: &str) -> Value {
 
 #[test]
 fn the_dashboard_assets_stream_and_utilization_answer_and_bad_queries_are_refused() {
-    let a = Daemon::start("dash-assets", None);
+    let a = node("dash-assets").start();
     // The page and its assets, from the binary, with their types.
     for (path, ctype, needle) in [
         ("/", "text/html", "<canvas id=\"chart-local\""),
@@ -599,7 +495,7 @@ fn the_dashboard_assets_stream_and_utilization_answer_and_bad_queries_are_refuse
         ("/dashboard/app.css", "text/css", ".badge"),
     ] {
         let out = std::process::Command::new("curl")
-            .args(["-s", "-i", &format!("{}{path}", a.api)])
+            .args(["-s", "-i", &format!("{}{path}", a.api())])
             .output();
         let Ok(out) = out else {
             // No curl: fall back to the JSON client, which still sees the
@@ -624,7 +520,7 @@ fn the_dashboard_assets_stream_and_utilization_answer_and_bad_queries_are_refuse
     }
     // The event stream's first snapshot: this node, the nodes, the
     // allocations and the utilization history so far.
-    let snap = first_snapshot(&a.api);
+    let snap = first_snapshot(a.api());
     assert_eq!(snap["node"]["name"], "dash-assets");
     assert_eq!(snap["nodes"].as_array().map(Vec::len), Some(1));
     assert!(snap["allocations"]["held"].is_array());

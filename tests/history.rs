@@ -8,186 +8,27 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use common::{clean_env, eventually, output_within, BIN};
+use common::daemon::{Daemon, DaemonBuilder};
+use common::eventually;
 
-/// A running `lanswarm run`, killed on drop; its log is printed if the
-/// test is failing.
-struct Daemon {
-    child: Option<Child>,
-    api: String,
-    log: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A node as these tests run it: no GPU, announcing every second.
+fn node(name: &str) -> DaemonBuilder {
+    Daemon::builder(name)
+        .without_gpu()
+        .network(r#"announce_interval = "1s""#)
 }
 
 impl Daemon {
-    fn start(name: &str, bootstrap: Option<&str>, extra_toml: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let config = dir.path().join("node.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-name = "{name}"
-data_dir = "{data}"
-[api]
-listen = "127.0.0.1:{port}"
-[network]
-listen = ["/ip4/127.0.0.1/tcp/0"]
-mdns = false
-bootstrap = [{bootstrap}]
-announce_interval = "1s"
-[resources]
-cpu_cores = 8
-memory = "16GiB"
-disk = "100GiB"
-detect_gpus = false
-[lend]
-cpu_cores = 4
-memory = "8GiB"
-disk = "10GiB"
-{extra_toml}
-"#,
-                data = dir.path().join("data").display(),
-                bootstrap = bootstrap.map(|b| format!("{b:?}")).unwrap_or_default(),
-            ),
-        )
-        .unwrap();
-        let log = dir.path().join("node.log");
-        let mut d = Daemon {
-            child: None,
-            api: format!("http://127.0.0.1:{port}"),
-            log,
-            dir,
-        };
-        d.spawn(&config);
-        d
-    }
-
-    fn spawn(&mut self, config: &Path) {
-        let logf = std::fs::File::create(&self.log).unwrap();
-        let child = clean_env(&mut Command::new(BIN))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("LANSWARM_LOG", "info,lanswarm=debug")
-            .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .expect("spawning lanswarm");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok((200, _)) = http("GET", &format!("{}/healthz", self.api), None) {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("lanswarm exited early ({status}):\n{}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no /healthz:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        output_within(
-            clean_env(&mut Command::new(BIN))
-                .args(["--api", &self.api])
-                .args(args),
-            Duration::from_secs(60),
-        )
-        .unwrap()
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        http("GET", &format!("{}{}", self.api, path), None).unwrap()
-    }
-
-    fn send(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
-        http(method, &format!("{}{}", self.api, path), Some(body)).unwrap()
-    }
-
-    fn id(&self) -> String {
-        self.get("/api/v1/node").1["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
     /// The history records for `query` (the part after `?`).
     fn history(&self, query: &str) -> Vec<Value> {
         let (s, v) = self.get(&format!("/api/v1/history?{query}"));
         assert_eq!(s, 200, "history?{query}: {v}");
         v.as_array().expect("an array of records").clone()
     }
-
-    /// SIGTERM, and wait for a clean exit.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let ok = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("no exit after SIGTERM:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGKILL: no release, no goodbye; the owner must expire its leases.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "----- log of node in {} -----\n{}\n-----",
-                self.dir.path().display(),
-                self.log_text()
-            );
-        }
-    }
-}
-
-fn http(method: &str, url: &str, body: Option<&str>) -> std::io::Result<(u16, Value)> {
-    lanswarm::sim::http::request(method, url, body)
 }
 
 /// Records of one kind (and, if given, one outcome).
@@ -220,15 +61,29 @@ fn allocate(d: &Daemon, body: &str) -> String {
     a["allocation_id"].as_str().unwrap().to_owned()
 }
 
+/// Ask for an allocation that must be refused with `status`.
+fn refused(d: &Daemon, body: &str, status: u16) {
+    let (s, e) = d.send("POST", "/api/v1/allocations", body);
+    assert_eq!(s, status, "{body}: {e}");
+}
+
+/// Change the access policy (a `PATCH /api/v1/access` body).
+fn change_access(d: &Daemon, body: &str) {
+    let (s, p) = d.send("PATCH", "/api/v1/access", body);
+    assert_eq!(s, 200, "{body}: {p}");
+}
+
 #[test]
 fn history_records_who_what_and_why_on_both_sides_and_survives_a_restart() {
-    let mut owner = Daemon::start("owner", None, "[scheduler]\npreemption = true\n");
+    let mut owner = node("owner")
+        .toml("[scheduler]\npreemption = true\n")
+        .start();
     let a = owner.id();
     let addr = owner.get("/api/v1/node").1["addresses"][0]
         .as_str()
         .unwrap()
         .to_owned();
-    let mut asker = Daemon::start("asker", Some(&addr), "");
+    let mut asker = node("asker").bootstrap(&addr).start();
     let b = asker.id();
     eventually("the asker sees the owner", Duration::from_secs(20), || {
         let n = asker.get("/api/v1/nodes").1;
@@ -256,31 +111,19 @@ fn history_records_who_what_and_why_on_both_sides_and_survives_a_restart() {
         &asker,
         r#"{"required_resources": {"cpu_cores": 2}, "node_id": "owner"}"#,
     );
-    let (s, e) = asker.send(
-        "POST",
-        "/api/v1/allocations",
+    refused(
+        &asker,
         r#"{"required_resources": {"cpu_cores": 3}, "node_id": "owner"}"#,
+        503,
     );
-    assert_eq!(s, 503, "{e}");
     // The owner denies the asker by policy, and is asked anyway.
-    let (s, p) = owner.send(
-        "PATCH",
-        "/api/v1/access",
-        &format!(r#"{{"deny_add": ["{b}"]}}"#),
-    );
-    assert_eq!(s, 200, "{p}");
-    let (s, e) = asker.send(
-        "POST",
-        "/api/v1/allocations",
+    change_access(&owner, &format!(r#"{{"deny_add": ["{b}"]}}"#));
+    refused(
+        &asker,
         r#"{"required_resources": {"cpu_cores": 1}, "node_id": "owner"}"#,
+        403,
     );
-    assert_eq!(s, 403, "{e}");
-    let (s, p) = owner.send(
-        "PATCH",
-        "/api/v1/access",
-        &format!(r#"{{"deny_remove": ["{b}"]}}"#),
-    );
-    assert_eq!(s, 200, "{p}");
+    change_access(&owner, &format!(r#"{{"deny_remove": ["{b}"]}}"#));
     let (s, g) = owner.send(
         "POST",
         "/api/v1/groups",
@@ -469,8 +312,7 @@ fn history_records_who_what_and_why_on_both_sides_and_survives_a_restart() {
     // --- Durable: the same records after a restart, and ids go on.
     let before = owner.history("limit=10000");
     assert!(owner.terminate().success(), "{}", owner.log_text());
-    let config = owner.dir.path().join("node.toml");
-    owner.spawn(&config);
+    owner.start_again();
     let after = owner.history("limit=10000");
     assert_eq!(ids(&after[after.len() - before.len()..]), ids(&before));
     assert_eq!(
@@ -490,7 +332,7 @@ fn history_records_who_what_and_why_on_both_sides_and_survives_a_restart() {
 
 #[test]
 fn malformed_history_queries_are_400s_naming_the_parameter() {
-    let d = Daemon::start("strict", None, "");
+    let d = node("strict").start();
     let cases = [
         ("since=abc", "since"),
         ("since=-5m", "since"),

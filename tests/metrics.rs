@@ -5,125 +5,21 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use common::{clean_env, eventually, http_on, BIN};
-use serde_json::Value;
+use common::daemon::Daemon;
+use common::eventually;
 
 /// The API token of the first node: its /metrics needs it too.
 const TOKEN: &str = "metrics-test-token";
 
-/// A running `lanswarm run`, killed on drop; its log is printed if the
-/// test is failing.
-struct Daemon {
-    child: Option<Child>,
-    addr: String,
-    token: Option<&'static str>,
-    log: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
 impl Daemon {
-    fn start(name: &str, bootstrap: Option<&str>, token: Option<&'static str>) -> Daemon {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let port = free_port();
-        let config = dir.path().join("node.toml");
-        let token_line = token.map(|t| format!("token = {t:?}")).unwrap_or_default();
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-name = "{name}"
-data_dir = "{data}"
-[api]
-listen = "127.0.0.1:{port}"
-{token_line}
-[network]
-listen = ["/ip4/127.0.0.1/tcp/0"]
-mdns = false
-bootstrap = [{bootstrap}]
-[resources]
-cpu_cores = 8
-memory = "16GiB"
-disk = "100GiB"
-detect_gpus = false
-[[resources.gpus]]
-name = "Synthetic GPU"
-memory = "24GiB"
-[lend]
-cpu_cores = 4
-memory = "8GiB"
-disk = "10GiB"
-"#,
-                data = dir.path().join("data").display(),
-                bootstrap = bootstrap.map(|b| format!("{b:?}")).unwrap_or_default(),
-            ),
-        )
-        .expect("writing the config");
-        let log = dir.path().join("node.log");
-        let logf = std::fs::File::create(&log).expect("creating the log");
-        let mut cmd = Command::new(BIN);
-        clean_env(&mut cmd)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("LANSWARM_LOG", "info,lanswarm=debug")
-            .stdout(Stdio::null())
-            .stderr(logf);
-        let child = cmd.spawn().expect("spawning lanswarm");
-        let mut d = Daemon {
-            child: Some(child),
-            addr: format!("127.0.0.1:{port}"),
-            token,
-            log,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if matches!(d.try_call("GET", "/healthz", None), Ok((200, _))) {
-                return d;
-            }
-            if let Some(Ok(Some(status))) = d.child.as_mut().map(|c| c.try_wait()) {
-                panic!("lanswarm exited early ({status}):\n{}", d.log_text());
-            }
-            assert!(Instant::now() < deadline, "no /healthz:\n{}", d.log_text());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn try_call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-    ) -> std::io::Result<(u16, Value)> {
-        let s = TcpStream::connect(&self.addr)?;
-        http_on(s, &self.addr, method, path, body, self.token)
-    }
-
-    /// One JSON exchange with the API (with the node's token, if any).
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        self.try_call(method, path, body)
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-    }
-
     /// `GET /metrics` as text: status, Content-Type and body. With
     /// `openmetrics`, it asks for OpenMetrics as Prometheus does.
     fn scrape_with(&self, token: Option<&str>, openmetrics: bool) -> (u16, String, String) {
-        let mut s = TcpStream::connect(&self.addr).expect("connecting to the API");
+        let mut s = TcpStream::connect(self.addr()).expect("connecting to the API");
         s.set_read_timeout(Some(Duration::from_secs(30)))
             .expect("read timeout");
         let auth = token
@@ -138,7 +34,7 @@ disk = "10GiB"
         write!(
             s,
             "GET /metrics HTTP/1.1\r\nHost: {}\r\n{auth}{accept}Connection: close\r\n\r\n",
-            self.addr
+            self.addr()
         )
         .expect("sending the request");
         let mut resp = Vec::new();
@@ -167,25 +63,9 @@ disk = "10GiB"
 
     /// The metrics in Prometheus' text format.
     fn scrape(&self) -> String {
-        let (status, _, body) = self.scrape_with(self.token, false);
+        let (status, _, body) = self.scrape_with(self.token(), false);
         assert_eq!(status, 200, "{body}");
         body
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "----- log of node in {} -----\n{}\n-----",
-                self.dir.path().display(),
-                self.log_text()
-            );
-        }
     }
 }
 
@@ -262,15 +142,15 @@ fn promtool_check(name: &str, text: &str) {
 
 #[test]
 fn metrics_count_what_happened_and_pass_promtool() {
-    let owner = Daemon::start("owner", None, Some(TOKEN));
-    let (s, node) = owner.call("GET", "/api/v1/node", None);
+    let owner = Daemon::builder("owner").token(TOKEN).start();
+    let (s, node) = owner.get("/api/v1/node");
     assert_eq!(s, 200, "{node}");
     let owner_id = node["id"].as_str().expect("node id").to_owned();
     let addr = node["addresses"][0]
         .as_str()
         .expect("a listen address")
         .to_owned();
-    let requester = Daemon::start("requester", Some(&addr), None);
+    let requester = Daemon::builder("requester").bootstrap(&addr).start();
 
     // /metrics needs the token where the API has one, and is open where
     // it has none.
@@ -308,12 +188,12 @@ fn metrics_count_what_happened_and_pass_promtool() {
     }
 
     // A grant on the owner, asked for by the requester, then released.
-    let (s, a) = requester.call(
+    let (s, a) = requester.send(
         "POST",
         "/api/v1/allocations",
-        Some(&format!(
+        &format!(
             r#"{{"required_resources": {{"cpu_cores": 2, "memory_mb": 1024}}, "node_id": "{owner_id}", "timeout_secs": 60}}"#
-        )),
+        ),
     );
     assert_eq!(s, 201, "{a}");
     assert_eq!(a["node_id"], owner_id.as_str());
@@ -332,15 +212,15 @@ fn metrics_count_what_happened_and_pass_promtool() {
             has(&t, "lanswarm_leases", 1.0)
         },
     );
-    let (s, r) = requester.call("DELETE", &format!("/api/v1/allocations/{id}"), None);
+    let (s, r) = requester.send("DELETE", &format!("/api/v1/allocations/{id}"), "");
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["owner_confirmed"], true, "{r}");
 
     // A request no node can ever serve: denied, with its reason.
-    let (s, denied) = requester.call(
+    let (s, denied) = requester.send(
         "POST",
         "/api/v1/allocations",
-        Some(r#"{"required_resources": {"cpu_cores": 1000}}"#),
+        r#"{"required_resources": {"cpu_cores": 1000}}"#,
     );
     assert!(s >= 400, "{s} {denied}");
     let reason = denied["error"]["code"]
@@ -350,7 +230,7 @@ fn metrics_count_what_happened_and_pass_promtool() {
     assert_eq!(reason, "unsatisfiable", "{denied}");
 
     // A health-check round: one /lanswarm/health/1 round trip.
-    let (s, checks) = requester.call("POST", "/api/v1/health-checks", Some("{}"));
+    let (s, checks) = requester.send("POST", "/api/v1/health-checks", "{}");
     assert_eq!(s, 200, "{checks}");
 
     // The requester: what it asked for, and how each ended.

@@ -1,11 +1,13 @@
 //! Helpers shared by the integration tests that drive the real `lanswarm`
 //! binary: a minimal HTTP/1.1 client, a bounded process runner and a
-//! polling wait. [`vlan`] builds the virtual LAN of network namespaces.
+//! polling wait. [`daemon`] runs one `lanswarm run` on loopback, [`vlan`]
+//! builds the virtual LAN of network namespaces.
 //!
 //! Each test crate compiles this module on its own and uses part of it, so
 //! unused items are allowed here.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod vlan;
 
 use std::io::{self, Read};
