@@ -93,11 +93,18 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     /// `[access]`: who may allocate here, beyond `lend.allow_remote`.
     pub access: AccessConfig,
+    /// `[roles]`: what each admitted peer may do here (permissions per
+    /// action), by peer id, by group, or the default role.
+    pub roles: RolesConfig,
     /// `[scheduler]`: preemption, the wait queue, the rate limit and
     /// advance reservations on this node.
     pub scheduler: SchedulerConfig,
     /// `[elastic]`: lend less while the machine's owner is using it.
     pub elastic: ElasticConfig,
+    /// `[breaker]`: circuit breakers on this node's own requests.
+    pub breaker: BreakerConfig,
+    /// `[throttle]`: adaptive throttling of the per-peer rate limit.
+    pub throttle: ThrottleConfig,
     /// `[models]`: AI models this node serves, and its local model server.
     pub models: ModelsConfig,
     /// `[tasks]`: the task templates peers may run here, and how tasks are
@@ -111,6 +118,12 @@ pub struct Config {
     /// `retention` (default `"30d"`, 1m to 3650d) and `max_events`
     /// (default 100000, 1 to 10000000).
     pub history: crate::core::history::HistoryConfig,
+    /// `[accounting]`: usage accounting: `retention` of the hourly usage
+    /// buckets (default `"90d"`, 1h to 3650d), an optional `currency`
+    /// (1 to 16 letters) and `[accounting.price]`: prices per unit and hour
+    /// (`cpu_core_hour`, `memory_gib_hour`, `disk_gib_hour`, `gpu_hour`,
+    /// `gpu_memory_gib_hour`, `custom = { name = price }`), each 0 to 1e9.
+    pub accounting: crate::core::usage::AccountingConfig,
     /// `[log]`: logging.
     pub log: LogConfig,
     /// Where this config came from (a file path, or a label such as
@@ -125,12 +138,14 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     /// Address the API listens on. Default `127.0.0.1:7700`, reachable only
-    /// from this machine. Any non-loopback address requires `token`.
+    /// from this machine. Any non-loopback address requires a token:
+    /// `token`, or one made with `lanswarm token create`.
     #[serde(with = "socket_addr")]
     pub listen: SocketAddr,
     /// Bearer token that API clients must send
-    /// (`Authorization: Bearer <token>`). Optional on loopback, required
-    /// otherwise. Never printed by `Debug`.
+    /// (`Authorization: Bearer <token>`), an admin token. Optional on
+    /// loopback; elsewhere this or a token made with `lanswarm token
+    /// create` is required. Never printed by `Debug`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
 }
@@ -418,6 +433,39 @@ pub struct AccessConfig {
     pub deny: Vec<String>,
 }
 
+/// `[roles]`: which actions admitted peers may take on this node (see
+/// [`crate::core::roles`]). Built-in roles: `none`, `viewer`, `user`,
+/// `operator`, `admin`. Changes made at runtime (`lanswarm roles ...`) are
+/// kept across restarts until this section is edited, which then wins.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolesConfig {
+    /// Role of an admitted peer with no assignment of its own or by group.
+    /// Default `operator` (allocate, reserve, run tasks, infer, preempt):
+    /// what any admitted peer could do before roles existed.
+    pub default: String,
+    /// Custom roles: `name = ["view", "allocate", ...]`. Permissions:
+    /// view, allocate, reserve, run_task, infer, preempt, administer.
+    pub custom: BTreeMap<String, Vec<crate::core::roles::Permission>>,
+    /// Roles by peer id: `"12D3KooW..." = "viewer"`. Decides alone for that
+    /// peer.
+    pub peers: BTreeMap<String, String>,
+    /// Roles by group id or group name: `lab = "user"`. A peer in several
+    /// gets the union; a peer assignment overrides them.
+    pub groups: BTreeMap<String, String>,
+}
+
+impl Default for RolesConfig {
+    fn default() -> Self {
+        RolesConfig {
+            default: crate::core::roles::DEFAULT_ROLE.to_owned(),
+            custom: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            groups: BTreeMap::new(),
+        }
+    }
+}
+
 /// Most entries in each access list.
 pub const MAX_ACCESS_LIST: usize = 1024;
 /// Most labels a node may carry.
@@ -446,6 +494,20 @@ pub struct SchedulerConfig {
     /// Farthest ahead a reservation may start. Default 30d.
     #[serde(with = "units::serde_duration")]
     pub reservation_horizon: Duration,
+    /// Order of waiting requests within a priority: "fifo" (default),
+    /// "fair-share" or "weighted" (docs/policies.md).
+    pub queue_policy: crate::core::fairshare::QueuePolicy,
+    /// Grant smaller requests behind a blocked one when that never delays
+    /// it (shadow-time backfill). Default true; false is strict order.
+    pub backfill: bool,
+    /// Half-life of the recent use fair share counts. Default 1h.
+    #[serde(with = "units::serde_duration")]
+    pub fair_share_half_life: Duration,
+    /// Share of each requester (peer id → integer ≥ 1). Default 1.
+    pub shares: BTreeMap<String, i64>,
+    /// Share of each group (group id → integer ≥ 1). Groups not listed
+    /// are not a level of the fair-share order.
+    pub group_shares: BTreeMap<String, i64>,
 }
 
 impl Default for SchedulerConfig {
@@ -459,6 +521,11 @@ impl Default for SchedulerConfig {
             rate_burst: p.rate.burst,
             max_reservations: p.max_reservations,
             reservation_horizon: Duration::from_millis(p.reservation_horizon_ms),
+            queue_policy: p.queue_policy,
+            backfill: p.backfill,
+            fair_share_half_life: Duration::from_millis(p.shares.half_life_ms),
+            shares: BTreeMap::new(),
+            group_shares: BTreeMap::new(),
         }
     }
 }
@@ -476,6 +543,26 @@ impl SchedulerConfig {
             },
             max_reservations: self.max_reservations,
             reservation_horizon_ms: self.reservation_horizon.as_millis() as u64,
+            queue_policy: self.queue_policy,
+            backfill: self.backfill,
+            shares: crate::core::fairshare::Shares {
+                half_life_ms: self.fair_share_half_life.as_millis() as u64,
+                requesters: self
+                    .shares
+                    .iter()
+                    .map(|(k, v)| (NodeId(k.clone()), (*v).clamp(1, i64::from(u32::MAX)) as u32))
+                    .collect(),
+                groups: self
+                    .group_shares
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            crate::core::groups::GroupId(k.clone()),
+                            (*v).clamp(1, i64::from(u32::MAX)) as u32,
+                        )
+                    })
+                    .collect(),
+            },
         }
     }
 }
@@ -504,6 +591,30 @@ pub struct ElasticConfig {
     /// End leases (lowest priority, newest first) when shrinking needs it.
     /// Default false: leases are never broken by shrinking.
     pub break_leases: bool,
+    /// What the target follows: `"reactive"` (current local use; the
+    /// default) or `"forecast"` (the larger of the current use and its
+    /// forecast over `horizon`, so lending shrinks ahead of a daily peak).
+    pub policy: crate::core::elastic::ElasticMode,
+    /// `forecast`: how far ahead to look, at most `period`. Default 15m.
+    #[serde(with = "units::serde_duration")]
+    pub horizon: Duration,
+    /// `forecast`: how far the rate of change is extrapolated, at most
+    /// `horizon`; "0s" turns it off. Default 1m.
+    #[serde(with = "units::serde_duration")]
+    pub trend_horizon: Duration,
+    /// `forecast`: the length of the learned usage profile, 1s to 7d.
+    /// Default 24h.
+    #[serde(with = "units::serde_duration")]
+    pub period: Duration,
+    /// `forecast`: time-of-day buckets per period, 1 to 10080, each at
+    /// least 1s. Default 96 (15 minutes each).
+    pub buckets: u32,
+    /// `forecast`: smoothing of the level, in (0, 1]. Default 0.3.
+    pub level_smoothing: f64,
+    /// `forecast`: smoothing of the rate of change, in (0, 1]. Default 0.1.
+    pub trend_smoothing: f64,
+    /// `forecast`: smoothing of the daily profile, in (0, 1]. Default 0.5.
+    pub season_smoothing: f64,
 }
 
 impl Default for ElasticConfig {
@@ -517,6 +628,14 @@ impl Default for ElasticConfig {
             grow_after: Duration::from_millis(p.grow_after_ms),
             step_fraction: p.step_fraction,
             break_leases: p.break_leases,
+            policy: p.mode,
+            horizon: Duration::from_millis(p.forecast.horizon_ms),
+            trend_horizon: Duration::from_millis(p.forecast.trend_horizon_ms),
+            period: Duration::from_millis(p.forecast.period_ms),
+            buckets: p.forecast.buckets,
+            level_smoothing: p.forecast.level_smoothing,
+            trend_smoothing: p.forecast.trend_smoothing,
+            season_smoothing: p.forecast.season_smoothing,
         }
     }
 }
@@ -532,6 +651,136 @@ impl ElasticConfig {
             grow_after_ms: self.grow_after.as_millis() as u64,
             step_fraction: self.step_fraction,
             break_leases: self.break_leases,
+            mode: self.policy,
+            forecast: self.forecast(),
+        }
+    }
+
+    /// The forecaster's parameters this section asks for.
+    pub fn forecast(&self) -> crate::core::forecast::ForecastPolicy {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        crate::core::forecast::ForecastPolicy {
+            horizon_ms: ms(self.horizon),
+            trend_horizon_ms: ms(self.trend_horizon),
+            period_ms: ms(self.period),
+            buckets: self.buckets,
+            level_smoothing: self.level_smoothing,
+            trend_smoothing: self.trend_smoothing,
+            season_smoothing: self.season_smoothing,
+        }
+    }
+}
+
+/// `[breaker]`: circuit breakers on this node's own requests. A peer whose
+/// allocations or tasks keep failing (unreachable, timed out, storage
+/// errors; not ordinary refusals) is not asked for `cooldown`, then gets
+/// one trial request; a success closes the breaker, a failure opens it
+/// again for twice as long, up to `max_cooldown`. See
+/// [`crate::core::breaker`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Default true.
+    pub enabled: bool,
+    /// Consecutive failures that open a peer's breaker, 1 to 1000.
+    /// Default 3.
+    pub failures: u32,
+    /// First cool-down after opening, 1ms to 1h. Default 10s.
+    #[serde(with = "units::serde_duration")]
+    pub cooldown: Duration,
+    /// Longest cool-down (back-off cap), from `cooldown` to 1d. Default 5m.
+    #[serde(with = "units::serde_duration")]
+    pub max_cooldown: Duration,
+    /// How long a half-open trial may go unanswered before it counts as
+    /// failed, 1ms to 1h. Default 30s.
+    #[serde(with = "units::serde_duration")]
+    pub trial_timeout: Duration,
+    /// Most peers tracked at once, 1 to 100000. Default 1024.
+    pub max_peers: usize,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        let p = crate::core::breaker::BreakerPolicy::default();
+        BreakerConfig {
+            enabled: p.enabled,
+            failures: p.failures,
+            cooldown: Duration::from_millis(p.cooldown_ms),
+            max_cooldown: Duration::from_millis(p.max_cooldown_ms),
+            trial_timeout: Duration::from_millis(p.trial_timeout_ms),
+            max_peers: p.max_peers,
+        }
+    }
+}
+
+impl BreakerConfig {
+    /// The policy this section asks for.
+    pub fn policy(&self) -> crate::core::breaker::BreakerPolicy {
+        crate::core::breaker::BreakerPolicy {
+            enabled: self.enabled,
+            failures: self.failures,
+            cooldown_ms: self.cooldown.as_millis() as u64,
+            max_cooldown_ms: self.max_cooldown.as_millis() as u64,
+            trial_timeout_ms: self.trial_timeout.as_millis() as u64,
+            max_peers: self.max_peers,
+        }
+    }
+}
+
+/// `[throttle]`: adaptive throttling. When enabled, the per-peer rate
+/// limit (`scheduler.rate_per_sec`) is lowered while this host is under
+/// pressure (multiplied by `decrease` every `interval`, down to
+/// `floor × rate_per_sec`) and raised back by `increase × rate_per_sec`
+/// per `interval` once it is not. See [`crate::core::adaptive`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThrottleConfig {
+    /// Default false.
+    pub adaptive: bool,
+    /// Host CPU use (percent) at or above which the host is under
+    /// pressure, (0, 100]. Default 90.
+    pub cpu_pct: f64,
+    /// Host memory use (percent) at or above which the host is under
+    /// pressure, (0, 100]. Default 90.
+    pub memory_pct: f64,
+    /// Factor per step under pressure, (0, 1). Default 0.5.
+    pub decrease: f64,
+    /// Growth per step without pressure, a fraction of `rate_per_sec`,
+    /// (0, 1]. Default 0.1.
+    pub increase: f64,
+    /// Lowest rate, a fraction of `rate_per_sec`, (0, 1]. Default 0.1.
+    pub floor: f64,
+    /// Time between steps, 100ms to 1h. Default 1s.
+    #[serde(with = "units::serde_duration")]
+    pub interval: Duration,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        let p = crate::core::adaptive::AdaptivePolicy::default();
+        ThrottleConfig {
+            adaptive: p.enabled,
+            cpu_pct: p.cpu_pct,
+            memory_pct: p.memory_pct,
+            decrease: p.decrease,
+            increase: p.increase,
+            floor: p.floor,
+            interval: Duration::from_millis(p.interval_ms),
+        }
+    }
+}
+
+impl ThrottleConfig {
+    /// The policy this section asks for.
+    pub fn policy(&self) -> crate::core::adaptive::AdaptivePolicy {
+        crate::core::adaptive::AdaptivePolicy {
+            enabled: self.adaptive,
+            cpu_pct: self.cpu_pct,
+            memory_pct: self.memory_pct,
+            decrease: self.decrease,
+            increase: self.increase,
+            floor: self.floor,
+            interval_ms: self.interval.as_millis() as u64,
         }
     }
 }
@@ -1411,12 +1660,15 @@ impl Config {
         self.check_location()?;
         self.check_labels()?;
         self.check_access()?;
+        self.check_roles()?;
         self.check_scheduler()?;
+        self.check_breaker()?;
         self.check_models()?;
         self.check_tasks()?;
         self.check_leases()?;
         self.check_strategy()?;
         self.check_history()?;
+        self.check_accounting()?;
         self.check_log()
     }
 
@@ -1504,12 +1756,91 @@ impl Config {
                 "must be between 1ms and 366d",
             ));
         }
+        let half = s.fair_share_half_life.as_millis();
+        if half < u128::from(crate::core::fairshare::MIN_HALF_LIFE_MS)
+            || half > u128::from(crate::core::fairshare::MAX_HALF_LIFE_MS)
+        {
+            return Err(problem(
+                "scheduler.fair_share_half_life",
+                "must be between 1s and 30d",
+            ));
+        }
+        for (id, share) in &s.shares {
+            let key = format!("scheduler.shares.{id}");
+            if id.parse::<libp2p::PeerId>().is_err() {
+                return Err(problem(key.as_str(), "is not a valid peer id"));
+            }
+            crate::core::fairshare::check_share(&format!("requester {id}"), *share)
+                .map_err(|m| problem(key.as_str(), m))?;
+        }
+        for (id, share) in &s.group_shares {
+            let key = format!("scheduler.group_shares.{id}");
+            crate::core::fairshare::check_share(&format!("group {id}"), *share)
+                .map_err(|m| problem(key.as_str(), m))?;
+        }
+        if s.shares.len() > crate::core::fairshare::MAX_SHARES
+            || s.group_shares.len() > crate::core::fairshare::MAX_SHARES
+        {
+            return Err(problem(
+                "scheduler.shares",
+                "at most 10000 requester and 10000 group shares",
+            ));
+        }
         let e = &self.elastic;
         if !e.headroom_cores.is_finite() || e.headroom_cores < 0.0 {
             return Err(problem("elastic.headroom_cores", "must be a number ≥ 0"));
         }
         if !e.step_fraction.is_finite() || e.step_fraction <= 0.0 || e.step_fraction > 1.0 {
             return Err(problem("elastic.step_fraction", "must be in (0, 1]"));
+        }
+        if let Err(f) = e.forecast().validate() {
+            // The forecast keys are named as in `[elastic]`.
+            return Err(problem(
+                format!("elastic.{}", f.field),
+                format!("expected {}, got {}", f.expected, f.got),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_breaker(&self) -> Result<(), Problem> {
+        let b = &self.breaker;
+        if !(1..=1000).contains(&b.failures) {
+            return Err(problem(
+                "breaker.failures",
+                format!("must be between 1 and 1000, got {}", b.failures),
+            ));
+        }
+        if b.cooldown.is_zero() || b.cooldown > Duration::from_secs(3600) {
+            return Err(problem("breaker.cooldown", "must be between 1ms and 1h"));
+        }
+        if b.max_cooldown < b.cooldown || b.max_cooldown > Duration::from_secs(24 * 3600) {
+            return Err(problem(
+                "breaker.max_cooldown",
+                "must be at least breaker.cooldown and at most 1d",
+            ));
+        }
+        if b.trial_timeout.is_zero() || b.trial_timeout > Duration::from_secs(3600) {
+            return Err(problem(
+                "breaker.trial_timeout",
+                "must be between 1ms and 1h",
+            ));
+        }
+        if !(1..=100_000).contains(&b.max_peers) {
+            return Err(problem(
+                "breaker.max_peers",
+                format!("must be between 1 and 100000, got {}", b.max_peers),
+            ));
+        }
+        let t = &self.throttle;
+        if let Err(e) = t.policy().validate() {
+            return Err(problem(
+                format!("throttle.{}", e.field),
+                format!("must be {}, got {}", e.expected, e.got),
+            ));
+        }
+        if t.interval < Duration::from_millis(100) || t.interval > Duration::from_secs(3600) {
+            return Err(problem("throttle.interval", "must be between 100ms and 1h"));
         }
         Ok(())
     }
@@ -1546,6 +1877,40 @@ impl Config {
         Ok(())
     }
 
+    fn check_roles(&self) -> Result<(), Problem> {
+        for id in self.roles.peers.keys() {
+            if id.parse::<libp2p::PeerId>().is_err() {
+                return Err(problem(
+                    "roles.peers",
+                    format!("{id:?} is not a peer id (see `lanswarm status` on that node)"),
+                ));
+            }
+        }
+        self.role_policy()
+            .validate()
+            .map_err(|e| problem("roles", e))
+    }
+
+    /// The role policy this config asks for.
+    pub fn role_policy(&self) -> crate::core::roles::RolePolicy {
+        crate::core::roles::RolePolicy {
+            default_role: self.roles.default.clone(),
+            custom: self
+                .roles
+                .custom
+                .iter()
+                .map(|(k, v)| (k.clone(), v.iter().copied().collect()))
+                .collect(),
+            peers: self
+                .roles
+                .peers
+                .iter()
+                .map(|(k, v)| (NodeId(k.clone()), v.clone()))
+                .collect(),
+            groups: self.roles.groups.clone(),
+        }
+    }
+
     /// The access policy this config asks for.
     pub fn access_policy(&self) -> crate::core::access::AccessPolicy {
         crate::core::access::AccessPolicy {
@@ -1568,15 +1933,11 @@ impl Config {
                 "api.token",
                 "must not contain whitespace or control characters",
             )),
-            Some(_) => Ok(()),
-            None if !self.api.listen.ip().is_loopback() => Err(problem(
-                "api.token",
-                format!(
-                    "required because api.listen ({}) is not a loopback address; set a token or listen on 127.0.0.1",
-                    self.api.listen
-                ),
-            )),
-            None => Ok(()),
+            // A non-loopback api.listen needs a token: this one, or one in
+            // the data directory's token file. The daemon checks that at
+            // start (`crate::api::tokens::require_token`), since the file
+            // is not part of the config.
+            Some(_) | None => Ok(()),
         }
     }
 
@@ -1890,6 +2251,38 @@ impl Config {
         Ok(())
     }
 
+    fn check_accounting(&self) -> Result<(), Problem> {
+        let a = &self.accounting;
+        let (min, max) = (
+            Duration::from_secs(3600),
+            Duration::from_secs(3650 * 86_400),
+        );
+        if a.retention < min || a.retention > max {
+            return Err(problem(
+                "accounting.retention",
+                format!(
+                    "must be between 1h and 3650d, got {}",
+                    units::format_duration(a.retention)
+                ),
+            ));
+        }
+        if let Some(c) = &a.currency {
+            let n = c.chars().count();
+            if !(1..=16).contains(&n) || !c.chars().all(|ch| ch.is_alphabetic()) {
+                return Err(problem(
+                    "accounting.currency",
+                    format!("must be 1 to 16 letters, such as \"EUR\", got {c:?}"),
+                ));
+            }
+        }
+        if let Some(p) = &a.price {
+            if let Err((key, msg)) = p.check() {
+                return Err(problem(format!("accounting.price.{key}").as_str(), msg));
+            }
+        }
+        Ok(())
+    }
+
     fn check_log(&self) -> Result<(), Problem> {
         let level = self.log.level.trim();
         if level.is_empty() {
@@ -2066,6 +2459,45 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.network.degraded_rtt, Duration::from_millis(250));
         assert_eq!(c.network.degraded_cpu, Some(90));
+    }
+
+    #[test]
+    fn elastic_forecast_policy_parses_and_bad_values_name_the_key() {
+        let d = parse("").unwrap();
+        assert_eq!(
+            d.elastic.policy().mode,
+            crate::core::elastic::ElasticMode::Reactive,
+            "reactive by default, so nothing changes on upgrade"
+        );
+        let c = parse(
+            "[elastic]\nenabled = true\npolicy = \"forecast\"\nhorizon = \"30m\"\n\
+             trend_horizon = \"0s\"\nperiod = \"12h\"\nbuckets = 48\nlevel_smoothing = 0.5",
+        )
+        .unwrap();
+        let p = c.elastic.policy();
+        assert_eq!(p.mode, crate::core::elastic::ElasticMode::Forecast);
+        assert_eq!(p.forecast.horizon_ms, 30 * 60_000);
+        assert_eq!(p.forecast.trend_horizon_ms, 0);
+        assert_eq!(p.forecast.period_ms, 12 * 3_600_000);
+        assert_eq!(p.forecast.buckets, 48);
+        assert_eq!(p.forecast.level_smoothing, 0.5);
+        assert_eq!(p.validate(), Ok(()));
+        for (text, key) in [
+            ("horizon = \"0s\"", "elastic.horizon"),
+            ("horizon = \"30d\"", "elastic.horizon"),
+            ("trend_horizon = \"1h\"", "elastic.trend_horizon"),
+            ("period = \"8d\"", "elastic.period"),
+            ("buckets = 0", "elastic.buckets"),
+            ("buckets = 100000", "elastic.buckets"),
+            ("level_smoothing = 0", "elastic.level_smoothing"),
+            ("trend_smoothing = 1.5", "elastic.trend_smoothing"),
+            ("season_smoothing = -0.2", "elastic.season_smoothing"),
+        ] {
+            let e = err(&format!("[elastic]\npolicy = \"forecast\"\n{text}"));
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let e = err("[elastic]\npolicy = \"psychic\"");
+        assert!(e.contains("policy") && e.contains("psychic"), "{e}");
     }
 
     #[test]
@@ -2340,7 +2772,10 @@ default = 2
             ("[lend]\nmemory = \"150%\"", "test.toml:2:1: lend.memory: percentage must be between 0% and 100%, got 150%"),
             ("[lend]\ngpu_memory = \"-5%\"", "lend.gpu_memory: percentage"),
             ("[lend]\ngpus = [1, 1]", "lend.gpus[1]: GPU 1 is listed twice"),
-            ("[api]\nlisten = \"0.0.0.0:7700\"", "test.toml:1:2: api.token: required because api.listen (0.0.0.0:7700) is not a loopback"),
+            ("[roles]\ndefault = \"root\"", "roles: the default role: unknown role \"root\""),
+            ("[roles.peers]\n\"not-a-peer\" = \"viewer\"", "roles.peers: \"not-a-peer\" is not a peer id"),
+            ("[roles.groups]\nlab = \"superuser\"", "roles: group \"lab\": unknown role \"superuser\""),
+            ("[roles.custom]\nadmin = [\"view\"]", "built in and cannot be redefined"),
             ("[api]\ntoken = \"\"", "api.token: must not be empty"),
             ("[leases]\nmin = \"0s\"", "leases.min: must be more than 0s"),
             ("[leases]\ndefault = \"2h\"", "leases.default: must be at most leases.max (1h), got 2h"),
@@ -2417,6 +2852,44 @@ default = 2
     }
 
     #[test]
+    fn the_accounting_section_sets_prices_and_rejects_bad_values() {
+        let c = parse("").unwrap();
+        assert_eq!(c.accounting.retention, Duration::from_secs(90 * 86_400));
+        assert_eq!(c.accounting.price, None);
+        let c = parse(
+            "[accounting]\nretention = \"30d\"\ncurrency = \"EUR\"\n[accounting.price]\n\
+             cpu_core_hour = 0.02\nmemory_gib_hour = 0.005\ngpu_hour = 0.5\ncustom = { licenses = 1 }",
+        )
+        .unwrap();
+        assert_eq!(c.accounting.currency.as_deref(), Some("EUR"));
+        let p = c.accounting.price.unwrap();
+        assert_eq!(p.cpu_core_hour, 0.02);
+        assert_eq!(p.gpu_hour, 0.5);
+        assert_eq!(p.custom.get("licenses"), Some(&1.0));
+        for (text, key) in [
+            ("[accounting]\nretention = \"5m\"", "accounting.retention"),
+            ("[accounting]\ncurrency = \"\"", "accounting.currency"),
+            ("[accounting]\ncurrency = \"€ 1\"", "accounting.currency"),
+            (
+                "[accounting.price]\ncpu_core_hour = -0.5",
+                "accounting.price.cpu_core_hour",
+            ),
+            (
+                "[accounting.price]\ngpu_hour = nan",
+                "accounting.price.gpu_hour",
+            ),
+            (
+                "[accounting.price]\ncustom = { x = 1e12 }",
+                "accounting.price.custom.x",
+            ),
+            ("[accounting.price]\ncpu_hour = 1", "accounting"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.to_string().contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn validate_uses_the_origin() {
         let mut c = parse("").unwrap();
         c.location.latitude = Some(-100.0);
@@ -2428,6 +2901,32 @@ default = 2
                 .starts_with("test.toml: location.latitude: must be"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn roles_section_parses_into_a_policy() {
+        let peer = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+        let c = parse(&format!(
+            "[roles]\ndefault = \"user\"\n[roles.custom]\nrunner = [\"view\", \"run_task\"]\n\
+             [roles.peers]\n\"{peer}\" = \"runner\"\n[roles.groups]\nlab = \"operator\""
+        ))
+        .unwrap();
+        let p = c.role_policy();
+        assert_eq!(p.default_role, "user");
+        assert_eq!(
+            p.peers.get(&NodeId(peer.into())).map(String::as_str),
+            Some("runner")
+        );
+        assert_eq!(p.role("runner").map(|r| r.len()), Some(2));
+        assert_eq!(
+            Config::default().role_policy(),
+            crate::core::roles::RolePolicy::default()
+        );
+        // An unknown permission is refused by name.
+        let e = parse("[roles.custom]\nrunner = [\"fly\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("roles.custom") && e.contains("fly"), "{e}");
     }
 
     #[test]

@@ -92,8 +92,11 @@ pub fn node_config(cfg: &Config, keypair: libp2p::identity::Keypair) -> anyhow::
         weight: cfg.lend.weight,
         labels: cfg.labels.clone(),
         access: cfg.access_policy(),
+        roles: cfg.role_policy(),
         sched: cfg.scheduler.policy(),
         elastic: cfg.elastic.policy(),
+        breaker: cfg.breaker.policy(),
+        adaptive: cfg.throttle.policy(),
         limits: LeaseLimits {
             min_lease_ms: cfg.leases.min.as_millis() as u64,
             max_lease_ms: cfg.leases.max.as_millis() as u64,
@@ -111,6 +114,7 @@ pub fn node_config(cfg: &Config, keypair: libp2p::identity::Keypair) -> anyhow::
         swarm_key: None,
         tasks: task_settings(cfg),
         history: cfg.history.clone(),
+        accounting: cfg.accounting.clone(),
     })
 }
 
@@ -158,6 +162,37 @@ pub fn load_swarm_key(cfg: &Config) -> anyhow::Result<Option<libp2p::pnet::PreSh
     Ok(Some(key))
 }
 
+/// The API's authentication: `api.token` and the data directory's token
+/// file. A node refuses to start on a non-loopback `api.listen` with no
+/// token at all, and says how to make one.
+pub fn api_auth(
+    cfg: &Config,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<crate::api::tokens::ApiAuth> {
+    use crate::api::tokens::{ApiAuth, TOKEN_FILE};
+    let file = data_dir.join(TOKEN_FILE);
+    let loopback = cfg.api.listen.ip().is_loopback();
+    let auth = ApiAuth::new(cfg.api.token.clone(), Some(file.clone()), loopback);
+    if !loopback && cfg.api.token.is_none() {
+        // Read the file itself, so a broken one is named rather than
+        // counted as empty.
+        let stored = crate::api::tokens::list(&file)
+            .with_context(|| format!("api.listen ({}) needs a token", cfg.api.listen))?;
+        if stored.is_empty() {
+            anyhow::bail!(
+                "{}: api.token: a token is required because api.listen ({}) is not a loopback address, \
+                 and none is configured: set api.token, or make one with `lanswarm token create --role \
+                 admin --data-dir {}` before starting, or listen on 127.0.0.1",
+                cfg.origin.as_deref().unwrap_or("<defaults>"),
+                cfg.api.listen,
+                data_dir.display()
+            );
+        }
+        info!(tokens = stored.len(), "API tokens from {}", file.display());
+    }
+    Ok(auth)
+}
+
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .or_else(|_| tracing_subscriber::EnvFilter::try_new("info"))
@@ -199,6 +234,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         custom = ncfg.capacity.custom.len(),
         "lending"
     );
+    let api_auth = api_auth(&cfg, &data_dir)?;
     let listener = crate::api::bind(cfg.api.listen).await?;
     let shutdown = CancellationToken::new();
     let (node, task) = node::start(ncfg, shutdown.clone())
@@ -218,7 +254,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         listener,
         node.clone(),
         work,
-        cfg.api.token.clone(),
+        api_auth,
         shutdown.clone(),
     ));
     tokio::spawn(monitor_hardware(node.clone(), shutdown.clone()));

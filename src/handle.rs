@@ -350,6 +350,9 @@ pub struct QuotaEntry {
     pub burst: Option<Burst>,
     /// What the subject uses now (here, or swarm-wide for `swarm`).
     pub usage: Usage,
+    /// The parent quota in the quota tree (`group:<id>`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// A quota to set (replacing any for the same subject and scope).
@@ -363,6 +366,10 @@ pub struct QuotaChange {
     pub swarm: bool,
     pub limits: Limits,
     pub burst: Option<Burst>,
+    /// The parent in the quota tree: `group:<id or name>` whose local quota
+    /// this one sits under (no cap of it may exceed the parent's). Absent:
+    /// a root. Local quotas only.
+    pub parent: Option<String>,
 }
 
 /// A change to the scheduling policy; absent fields stay.
@@ -374,6 +381,20 @@ pub struct SchedPolicyChange {
     pub max_wait_secs: Option<u64>,
     pub rate_per_sec: Option<f64>,
     pub rate_burst: Option<u32>,
+    /// Order within a priority: "fifo", "fair-share" or "weighted".
+    pub queue_policy: Option<String>,
+    /// Shadow-time backfill on or off.
+    pub backfill: Option<bool>,
+    /// Half-life of the use fair share counts, seconds.
+    pub fair_share_half_life_secs: Option<u64>,
+    /// Requester shares to set (peer id -> integer >= 1).
+    pub shares: Option<std::collections::BTreeMap<String, i64>>,
+    /// Group shares to set (group id -> integer >= 1).
+    pub group_shares: Option<std::collections::BTreeMap<String, i64>>,
+    /// Requester shares to drop (back to the default of 1).
+    pub remove_shares: Option<Vec<String>>,
+    /// Group shares to drop.
+    pub remove_group_shares: Option<Vec<String>>,
 }
 
 /// One request waiting in this node's queue.
@@ -465,6 +486,10 @@ pub struct NodeInfo {
     /// Peers this node has penalised for invalid messages (this node only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub penalties: Vec<Penalty>,
+    /// The answering node's circuit breaker for this peer, when it is not
+    /// closed (`open` or `half_open`; see `GET /api/v1/breakers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit: Option<crate::core::breaker::State>,
 }
 
 /// A peer that sent invalid messages, and what was done about it.
@@ -520,6 +545,7 @@ impl NodeInfo {
             seq: ann.seq,
             duplicate_identity: None,
             penalties: Vec::new(),
+            circuit: None,
         }
     }
 }
@@ -629,6 +655,27 @@ pub struct AccessChange {
     pub deny_remove: Vec<String>,
 }
 
+/// The roles in force on this node: the policy, and every role (built-in
+/// and custom) with its permissions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolesInfo {
+    #[serde(flatten)]
+    pub policy: crate::core::roles::RolePolicy,
+    pub roles: std::collections::BTreeMap<String, crate::core::roles::Permissions>,
+}
+
+/// A change to the role assignments (`PATCH /api/v1/roles`). Peers are
+/// peer ids; groups are group ids or names. Removals apply first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolesChange {
+    pub default_role: Option<String>,
+    pub assign_peers: std::collections::BTreeMap<String, String>,
+    pub unassign_peers: Vec<String>,
+    pub assign_groups: std::collections::BTreeMap<String, String>,
+    pub unassign_groups: Vec<String>,
+}
+
 /// Commands into the event loop.
 pub(crate) enum Command {
     LocalNode(oneshot::Sender<NodeInfo>),
@@ -659,6 +706,8 @@ pub(crate) enum Command {
         AccessChange,
         oneshot::Sender<Result<AccessPolicy, NodeError>>,
     ),
+    Roles(oneshot::Sender<RolesInfo>),
+    SetRoles(RolesChange, oneshot::Sender<Result<RolesInfo, NodeError>>),
     Pools(oneshot::Sender<Vec<PoolInfo>>),
     Reserve(
         Box<ReservationRequest>,
@@ -687,11 +736,22 @@ pub(crate) enum Command {
     ),
     Multis(oneshot::Sender<Vec<MultiAllocation>>),
     Contention(oneshot::Sender<ContentionReport>),
+    /// Circuit breakers on this node's requests, per peer.
+    Breakers(oneshot::Sender<crate::net::node::BreakerReport>),
+    /// Adaptive throttling: the per-peer admission rate in force.
+    Throttle(oneshot::Sender<crate::core::adaptive::AdaptiveStatus>),
     /// Query the allocation history (audit log).
     History(
         crate::core::history::HistoryQuery,
         oneshot::Sender<Result<Vec<crate::core::history::HistoryEvent>, NodeError>>,
     ),
+    /// Usage accounting (resource-seconds, costs).
+    Usage(
+        crate::core::usage::UsageQuery,
+        oneshot::Sender<crate::core::usage::UsageReport>,
+    ),
+    /// Refusals per dimension, here and swarm-wide.
+    Bottlenecks(oneshot::Sender<crate::net::node::BottleneckReport>),
     Pool(String, oneshot::Sender<Result<PoolInfo, NodeError>>),
     RunTask(Box<RunTaskCmd>),
     WatchTask {
@@ -1019,6 +1079,17 @@ impl Node {
         self.call(|tx| Command::SetAccess(change, tx)).await?
     }
 
+    /// The roles in force: assignments, default, every role.
+    pub async fn roles(&self) -> Result<RolesInfo, NodeError> {
+        self.call(Command::Roles).await
+    }
+
+    /// Change the role assignments. They apply to the next request, and
+    /// are stored before this returns; a bad change changes nothing.
+    pub async fn set_roles(&self, change: RolesChange) -> Result<RolesInfo, NodeError> {
+        self.call(|tx| Command::SetRoles(change, tx)).await?
+    }
+
     /// Every resource pool, by name, with aggregate capacity.
     pub async fn pools(&self) -> Result<Vec<PoolInfo>, NodeError> {
         self.call(Command::Pools).await
@@ -1104,6 +1175,17 @@ impl Node {
         self.call(Command::Contention).await
     }
 
+    /// Circuit breakers on this node's own requests: the policy and every
+    /// tracked peer's state.
+    pub async fn breakers(&self) -> Result<crate::net::node::BreakerReport, NodeError> {
+        self.call(Command::Breakers).await
+    }
+
+    /// Adaptive throttling: the per-peer admission rate in force here.
+    pub async fn throttle(&self) -> Result<crate::core::adaptive::AdaptiveStatus, NodeError> {
+        self.call(Command::Throttle).await
+    }
+
     /// The allocation history (audit log): records matching `query`,
     /// newest first.
     pub async fn history(
@@ -1111,6 +1193,20 @@ impl Node {
         query: crate::core::history::HistoryQuery,
     ) -> Result<Vec<crate::core::history::HistoryEvent>, NodeError> {
         self.call(|tx| Command::History(query, tx)).await?
+    }
+
+    /// Usage accounting: resource-seconds (and costs) matching `query`.
+    pub async fn usage(
+        &self,
+        query: crate::core::usage::UsageQuery,
+    ) -> Result<crate::core::usage::UsageReport, NodeError> {
+        self.call(|tx| Command::Usage(query, tx)).await
+    }
+
+    /// The dimensions that refuse the most requests, per node and
+    /// swarm-wide.
+    pub async fn bottlenecks(&self) -> Result<crate::net::node::BottleneckReport, NodeError> {
+        self.call(Command::Bottlenecks).await
     }
 
     /// Delete a pool, swarm-wide.

@@ -186,6 +186,9 @@ pub struct Metrics {
     /// Requests this node refused as owner (allocate, renew, release,
     /// reserve), by reason.
     pub denials: Family<ReasonLabels, Counter>,
+    /// Requests this node refused for capacity, once per dimension that
+    /// did not fit (see [`crate::core::bottleneck`]).
+    pub capacity_refusals: Family<DimensionLabels, Counter>,
     /// Leases released on this node (by holders or the admin).
     pub releases: Counter,
     /// Leases on this node that ran out without renewal.
@@ -211,6 +214,10 @@ pub struct Metrics {
     pub gpu_memory_free: Family<GpuLabels, Gauge>,
     /// Requests waiting in this node's queue.
     pub queue_depth: Gauge,
+    /// The per-peer admission rate in force (adaptive throttling), per s.
+    pub throttle_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Peers whose circuit breaker is open or half-open.
+    pub breakers_open: Gauge,
     /// From joining this node's queue to leaving it, by outcome (granted,
     /// timed_out, failed).
     pub queue_wait: HistogramFamily<OutcomeLabels>,
@@ -239,6 +246,7 @@ impl Metrics {
             allocation_denials: Family::default(),
             grants: Family::default(),
             denials: Family::default(),
+            capacity_refusals: Family::default(),
             releases: Counter::default(),
             expiries: Counter::default(),
             preemptions: Counter::default(),
@@ -251,6 +259,8 @@ impl Metrics {
             gpu_memory_used: Family::default(),
             gpu_memory_free: Family::default(),
             queue_depth: Gauge::default(),
+            throttle_rate: Gauge::default(),
+            breakers_open: Gauge::default(),
             queue_wait: Family::new_with_constructor(wait_histogram),
             contention_severity: Gauge::default(),
             contention_ratio: Family::default(),
@@ -323,6 +333,11 @@ impl Metrics {
             self.denials.clone(),
         );
         r.register(
+            "capacity_refusals",
+            "Requests this node refused for capacity, per dimension that did not fit",
+            self.capacity_refusals.clone(),
+        );
+        r.register(
             "releases",
             "Leases released on this node",
             self.releases.clone(),
@@ -377,6 +392,16 @@ impl Metrics {
             "queue_depth",
             "Requests waiting in this node's queue",
             self.queue_depth.clone(),
+        );
+        r.register(
+            "throttle_rate_per_second",
+            "Allocation requests each peer may make per second here now (adaptive throttling)",
+            self.throttle_rate.clone(),
+        );
+        r.register(
+            "breakers_open",
+            "Peers this node does not ask now: circuit breaker open or half-open",
+            self.breakers_open.clone(),
         );
         r.register(
             "queue_wait_seconds",
@@ -508,6 +533,8 @@ mod tests {
             "lanswarm_capacity_lent{dimension=\"cpu_cores\"} 8",
             "lanswarm_releases_total 0",
             "lanswarm_queue_depth 0",
+            "lanswarm_throttle_rate_per_second 0.0",
+            "lanswarm_breakers_open 0",
             "lanswarm_peers{status=\"online\"} 0",
             "# TYPE lanswarm_health_rtt_seconds histogram",
             "lanswarm_health_rtt_seconds_bucket{le=\"0.0005\",probe=\"ping\"} 1",

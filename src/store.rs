@@ -22,6 +22,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_v1");
 /// The allocation history: postcard [`HistoryEvent`]s by id, which grows
 /// by one per record over the node's life (restarts included).
 const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history_v1");
+/// Usage accounting: postcard [`crate::core::usage::Bucket`]s by the
+/// start of their hour, ms since the epoch.
+const USAGE: TableDefinition<u64, &[u8]> = TableDefinition::new("usage_v1");
 /// Metadata key of the next history id, kept when pruning empties the
 /// table, so ids are never reused.
 const META_HISTORY_NEXT: &str = "history_next_id";
@@ -112,6 +115,7 @@ impl Store {
         txn.open_table(EVENTS).map_err(redb_err)?;
         txn.open_table(META).map_err(redb_err)?;
         txn.open_table(HISTORY).map_err(redb_err)?;
+        txn.open_table(USAGE).map_err(redb_err)?;
         txn.commit().map_err(redb_err)?;
         Ok(Store { db })
     }
@@ -281,6 +285,45 @@ impl Store {
                 key: key.to_owned(),
                 source,
             })
+    }
+
+    /// The hourly usage buckets kept (see [`crate::core::usage`]), with
+    /// how many records did not decode (skipped, and overwritten by the
+    /// next write of their hour).
+    pub fn usage_buckets(
+        &self,
+    ) -> Result<(Vec<(u64, crate::core::usage::Bucket)>, usize), StoreError> {
+        let txn = self.db.begin_read().map_err(redb_err)?;
+        let t = txn.open_table(USAGE).map_err(redb_err)?;
+        let (mut out, mut bad) = (Vec::new(), 0);
+        for row in t.iter().map_err(redb_err)? {
+            let (k, v) = row.map_err(redb_err)?;
+            match postcard::from_bytes(v.value()) {
+                Ok(b) => out.push((k.value(), b)),
+                Err(_) => bad += 1,
+            }
+        }
+        Ok((out, bad))
+    }
+
+    /// Write changed usage buckets and delete expired ones, in one
+    /// transaction.
+    pub fn apply_usage(&self, changes: &crate::core::usage::Changes) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(redb_err)?;
+        {
+            let mut t = txn.open_table(USAGE).map_err(redb_err)?;
+            for (hour, bucket) in &changes.put {
+                let bytes = postcard::to_stdvec(bucket).map_err(redb_err)?;
+                t.insert(*hour, bytes.as_slice()).map_err(redb_err)?;
+            }
+            for hour in &changes.delete {
+                t.remove(*hour).map_err(redb_err)?;
+            }
+        }
+        txn.commit().map_err(redb_err)
     }
 
     fn load<T: serde::de::DeserializeOwned>(

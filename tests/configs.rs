@@ -152,14 +152,31 @@ fn latitude_out_of_range_is_rejected() {
     );
 }
 
+/// The config alone cannot tell: a token may also be in the data
+/// directory's token file (`lanswarm token create`). So the file loads,
+/// and starting refuses while neither exists, naming the key and what to
+/// do; a stored token is enough.
 #[test]
 fn non_loopback_api_without_token_is_rejected() {
-    assert_mentions(
-        "open-api.toml",
-        "[api]\nlisten = \"0.0.0.0:7700\"\n",
-        "api.token",
-        "required because api.listen (0.0.0.0:7700) is not a loopback address",
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("open-api.toml");
+    std::fs::write(&path, "[api]\nlisten = \"0.0.0.0:7700\"\n").unwrap();
+    let cfg = Config::load(Some(&path)).expect("the file itself is valid");
+    let data = dir.path().join("data");
+    let err = lanswarm::daemon::api_auth(&cfg, &data)
+        .err()
+        .expect("no token anywhere: refused")
+        .to_string();
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(
+        err.contains("api.token: a token is required because api.listen (0.0.0.0:7700) is not a loopback address")
+            && err.contains("lanswarm token create"),
+        "{err}"
     );
+    let file = data.join(lanswarm::api::tokens::TOKEN_FILE);
+    lanswarm::api::tokens::create(&file, lanswarm::api::tokens::TokenRole::Admin, None).unwrap();
+    let auth = lanswarm::daemon::api_auth(&cfg, &data).expect("a stored token is enough");
+    assert!(auth.required());
 }
 
 #[test]
@@ -192,4 +209,26 @@ fn missing_file_is_a_read_error_naming_it() {
     assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
     assert!(err.to_string().contains("absent.toml"), "{err}");
     assert!(std::error::Error::source(&err).is_some());
+}
+
+#[test]
+fn bad_elastic_forecast_values_name_the_key() {
+    assert_mentions(
+        "horizon.toml",
+        "[elastic]\nenabled = true\npolicy = \"forecast\"\nhorizon = \"0s\"\n",
+        "elastic.horizon",
+        "more than 0 and at most the period",
+    );
+    assert_mentions(
+        "smoothing.toml",
+        "[elastic]\npolicy = \"forecast\"\nseason_smoothing = 1.5\n",
+        "elastic.season_smoothing",
+        "greater than 0 and at most 1",
+    );
+    assert_mentions(
+        "policy.toml",
+        "[elastic]\npolicy = \"clairvoyant\"\n",
+        "policy",
+        "clairvoyant",
+    );
 }

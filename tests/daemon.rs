@@ -972,20 +972,28 @@ fn reservations_quotas_the_scheduler_and_the_queue_through_the_api() {
     let three = three["allocation_id"].as_str().unwrap().to_owned();
     let quotas_before = d.get("/api/v1/quotas").1;
     assert_eq!(quotas_before[0]["usage"]["cpu_cores"], 3, "{quotas_before}");
+    // A cap below current use is accepted: the 3-core lease stays, and
+    // new grants of cores are refused until use is back under the cap.
     let (s, v) = d.send(
         "PUT",
         "/api/v1/quotas",
         &format!(r#"{{"subject": "{subject}", "limits": {{"cpu_cores": 2}}}}"#),
     );
-    assert_eq!(s, 400, "{v}");
-    assert_eq!(v["error"]["code"], "bad_request", "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("below current use"),
-        "{v}"
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = d.send(
+        "POST",
+        "/api/v1/allocations",
+        r#"{"required_resources": {"cpu_cores": 1}}"#,
     );
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["error"]["refusals"][0]["reason"], "quota_exceeded", "{v}");
+    assert_eq!(d.get("/api/v1/quotas").1[0]["usage"]["cpu_cores"], 3);
+    let (s, v) = d.send(
+        "PUT",
+        "/api/v1/quotas",
+        &format!(r#"{{"subject": "{subject}", "limits": {{"cpu_cores": 8}}}}"#),
+    );
+    assert_eq!(s, 200, "{v}");
     let bad_quotas: Vec<(&str, String, String, u16, &str)> = vec![
         (
             "PUT",
@@ -1241,21 +1249,23 @@ fn the_cli_waits_in_the_queue_reserves_and_manages_quotas_and_the_scheduler() {
         "cancelled reservation still held: {rs}"
     );
 
-    // Quotas: 3 cores held (2 from the queue + 1), a cap of 1 is refused.
+    // Quotas: 3 cores held (2 from the queue + 1); a cap of 1 is
+    // accepted (it stops new grants), a parent that does not exist is not.
     let (s, v) = d.send(
         "POST",
         "/api/v1/allocations",
         r#"{"required_resources": {"cpu_cores": 1}}"#,
     );
     assert_eq!(s, 201, "{v}");
-    let out = d.cli(&["quota", "set", "--node", &me, "--cpu", "1"]);
+    let out = d.cli(&[
+        "quota", "set", "--node", &me, "--cpu", "1", "--parent", "nope",
+    ]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.starts_with("error: ") && err.contains("below current use"),
-        "{err}"
-    );
+    assert!(err.starts_with("error: "), "{err}");
     assert_eq!(d.get("/api/v1/quotas").1, serde_json::json!([]));
+    let text = ok(&["quota", "set", "--node", &me, "--cpu", "1"]);
+    assert!(text.contains("3/1"), "{text}");
     let text = ok(&[
         "quota",
         "set",

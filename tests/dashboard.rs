@@ -433,6 +433,38 @@ fn the_dashboard_drives_a_real_node_in_headless_chromium() {
         history.lines().count().saturating_sub(1)
     );
 
+    // The bottlenecks panel: with preemption on, a is asked for more
+    // cores than it has free (it holds one for `other`) and refuses;
+    // `cpu_cores` becomes its bottleneck.
+    // (b asks a only once a's announcement says it may preempt.)
+    let (status, p) = a.send("PATCH", "/api/v1/scheduler", r#"{"preemption": true}"#);
+    assert_eq!(status, 200, "{p}");
+    eventually("a refuses b for cores", WAIT, || {
+        let (status, refused) = b.send(
+            "POST",
+            "/api/v1/allocations",
+            r#"{"required_resources": {"cpu_cores": 4}, "node_id": "dash-a"}"#,
+        );
+        assert_eq!(status, 503, "{refused}");
+        let (_, r) = a.get("/api/v1/bottlenecks");
+        if r["local_refused"].as_u64().unwrap_or(0) >= 1 {
+            Ok(())
+        } else {
+            Err(format!("{refused} / {r}"))
+        }
+    });
+    let (_, r) = a.get("/api/v1/bottlenecks");
+    assert_eq!(r["bottleneck"], "cpu_cores", "{r}");
+    let count = r["nodes"][0]["dimensions"][0]["count"].to_string();
+    browser.click("#bottlenecks-refresh");
+    browser.wait_text(
+        "the bottlenecks panel names cpu_cores",
+        &format!("#bottlenecks-table tr[data-node='{a_id}'][data-dimension='cpu_cores']"),
+        |t| t.contains("dash-a") && t.contains("cpu_cores") && t.ends_with(&count),
+    );
+    let summary = browser.text("#bottleneck-summary");
+    assert!(summary.contains("cpu_cores"), "{summary}");
+
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     browser.screenshot(&shot);
     println!(

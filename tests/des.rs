@@ -69,6 +69,27 @@ fn the_same_seed_gives_the_same_report() {
 }
 
 #[test]
+fn backfill_raises_utilization_and_cuts_the_median_wait() {
+    // Same seed and workload; only the owners' `backfill` differs.
+    let on = run("backfill-on.toml", None);
+    let off = run("backfill-off.toml", None);
+    assert_sound(&on);
+    assert_sound(&off);
+    let (ton, toff) = (des::report::render(&on), des::report::render(&off));
+    let a = on.run("least-loaded").expect("a least-loaded run");
+    let b = off.run("least-loaded").expect("a least-loaded run");
+    assert!(
+        a.utilization_dominant > b.utilization_dominant,
+        "backfill on:\n{ton}\nbackfill off:\n{toff}"
+    );
+    // Normal priority is the only one in these scenarios.
+    assert!(
+        a.waits[1].p50_ms < b.waits[1].p50_ms,
+        "backfill on:\n{ton}\nbackfill off:\n{toff}"
+    );
+}
+
+#[test]
 fn under_contention_high_priority_waits_no_longer_than_low() {
     let r = run("ci-contention.toml", None);
     assert_sound(&r);
@@ -150,4 +171,46 @@ fn every_checked_in_scenario_is_valid() {
         }
     }
     assert!(n >= 3, "only {n} scenarios in {}", dir.display());
+}
+
+/// Elastic sharing (issue 9, forecasting): on owners with a daily peak of
+/// their own use, the forecast policy squeezes them less often than the
+/// reactive one, neither ever leases more than it lends, and every
+/// checked-in elastic scenario is valid.
+#[test]
+fn forecast_elastic_sharing_avoids_owner_slowdowns() {
+    use lanswarm::core::elastic::ElasticMode;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("simulations/elastic");
+    let sc = des::elastic::load(&dir.join("ci-forecast.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let r = des::elastic::run(&sc, None);
+    let text = des::elastic::render(&r);
+    assert_eq!(r.violations(), 0, "{text}");
+    let reactive = r.run(ElasticMode::Reactive).unwrap();
+    let forecast = r.run(ElasticMode::Forecast).unwrap();
+    assert!(
+        reactive.slowdowns > 0,
+        "the scenario must squeeze reactive owners:\n{text}"
+    );
+    assert!(
+        forecast.slowdowns * 4 < reactive.slowdowns,
+        "forecast should avoid most slowdowns:\n{text}"
+    );
+    assert!(
+        forecast.lent_core_hours > 0.5 * reactive.lent_core_hours,
+        "{text}"
+    );
+    let again = des::elastic::run(&sc, None);
+    assert_eq!(
+        serde_json::to_string(&r).unwrap(),
+        serde_json::to_string(&again).unwrap()
+    );
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            des::elastic::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "only {n} scenarios in {}", dir.display());
 }

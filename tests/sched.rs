@@ -247,8 +247,8 @@ fn a_reservation_becomes_active_at_its_start_and_ends_at_its_end() {
 #[test]
 fn quotas_refuse_what_exceeds_them_here_and_swarm_wide() {
     let checks = "a per-requester quota at the owner refuses what would exceed it, a cap \
-                  below current use is refused and changes nothing, and a swarm-wide quota \
-                  counts what the requester holds on other owners";
+                  below current use is accepted and stops new grants without ending a lease, \
+                  and a swarm-wide quota counts what the requester holds on other owners";
     let Some((lan, [a, b, c])) = start3(checks) else {
         return;
     };
@@ -267,18 +267,17 @@ fn quotas_refuse_what_exceeds_them_here_and_swarm_wide() {
     let (status, v) = ask(&lan, 2, &a, 1, json!({}));
     assert_eq!(status, 201, "{v}");
 
-    // A cap below what is held now is refused, and nothing changes.
-    let before = lan.get(0, "/api/v1/quotas");
+    // A cap below what is held now is accepted: the 2 cores stay held,
+    // and even one more core is refused.
     let (status, e) = set(
         0,
         json!({ "subject": format!("node:{b}"), "limits": { "cpu_cores": 1 } }),
     );
-    assert!(status == 400 || status == 409, "{status} {e}");
-    assert!(
-        e["error"]["message"].as_str().unwrap().contains("below"),
-        "{e}"
-    );
-    assert_eq!(lan.get(0, "/api/v1/quotas"), before);
+    assert_eq!(status, 200, "{e}");
+    let (status, e) = ask(&lan, 1, &a, 1, json!({}));
+    assert_eq!(status, 409, "under a lowered cap: {e}");
+    let q = lan.get(0, "/api/v1/quotas");
+    assert_eq!(q[0]["usage"]["cpu_cores"], 2, "{q}");
 
     // Swarm-wide: at most 3 cores for h1 across every owner, as h2 sees it.
     let (status, q) = set(

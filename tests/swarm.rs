@@ -685,6 +685,7 @@ async fn swarm_wide_quota_overshoot_stays_within_its_bound() {
                     ..Default::default()
                 },
                 burst: None,
+                parent: None,
             })
             .await
             .unwrap();
@@ -854,6 +855,7 @@ async fn elastic_sharing_lends_less_while_the_owner_is_busy_and_never_breaks_lea
             grow_after_ms: 0,
             step_fraction: 1.0,
             break_leases: false,
+            ..ElasticPolicy::default()
         };
     })
     .await;
@@ -957,4 +959,80 @@ async fn health_checks_ask_every_node_at_once() {
     );
     assert!(gone.error.is_some() && gone.resources.is_none(), "{gone:?}");
     assert_eq!(checks.iter().filter(|x| x.error.is_none()).count(), 2);
+}
+
+/// Elastic sharing with `policy = "forecast"` (issue 9): the learned
+/// profile is stored, so a restarted owner still lends less ahead of the
+/// use it learned, while its owner is idle right now. Without the stored
+/// profile, an idle owner would lend its whole cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forecast_profile_survives_a_restart() {
+    use lanswarm::core::elastic::{ElasticMode, ElasticPolicy};
+    use lanswarm::core::forecast::ForecastPolicy;
+    use lanswarm::handle::Telemetry;
+    // A 4 s "day" of four 1 s buckets, looking a whole day ahead.
+    let policy = ElasticPolicy {
+        enabled: true,
+        shrink_after_ms: 0,
+        grow_after_ms: 0,
+        step_fraction: 1.0,
+        mode: ElasticMode::Forecast,
+        forecast: ForecastPolicy {
+            period_ms: 4_000,
+            buckets: 4,
+            horizon_ms: 4_000,
+            trend_horizon_ms: 0,
+            ..ForecastPolicy::default()
+        },
+        ..ElasticPolicy::default()
+    };
+    let owner = spawn("owner", cap(6, 8), None, |c| {
+        c.machine_cpu_cores = 8;
+        c.machine_memory_mb = 16 * 1024;
+        c.elastic = policy.clone();
+    })
+    .await;
+    let load = |busy_pct: f32| Telemetry {
+        cpu_usage_pct: busy_pct,
+        gpus: vec![],
+        memory_available_mb: 12 * 1024,
+    };
+    let lendable = |n: Node| async move {
+        n.local_node()
+            .await
+            .ok()
+            .map(|i| i.resources.lendable.cpu_cores)
+    };
+    // 7 of 8 cores busy for more than a period: every bucket learns it.
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(5_500) {
+        owner.node.update_telemetry(load(87.5));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(lendable(owner.node.clone()).await, Some(0));
+    // A clean stop flushes the store; start again on it.
+    let TestNode {
+        task,
+        shutdown,
+        cfg,
+        _dir,
+        ..
+    } = owner;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(WAIT, task).await;
+    let owner = spawn_with(cfg, _dir, None).await;
+    assert_eq!(
+        lendable(owner.node.clone()).await,
+        Some(6),
+        "starts at the cap"
+    );
+    // Idle now, but the restored profile forecasts 7 busy cores.
+    eventually(
+        "the restarted owner lends less ahead of its learned use",
+        || async {
+            owner.node.update_telemetry(load(0.0));
+            (lendable(owner.node.clone()).await? == 0).then_some(())
+        },
+    )
+    .await;
 }

@@ -81,7 +81,7 @@ impl From<NodeError> for ApiError {
             NodeError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             NodeError::TaskRefused { reason, message } => {
                 let status = match reason.as_str() {
-                    "no_lease" => StatusCode::FORBIDDEN,
+                    "no_lease" | "forbidden" => StatusCode::FORBIDDEN,
                     "unknown_template" | "unknown_model" => StatusCode::NOT_FOUND,
                     "bad_params" | "bad_request" => StatusCode::BAD_REQUEST,
                     "busy" => StatusCode::TOO_MANY_REQUESTS,

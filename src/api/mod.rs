@@ -1,9 +1,11 @@
 //! The HTTP API (axum), JSON only, built on the [`Node`] handle.
 //!
-//! It listens on loopback by default. When a token is configured (it must
-//! be, for any other address), every `/api/` route and `/metrics` (the
-//! Prometheus metrics) need `Authorization: Bearer <token>`; `/healthz`
-//! stays open. Every error is
+//! It listens on loopback by default. When `api.token` is set, or it
+//! listens on any other address (which needs a token: `api.token` or one
+//! made with `lanswarm token create`), every `/api/` route and `/metrics`
+//! (the Prometheus metrics) need `Authorization: Bearer <token>`;
+//! `/healthz` stays open. A `read-only` token may only `GET`; see
+//! [`tokens`] for the rules. Every error is
 //! `{ "error": { "code", "message", ... } }` with the matching status.
 //! `docs/api.md` documents every route and field.
 
@@ -11,13 +13,16 @@ mod dashboard;
 mod error;
 mod history;
 mod tasks;
+pub mod tokens;
+mod usage;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::{
     body::Bytes,
     extract::{rejection::QueryRejection, Path, Query, Request, State},
-    http::{header, StatusCode},
+    http::{header, Method, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{delete, get, post},
@@ -39,12 +44,21 @@ use crate::work::Work;
 struct AppState {
     node: Node,
     work: Work,
-    token: Option<String>,
+    /// Who may call: the config's token, the token file, whether needed.
+    auth: Arc<tokens::ApiAuth>,
 }
 
+/// The role a request was served with (set by [`auth`]).
+#[derive(Clone, Copy, Debug)]
+struct Caller(tokens::TokenRole);
+
 /// The API's routes over a node handle and its requester-side work.
-pub fn router(node: Node, work: Work, token: Option<String>) -> Router {
-    let state = AppState { node, work, token };
+pub fn router(node: Node, work: Work, api_auth: tokens::ApiAuth) -> Router {
+    let state = AppState {
+        node,
+        work,
+        auth: Arc::new(api_auth),
+    };
     let api = Router::new()
         .route("/node", get(local_node))
         .route("/nodes", get(nodes))
@@ -58,6 +72,7 @@ pub fn router(node: Node, work: Work, token: Option<String>) -> Router {
         .route("/groups/{group}/leave", post(leave_group))
         .route("/groups/{group}/invite", post(invite_to_group))
         .route("/access", get(access).patch(set_access))
+        .route("/roles", get(roles).patch(set_roles))
         .route("/pools", get(pools).post(create_pool))
         .route("/pools/{name}", get(pool).delete(delete_pool))
         .route("/reservations", get(reservations).post(reserve))
@@ -68,7 +83,11 @@ pub fn router(node: Node, work: Work, token: Option<String>) -> Router {
         .route("/queue", get(queue))
         .route("/multi", get(multis).post(request_multi))
         .route("/contention", get(contention))
+        .route("/breakers", get(breakers))
+        .route("/throttle", get(throttle))
         .route("/history", get(history::history))
+        .route("/usage", get(usage::usage))
+        .route("/bottlenecks", get(usage::bottlenecks))
         .route("/tasks", get(tasks::list).post(tasks::submit))
         .route("/tasks/{id}", get(tasks::get_one).delete(tasks::cancel))
         .route("/infer", post(tasks::submit))
@@ -80,6 +99,8 @@ pub fn router(node: Node, work: Work, token: Option<String>) -> Router {
         .route("/utilization", get(dashboard::utilization))
         .route("/discover", post(dashboard::discover))
         .route("/events", get(dashboard::events))
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{key}", delete(revoke_token))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -101,10 +122,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     node: Node,
     work: Work,
-    token: Option<String>,
+    auth: tokens::ApiAuth,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node, work, token))
+    axum::serve(listener, router(node, work, auth))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }
@@ -116,28 +137,133 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, std::io::
         .map_err(|e| std::io::Error::new(e.kind(), format!("binding the HTTP API to {addr}: {e}")))
 }
 
-async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(token) = &st.token {
-        let ok = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
-        if !ok {
+/// Authenticate a request (see [`tokens`]): 401 without a valid token
+/// where one is needed, 403 for a `read-only` token on anything but
+/// `GET`/`HEAD`. The role goes into the request as a [`Caller`].
+async fn auth(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    let role = match st.auth.check(header) {
+        tokens::Check::Allowed(role) => role,
+        tokens::Check::Unauthorized(why) => {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "this API needs `Authorization: Bearer <token>` (api.token in the node's config)",
+                format!(
+                    "{why} (api.token in the node's config, or a token from `lanswarm token create`)"
+                ),
             )
             .into_response();
         }
+    };
+    if role == tokens::TokenRole::ReadOnly && !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "a read-only token may only read (GET); {} needs an admin token",
+                req.method()
+            ),
+        )
+        .into_response();
     }
+    req.extensions_mut().insert(Caller(role));
     next.run(req).await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Refuse anyone but an admin caller (token routes, even their `GET`).
+fn require_admin(caller: Option<&Caller>) -> Result<(), ApiError> {
+    match caller {
+        Some(Caller(tokens::TokenRole::Admin)) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "managing API tokens needs an admin token",
+        )),
+    }
+}
+
+/// The token file of this API, or a clear error if it has none.
+fn token_file(st: &AppState) -> Result<std::path::PathBuf, ApiError> {
+    st.auth
+        .file()
+        .map(std::path::Path::to_path_buf)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "this API keeps no token file",
+            )
+        })
+}
+
+fn token_error(e: tokens::TokenError) -> ApiError {
+    use tokens::TokenError as E;
+    match e {
+        E::Unknown(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+        E::NameTaken(_) | E::Full => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+        E::BadRole(_) | E::BadName(_) => ApiError::bad_request(e.to_string()),
+        E::File { .. } => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage_error",
+            e.to_string(),
+        ),
+    }
+}
+
+async fn list_tokens(
+    State(st): State<AppState>,
+    caller: Option<axum::Extension<Caller>>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(caller.as_deref())?;
+    let path = token_file(&st)?;
+    let list = tokio::task::spawn_blocking(move || tokens::list(&path))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(token_error)?;
+    Ok(Json(list))
+}
+
+/// The body of `POST /tokens`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTokenBody {
+    /// `read-only` or `admin`.
+    role: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+async fn create_token(
+    State(st): State<AppState>,
+    caller: Option<axum::Extension<Caller>>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(caller.as_deref())?;
+    let b: NewTokenBody = parse_json(&body)?;
+    let role: tokens::TokenRole = b.role.parse().map_err(token_error)?;
+    let path = token_file(&st)?;
+    let made = tokio::task::spawn_blocking(move || tokens::create(&path, role, b.name.as_deref()))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(token_error)?;
+    Ok((StatusCode::CREATED, Json(made)))
+}
+
+async fn revoke_token(
+    State(st): State<AppState>,
+    caller: Option<axum::Extension<Caller>>,
+    Path(key): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(caller.as_deref())?;
+    let path = token_file(&st)?;
+    let gone = tokio::task::spawn_blocking(move || tokens::revoke(&path, &key))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(token_error)?;
+    Ok(Json(gone))
 }
 
 /// Parse a request body. Every body is a JSON object: serde would also
@@ -311,6 +437,15 @@ async fn set_access(
     Ok(Json(st.node.set_access(change).await?))
 }
 
+async fn roles(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.roles().await?))
+}
+
+async fn set_roles(State(st): State<AppState>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+    let change: crate::handle::RolesChange = parse_json(&body)?;
+    Ok(Json(st.node.set_roles(change).await?))
+}
+
 async fn pools(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(st.node.pools().await?))
 }
@@ -420,6 +555,14 @@ async fn queue(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError
 
 async fn contention(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(st.node.contention().await?))
+}
+
+async fn breakers(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.breakers().await?))
+}
+
+async fn throttle(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.throttle().await?))
 }
 
 async fn not_found() -> ApiError {

@@ -3,6 +3,7 @@
 //! ```text
 //! lanswarm-des run SCENARIO.toml [--strategy S]... [--seed N] [--json FILE] [--plots DIR]
 //! lanswarm-des check SCENARIO.toml...
+//! lanswarm-des elastic ELASTIC-SCENARIO.toml [--seed N] [--json FILE]
 //! ```
 //!
 //! `run` prints the report and exits 1 if any invariant was violated;
@@ -48,6 +49,21 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// Elastic sharing, reactive against forecast, on owners with a daily
+    /// peak of their own use (simulations/elastic/*.toml).
+    Elastic {
+        /// The elastic scenario file.
+        scenario: PathBuf,
+        /// Seed instead of the scenario's.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Also write the report as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Write a PNG plot into this directory (needs `--features plots`).
+        #[arg(long, value_name = "DIR")]
+        plots: Option<PathBuf>,
+    },
     /// Validate scenario files, and print what each would simulate.
     Check {
         /// The scenario files.
@@ -69,6 +85,35 @@ fn main() -> ExitCode {
 fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Elastic {
+            scenario,
+            seed,
+            json,
+            plots,
+        } => {
+            let sc = des::elastic::load(&scenario)?;
+            #[cfg(not(feature = "plots"))]
+            if plots.is_some() {
+                anyhow::bail!("--plots needs a build with `--features plots`");
+            }
+            let report = des::elastic::run(&sc, seed);
+            print!("{}", des::elastic::render(&report));
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report)?;
+                std::fs::write(&path, text + "\n")
+                    .with_context(|| format!("writing the JSON report to {}", path.display()))?;
+            }
+            #[cfg(feature = "plots")]
+            if let Some(dir) = plots {
+                let file = des::elastic::plot(&report, &dir).map_err(anyhow::Error::msg)?;
+                eprintln!("lanswarm-des: wrote {}", file.display());
+            }
+            Ok(if report.violations() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Check { scenarios } => {
             for path in scenarios {
                 let sc = des::load(&path)?;

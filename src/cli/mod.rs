@@ -2,11 +2,14 @@
 //! talks to a running node over its HTTP API (`--api`, env `LANSWARM_API`)
 //! and prints a readable table, or JSON with `--json`.
 
+mod breakers;
 mod client;
 mod history;
 mod keygen;
 mod table;
 mod tasks;
+mod tokens;
+mod usage;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -86,6 +89,15 @@ pub enum Command {
     /// Show or change who may use this node's resources.
     #[command(subcommand)]
     Access(AccessCommand),
+    /// Roles: what each admitted peer may do here (allocate, reserve,
+    /// run tasks, infer, preempt, ...), by peer id, group, or default.
+    #[command(subcommand)]
+    Roles(tokens::RolesCommand),
+    /// API tokens: create (the secret is printed once), list, revoke.
+    /// With --data-dir or --config, works on the data directory directly,
+    /// with no node running.
+    #[command(subcommand)]
+    Token(tokens::TokenCommand),
     /// Resource pools: named sets of nodes, by peer id or label.
     #[command(subcommand)]
     Pools(PoolsCommand),
@@ -108,10 +120,22 @@ pub enum Command {
     Queue,
     /// Contention on this node: queued demand against free capacity.
     Contention,
+    /// Circuit breakers on this node's own requests: peers whose
+    /// allocations keep failing and are not asked until a cool-down.
+    Breakers,
+    /// Adaptive throttling: the per-peer admission rate in force here.
+    Throttle,
     /// The allocation history (audit log): grants, denials, releases,
     /// expiries, preemptions and policy, group and pool changes, newest
     /// first, e.g. `lanswarm history --since 24h --kind grant,denial`.
     History(history::HistoryArgs),
+    /// Usage accounting: resource-seconds (and costs, with prices set) per
+    /// requester, group or node, e.g. `lanswarm usage --since 24h --by
+    /// group`.
+    Usage(usage::UsageArgs),
+    /// The resource dimensions that refuse the most requests, on each
+    /// node and swarm-wide, over the last hour.
+    Bottlenecks,
     /// Tasks: run a template on a lease, list, show, cancel.
     #[command(subcommand)]
     Task(tasks::TaskCommand),
@@ -401,6 +425,10 @@ pub struct QuotaSetArgs {
     /// The members of a group together (by id or name).
     #[arg(long, value_name = "GROUP")]
     pub group: Option<String>,
+    /// Place this quota under a group's quota in the quota tree (by id or
+    /// name); no cap of it may exceed the parent's. Local quotas only.
+    #[arg(long, value_name = "GROUP", conflicts_with = "swarm")]
+    pub parent: Option<String>,
     /// Swarm-wide (across every owner, as this node sees it) instead of on
     /// this node.
     #[arg(long)]
@@ -452,7 +480,11 @@ pub enum SchedulerCommand {
     ArgGroup::new("change")
         .required(true)
         .multiple(true)
-        .args(["preemption", "max_queue", "max_wait", "rate", "rate_burst"])
+        .args([
+            "preemption", "max_queue", "max_wait", "rate", "rate_burst", "queue_policy",
+            "backfill", "half_life", "shares", "group_shares", "remove_shares",
+            "remove_group_shares",
+        ])
 ))]
 pub struct SchedSetArgs {
     /// Let higher-priority requests take the resources of lower-priority leases.
@@ -470,6 +502,40 @@ pub struct SchedSetArgs {
     /// Requests a peer may make back to back after a quiet spell.
     #[arg(long, value_name = "N")]
     pub rate_burst: Option<u32>,
+    /// Order within a priority: fifo, fair-share or weighted.
+    #[arg(long, value_name = "POLICY")]
+    pub queue_policy: Option<String>,
+    /// Grant smaller requests behind a blocked one when that never delays it.
+    #[arg(long)]
+    pub backfill: Option<Switch>,
+    /// Half-life of the use fair share counts, e.g. 1h.
+    #[arg(long, value_parser = duration_arg)]
+    pub half_life: Option<u64>,
+    /// A requester's share, PEER_ID=SHARE (an integer of at least 1); repeat.
+    #[arg(long = "share", value_parser = share_arg)]
+    pub shares: Vec<(String, i64)>,
+    /// A group's share, GROUP_ID=SHARE; repeat.
+    #[arg(long = "group-share", value_parser = share_arg)]
+    pub group_shares: Vec<(String, i64)>,
+    /// Drop a requester's share (back to 1); repeat.
+    #[arg(long = "remove-share", value_name = "PEER_ID")]
+    pub remove_shares: Vec<String>,
+    /// Drop a group's share; repeat.
+    #[arg(long = "remove-group-share", value_name = "GROUP_ID")]
+    pub remove_group_shares: Vec<String>,
+}
+
+/// `ID=SHARE`, the share any integer (the node refuses those below 1 and
+/// says why).
+fn share_arg(s: &str) -> Result<(String, i64), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ID=SHARE"))?;
+    let v = v
+        .trim()
+        .parse()
+        .map_err(|_| format!("{v:?} in {s:?} is not a whole number"))?;
+    Ok((k.trim().to_owned(), v))
 }
 
 /// Options of `lanswarm strategy`.
@@ -788,6 +854,13 @@ impl QuotaSetArgs {
         QuotaChange {
             subject: self.subject(),
             swarm: self.swarm,
+            parent: self.parent.as_ref().map(|g| {
+                if g.contains(':') {
+                    g.clone()
+                } else {
+                    format!("group:{g}")
+                }
+            }),
             limits: Limits {
                 cpu_cores: self.cpu,
                 memory_mb: self.memory,
@@ -810,6 +883,15 @@ impl SchedSetArgs {
             max_wait_secs: self.max_wait,
             rate_per_sec: self.rate,
             rate_burst: self.rate_burst,
+            queue_policy: self.queue_policy.clone(),
+            backfill: self.backfill.map(|s| s == Switch::On),
+            fair_share_half_life_secs: self.half_life,
+            shares: (!self.shares.is_empty()).then(|| self.shares.iter().cloned().collect()),
+            group_shares: (!self.group_shares.is_empty())
+                .then(|| self.group_shares.iter().cloned().collect()),
+            remove_shares: (!self.remove_shares.is_empty()).then(|| self.remove_shares.clone()),
+            remove_group_shares: (!self.remove_group_shares.is_empty())
+                .then(|| self.remove_group_shares.clone()),
         }
     }
 }
@@ -888,6 +970,8 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::Groups(cmd) => groups_client(&c, json, cmd).await,
         Command::Access(cmd) => access_client(&c, json, cmd).await,
+        Command::Roles(cmd) => tokens::roles_client(&c, json, cmd).await,
+        Command::Token(cmd) => tokens::token_client(&c, json, cmd).await,
         Command::Pools(cmd) => pools_client(&c, json, cmd).await,
         Command::Reserve(args) => {
             let r: ReservationInfo = c
@@ -965,7 +1049,11 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<()> {
             let r: ContentionReport = c.get("/api/v1/contention").await?;
             out(json, &r, || table::contention(&r))
         }
+        Command::Breakers => breakers::breakers(&c, json).await,
+        Command::Throttle => breakers::throttle(&c, json).await,
         Command::History(args) => history::run(&c, json, args).await,
+        Command::Usage(args) => usage::run(&c, json, args).await,
+        Command::Bottlenecks => usage::bottlenecks(&c, json).await,
         Command::Task(cmd) => tasks::task(&c, json, cmd).await,
         Command::Job(cmd) => tasks::job(&c, json, cmd).await,
         Command::Infer(args) => tasks::infer(&c, json, args).await,

@@ -25,6 +25,26 @@
 //! desired = max(target, floor)
 //! ```
 //!
+//! # Forecast policy
+//!
+//! With `mode = Forecast`, each elastic dimension also has a
+//! [`Forecaster`] (level, trend and a daily profile, see
+//! [`crate::core::forecast`]) fed with every sample, and `local use` in the
+//! target above becomes
+//!
+//! ```text
+//! max(current local use, forecast of local use over the horizon)
+//! ```
+//!
+//! so the capacity shrinks *ahead* of a peak the forecaster has learned,
+//! and new leases that would still run at the peak are not granted. It
+//! never shrinks under leases either (same floor), and it is never above
+//! the cap: the forecast only lowers the target. With `break_leases`, a
+//! forecast still ends no lease: the capacity goes under the leases only
+//! as far as the *current* use needs (floor `min(used, reactive target)`),
+//! so leases are ended at the peak, never ahead of it. The default mode,
+//! `Reactive`, is the target above, unchanged.
+//!
 //! # Hysteresis
 //!
 //! Each dimension moves on its own, and only after the pressure has lasted:
@@ -60,7 +80,40 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::forecast::{ForecastPolicy, Forecaster, InvalidForecastPolicy, Profile};
 use crate::model::{Capacity, Lease, LeaseId};
+
+/// The learned profiles of the forecast policy, as stored across
+/// restarts (see [`Elastic::take_changed_profiles`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForecastProfiles {
+    /// CPU cores.
+    pub cpu: Profile,
+    /// Memory, MiB.
+    pub memory: Profile,
+}
+
+/// What the elastic target follows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ElasticMode {
+    /// The current local use only (the default).
+    #[default]
+    Reactive,
+    /// The larger of the current local use and its forecast over
+    /// [`ForecastPolicy::horizon_ms`].
+    Forecast,
+}
+
+impl ElasticMode {
+    /// The name used in config and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ElasticMode::Reactive => "reactive",
+            ElasticMode::Forecast => "forecast",
+        }
+    }
+}
 
 /// The owner's elastic-sharing policy. Every field has a default, so an
 /// empty table is valid; check it with [`ElasticPolicy::validate`].
@@ -89,6 +142,10 @@ pub struct ElasticPolicy {
     /// leases, see [`Elastic::leases_to_break`]). Default `false`: leases
     /// are never broken by shrinking.
     pub break_leases: bool,
+    /// What the target follows. Default [`ElasticMode::Reactive`].
+    pub mode: ElasticMode,
+    /// The forecaster's parameters, used with [`ElasticMode::Forecast`].
+    pub forecast: ForecastPolicy,
 }
 
 impl Default for ElasticPolicy {
@@ -101,6 +158,8 @@ impl Default for ElasticPolicy {
             grow_after_ms: 60_000,
             step_fraction: 0.25,
             break_leases: false,
+            mode: ElasticMode::Reactive,
+            forecast: ForecastPolicy::default(),
         }
     }
 }
@@ -109,7 +168,7 @@ impl Default for ElasticPolicy {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: expected {expected}, got {got}")]
 pub struct InvalidElasticPolicy {
-    /// The field's name, e.g. `step_fraction`.
+    /// The field's name, e.g. `step_fraction`, or `forecast.horizon`.
     pub field: &'static str,
     /// What it must be.
     pub expected: &'static str,
@@ -119,7 +178,9 @@ pub struct InvalidElasticPolicy {
 
 impl ElasticPolicy {
     /// Check the fields that can be out of range: `headroom_cores` must be
-    /// finite and ≥ 0, `step_fraction` finite and in (0, 1].
+    /// finite and ≥ 0, `step_fraction` finite and in (0, 1], and the
+    /// forecast parameters ([`ForecastPolicy::validate`]; checked whatever
+    /// the mode, so switching modes never meets a bad value).
     ///
     /// [`Elastic`] never panics on an invalid policy; it reads a NaN or
     /// negative `headroom_cores` as 0, and an invalid `step_fraction` as 1.
@@ -141,7 +202,22 @@ impl ElasticPolicy {
                 got: self.step_fraction.to_string(),
             });
         }
-        Ok(())
+        self.forecast
+            .validate()
+            .map_err(|e: InvalidForecastPolicy| InvalidElasticPolicy {
+                field: match e.field {
+                    "horizon" => "forecast.horizon",
+                    "trend_horizon" => "forecast.trend_horizon",
+                    "period" => "forecast.period",
+                    "buckets" => "forecast.buckets",
+                    "level_smoothing" => "forecast.level_smoothing",
+                    "trend_smoothing" => "forecast.trend_smoothing",
+                    "season_smoothing" => "forecast.season_smoothing",
+                    other => other,
+                },
+                expected: e.expected,
+                got: e.got,
+            })
     }
 
     /// `step_fraction` as used: itself when valid, else 1.
@@ -268,6 +344,10 @@ pub struct Elastic {
     current: Capacity,
     cpu: Dim,
     memory: Dim,
+    /// CPU cores and memory (MiB) forecasters, with `ElasticMode::Forecast`.
+    forecast: Option<(Forecaster, Forecaster)>,
+    /// Profile changes already handed out by `take_changed_profiles`.
+    profiles_taken: u64,
 }
 
 impl Elastic {
@@ -281,7 +361,15 @@ impl Elastic {
         machine_cores: u32,
         machine_memory_mb: u64,
     ) -> Self {
+        let forecast = (policy.mode == ElasticMode::Forecast).then(|| {
+            (
+                Forecaster::new(&policy.forecast, f64::from(machine_cores)),
+                Forecaster::new(&policy.forecast, machine_memory_mb as f64),
+            )
+        });
         Elastic {
+            forecast,
+            profiles_taken: 0,
             policy,
             current: cap.clone(),
             cap,
@@ -308,20 +396,68 @@ impl Elastic {
         &self.current
     }
 
+    /// With [`ElasticMode::Forecast`], once a sample has been seen: the
+    /// forecast of local use over the horizon, `(cores, MiB)`.
+    pub fn forecast(&self, now_ms: u64) -> Option<(f64, u64)> {
+        let (cpu, mem) = self.forecast.as_ref()?;
+        cpu.level()?;
+        // In [0, machine memory], so the saturating cast loses nothing.
+        Some((cpu.forecast(now_ms), mem.forecast(now_ms).ceil() as u64))
+    }
+
     /// `target` for one sample, per elastic dimension: what local use
-    /// leaves, capped (see the module documentation). `(cores, MiB)`.
-    fn target(&self, load: &LocalLoad) -> (u64, u64) {
-        let busy = if load.cpu_busy_cores.is_nan() {
+    /// (or, with the forecast policy, its forecast when higher) leaves,
+    /// capped (see the module documentation). `(cores, MiB)`.
+    /// With [`ElasticMode::Forecast`]: the learned profiles, when they
+    /// changed since the last call (about once per profile bucket), to be
+    /// stored so that a restart does not lose a period of learning.
+    pub fn take_changed_profiles(&mut self) -> Option<ForecastProfiles> {
+        let (cpu, mem) = self.forecast.as_ref()?;
+        let changes = cpu.profile_changes().saturating_add(mem.profile_changes());
+        if changes == self.profiles_taken {
+            return None;
+        }
+        self.profiles_taken = changes;
+        Some(ForecastProfiles {
+            cpu: cpu.profile(),
+            memory: mem.profile(),
+        })
+    }
+
+    /// Take back stored profiles. False, and nothing changes, without the
+    /// forecast policy or when they were learned with another period or
+    /// bucket count ([`Forecaster::restore_profile`]).
+    pub fn restore_profiles(&mut self, stored: &ForecastProfiles) -> bool {
+        let Some((cpu, mem)) = self.forecast.as_mut() else {
+            return false;
+        };
+        let (mut c, mut m) = (cpu.clone(), mem.clone());
+        if !(c.restore_profile(&stored.cpu) && m.restore_profile(&stored.memory)) {
+            return false;
+        }
+        *cpu = c;
+        *mem = m;
+        true
+    }
+
+    /// `ahead` is [`Elastic::forecast`]; `None` gives the reactive target.
+    fn target(&self, load: &LocalLoad, ahead: Option<(f64, u64)>) -> (u64, u64) {
+        let mut busy = if load.cpu_busy_cores.is_nan() {
             f64::INFINITY
         } else {
             load.cpu_busy_cores.max(0.0)
         };
+        let mut memory_used_mb = load.memory_used_mb;
+        if let Some((cpu, mem)) = ahead {
+            busy = busy.max(cpu);
+            memory_used_mb = memory_used_mb.max(mem);
+        }
         // Finite minus non-negative (possibly infinite) values: never NaN.
         // The cast saturates, so −∞ and negatives become 0.
         let cores = (f64::from(self.machine_cores) - busy - self.policy.headroom()).floor() as u64;
         let memory = self
             .machine_memory_mb
-            .saturating_sub(load.memory_used_mb)
+            .saturating_sub(memory_used_mb)
             .saturating_sub(self.policy.headroom_memory_mb);
         (
             cores.min(u64::from(self.cap.cpu_cores)),
@@ -341,10 +477,29 @@ impl Elastic {
         if !self.policy.enabled {
             return None;
         }
-        let (target_cpu, target_mem) = self.target(load);
+        if let Some((cpu, mem)) = self.forecast.as_mut() {
+            // NaN reads as every core busy, as in the target.
+            let busy = if load.cpu_busy_cores.is_nan() {
+                f64::INFINITY
+            } else {
+                load.cpu_busy_cores
+            };
+            cpu.observe(busy, now_ms);
+            mem.observe(load.memory_used_mb as f64, now_ms);
+        }
+        let ahead = self.forecast(now_ms);
+        let (target_cpu, target_mem) = self.target(load, ahead);
         let cap_cpu = u64::from(self.cap.cpu_cores);
         let cap_mem = self.cap.memory_mb;
-        let (floor_cpu, floor_mem) = if self.policy.break_leases {
+        let (floor_cpu, floor_mem) = if self.policy.break_leases && ahead.is_some() {
+            // A forecast never ends a lease: only what local use needs
+            // now (the reactive target) may go under the leases.
+            let (now_cpu, now_mem) = self.target(load, None);
+            (
+                u64::from(used.cpu_cores).min(now_cpu),
+                used.memory_mb.min(now_mem),
+            )
+        } else if self.policy.break_leases {
             (0, 0)
         } else {
             (
@@ -720,6 +875,175 @@ mod tests {
         assert_eq!(e.leases_to_break(&leases), vec![LeaseId("cpu".into())]);
     }
 
+    /// An hour-long "day" of 1-minute buckets, 5 minutes ahead.
+    fn forecast_policy() -> ElasticPolicy {
+        ElasticPolicy {
+            mode: ElasticMode::Forecast,
+            forecast: ForecastPolicy {
+                horizon_ms: 5 * 60_000,
+                trend_horizon_ms: 0,
+                period_ms: 3_600_000,
+                buckets: 60,
+                ..ForecastPolicy::default()
+            },
+            ..policy()
+        }
+    }
+
+    /// 1 core busy, but 8 from minute 30 to 40 of every hour; 2 GiB.
+    fn hourly(t: u64) -> LocalLoad {
+        let minute = (t % 3_600_000) / 60_000;
+        load(if (30..40).contains(&minute) { 8.0 } else { 1.0 }, 2)
+    }
+
+    /// Feed `hourly` every 5 s over `[from, to)` with the given leases.
+    fn feed(e: &mut Elastic, from: u64, to: u64, u: &Capacity) {
+        let mut t = from;
+        while t < to {
+            e.observe(&hourly(t), u, t);
+            t += 5_000;
+        }
+    }
+
+    #[test]
+    fn forecast_shrinks_ahead_of_a_learned_peak_and_reactive_does_not() {
+        assert_eq!(forecast_policy().validate(), Ok(()));
+        let mut fore = elastic(forecast_policy());
+        let mut reac = elastic(policy());
+        // One hour of training, then up to 3 minutes before the next peak.
+        let until = 3_600_000 + 27 * 60_000;
+        feed(&mut fore, 0, until, &used(0, 0));
+        feed(&mut reac, 0, until, &used(0, 0));
+        // 16 − 8 − 1 = 7 cores, ahead of time; memory is not affected.
+        assert_eq!(level(&fore), (7, 24));
+        assert_eq!(level(&reac), (12, 24));
+        let (cpu, mem) = fore.forecast(until).unwrap();
+        assert!((cpu - 8.0).abs() < 1e-6, "{cpu}");
+        assert_eq!(mem, 2 * GIB);
+        // Both lend 7 once the peak is on; forecast gets there first.
+        feed(&mut reac, until, until + 5 * 60_000, &used(0, 0));
+        assert_eq!(level(&reac), (7, 24));
+    }
+
+    #[test]
+    fn forecast_never_shrinks_under_leases_nor_grows_over_the_cap() {
+        let mut e = elastic(forecast_policy());
+        feed(&mut e, 0, 3_600_000 + 28 * 60_000, &used(10, 20));
+        assert_eq!(level(&e), (10, 24));
+        let mut e = elastic(forecast_policy());
+        feed(&mut e, 0, 3_600_000 + 28 * 60_000, &used(0, 0));
+        // Idle for hours afterwards: back to the cap, not above.
+        let idle = load(0.0, 0);
+        let mut t = 3_600_000 + 28 * 60_000;
+        while t < 6 * 3_600_000 {
+            e.observe(&idle, &used(0, 0), t);
+            t += 5_000;
+        }
+        assert_eq!(e.current(), &cap());
+        assert_eq!(elastic(policy()).forecast(0), None, "reactive has none");
+        assert_eq!(
+            elastic(forecast_policy()).forecast(0),
+            None,
+            "no sample yet"
+        );
+    }
+
+    #[test]
+    fn a_forecast_ends_no_lease_ahead_of_the_peak() {
+        let p = ElasticPolicy {
+            break_leases: true,
+            ..forecast_policy()
+        };
+        let mut e = elastic(p);
+        let until = 3_600_000 + 27 * 60_000;
+        feed(&mut e, 0, until, &used(0, 0));
+        assert_eq!(level(&e), (7, 24));
+        // 10 cores leased (they raise the capacity at once, see
+        // leases_above_current_raise_it_at_once): none is ended while
+        // the owner is still quiet.
+        feed(&mut e, until, until + 60_000, &used(10, 0));
+        assert_eq!(level(&e), (10, 24));
+        let leases = [
+            lease("a", Priority::Low, 1, 5, 0),
+            lease("b", Priority::Low, 2, 5, 0),
+        ];
+        assert!(e.leases_to_break(&leases).is_empty());
+        // At the peak, local use needs them: down to 16 − 8 − 1 = 7.
+        feed(&mut e, until + 3 * 60_000, until + 5 * 60_000, &used(10, 0));
+        assert_eq!(level(&e), (7, 24));
+        assert_eq!(e.leases_to_break(&leases), vec![LeaseId("b".into())]);
+    }
+
+    #[test]
+    fn learned_profiles_survive_a_restart() {
+        let mut e = elastic(forecast_policy());
+        assert_eq!(e.take_changed_profiles(), None, "nothing learned yet");
+        feed(&mut e, 0, 3_600_000 + 10 * 60_000, &used(0, 0));
+        let stored = e.take_changed_profiles().unwrap();
+        assert_eq!(e.take_changed_profiles(), None, "handed out once");
+        // A restarted node, 3 minutes before the peak: one sample and it
+        // shrinks (after shrink_after), without an hour of training.
+        let mut fresh = elastic(forecast_policy());
+        assert!(fresh.restore_profiles(&stored));
+        let t = 2 * 3_600_000 + 27 * 60_000;
+        fresh.observe(&hourly(t), &used(0, 0), t);
+        fresh.observe(&hourly(t), &used(0, 0), t + 10_000);
+        assert_eq!(level(&fresh), (7, 24));
+        // Not for the reactive policy, nor for other buckets.
+        assert!(!elastic(policy()).restore_profiles(&stored));
+        let other = ElasticPolicy {
+            forecast: ForecastPolicy {
+                buckets: 30,
+                ..forecast_policy().forecast
+            },
+            ..forecast_policy()
+        };
+        assert!(!elastic(other).restore_profiles(&stored));
+        assert_eq!(elastic(policy()).take_changed_profiles(), None);
+    }
+
+    #[test]
+    fn invalid_forecast_parameters_name_their_key() {
+        let field = |f: ForecastPolicy| {
+            ElasticPolicy {
+                forecast: f,
+                ..policy()
+            }
+            .validate()
+            .unwrap_err()
+            .field
+        };
+        let d = ForecastPolicy::default;
+        assert_eq!(
+            field(ForecastPolicy {
+                horizon_ms: 0,
+                ..d()
+            }),
+            "forecast.horizon"
+        );
+        assert_eq!(
+            field(ForecastPolicy {
+                level_smoothing: 2.0,
+                ..d()
+            }),
+            "forecast.level_smoothing"
+        );
+        assert_eq!(
+            field(ForecastPolicy {
+                season_smoothing: 0.0,
+                ..d()
+            }),
+            "forecast.season_smoothing"
+        );
+        assert_eq!(
+            field(ForecastPolicy {
+                buckets: 100_000,
+                ..d()
+            }),
+            "forecast.buckets"
+        );
+    }
+
     #[test]
     fn hostile_inputs_do_not_panic() {
         let p = ElasticPolicy {
@@ -807,7 +1131,31 @@ mod tests {
                     grow_after_ms: grow,
                     step_fraction: step,
                     break_leases: brk,
+                    ..ElasticPolicy::default()
                 })
+        }
+
+        /// A short "day" (10 min in 20 buckets, 2 min ahead), so that
+        /// the profile matters within a test's samples.
+        fn arb_mode() -> impl Strategy<Value = (ElasticMode, ForecastPolicy)> {
+            (any::<bool>(), 0.05f64..=1.0, 0.05f64..=1.0).prop_map(|(f, a, g)| {
+                (
+                    if f {
+                        ElasticMode::Forecast
+                    } else {
+                        ElasticMode::Reactive
+                    },
+                    ForecastPolicy {
+                        horizon_ms: 120_000,
+                        trend_horizon_ms: 30_000,
+                        period_ms: 600_000,
+                        buckets: 20,
+                        level_smoothing: a,
+                        trend_smoothing: 0.1,
+                        season_smoothing: g,
+                    },
+                )
+            })
         }
 
         fn arb_load() -> impl Strategy<Value = LocalLoad> {
@@ -827,7 +1175,7 @@ mod tests {
 
         /// What a constant load and constant leases converge to.
         fn settled(e: &Elastic, l: &LocalLoad, u: &Capacity) -> (u32, u64) {
-            let (t_cpu, t_mem) = e.target(l);
+            let (t_cpu, t_mem) = e.target(l, None);
             let c = &e.cap;
             if e.policy.break_leases {
                 (t_cpu as u32, t_mem)
@@ -848,8 +1196,11 @@ mod tests {
             #[test]
             fn bounds_hold(
                 p in arb_policy(),
+                (mode, forecast) in arb_mode(),
                 steps in prop::collection::vec((arb_load(), arb_used(), 0u64..30_000), 1..80),
             ) {
+                let p = ElasticPolicy { mode, forecast, ..p };
+                prop_assert_eq!(p.validate(), Ok(()));
                 let mut e = elastic(p.clone());
                 let mut now = 0u64;
                 for (l, u, dt) in steps {

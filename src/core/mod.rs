@@ -5,6 +5,8 @@
 //! the results out.
 //!
 //! - [`access`]: the access policy, and whether it admits a requester.
+//! - [`roles`]: permissions per action, roles that bundle them, and which
+//!   role a requester has (by peer id, by group, or the default).
 //! - [`fit`]: whether a request fits in free capacity, and which GPUs.
 //! - [`groups`]: swarm groups, merged as a CRDT of create, invite, join
 //!   and leave events.
@@ -18,8 +20,13 @@
 //! - [`elastic`]: the owner side. Elastic sharing: lendable CPU and memory
 //!   shrink as the owner's own use rises and grow back when idle, with
 //!   hysteresis, never under existing leases unless the owner says so.
+//! - [`forecast`]: the owner side. Forecasts of the owner's own use (level,
+//!   trend and a daily profile), so elastic sharing can shrink ahead of a
+//!   predictable peak.
 //! - [`throttle`]: the owner side. Per-peer token-bucket rate limits,
 //!   bounded in memory.
+//! - [`adaptive`]: the owner side. Adaptive throttling: the rate limit
+//!   falls while the host is under pressure and recovers after (AIMD).
 //! - [`contention`]: the owner side. Queued demand against free capacity,
 //!   classified per dimension, with suggested resolutions.
 //! - [`calendar`]: the owner side. Advance reservations of future windows,
@@ -27,6 +34,9 @@
 //! - [`quota`]: the owner side. Quotas per requester, per group, default
 //!   and swarm-wide, with timed burst allowances.
 //! - [`view`]: the requester side. The peer table built from announcements.
+//! - [`breaker`]: the requester side. Circuit breakers: peers whose
+//!   allocations or tasks keep failing are not asked until a cool-down
+//!   and one successful trial.
 //! - [`placement`]: strategies that rank candidates, and the late-binding
 //!   attempt that walks them.
 //! - [`constraints`]: placement constraints (labels, zone, arch, GPU name
@@ -37,13 +47,21 @@
 //!   hold-then-confirm reservation lifecycle.
 //! - [`history`]: the allocation history and audit log: its records, the
 //!   query over them, and the retention rule.
+//! - [`usage`]: usage accounting (resource-seconds per requester, group
+//!   and node, in hourly buckets, with prices).
+//! - [`bottleneck`]: which dimension refuses the most requests.
 
 pub mod access;
+pub mod adaptive;
+pub mod bottleneck;
+pub mod breaker;
 pub mod calendar;
 pub mod constraints;
 pub mod contention;
 pub mod elastic;
+pub mod fairshare;
 pub mod fit;
+pub mod forecast;
 pub mod groups;
 pub mod health;
 pub mod history;
@@ -54,8 +72,10 @@ pub mod pools;
 pub mod preempt;
 pub mod queue;
 pub mod quota;
+pub mod roles;
 pub mod sched;
 pub mod tasks;
 pub mod throttle;
+pub mod usage;
 pub mod utilization;
 pub mod view;

@@ -80,19 +80,32 @@
 //! # Setting and removing
 //!
 //! [`QuotaBook::set`] and [`QuotaBook::set_swarm`] validate first and
-//! change nothing on error ([`DenyReason::BadRequest`]). Besides malformed
-//! input (see the constants below), they refuse a quota that is **below
-//! current use**: the caller passes the subject's usage now, and if it is
-//! above the quota's ceiling in any dimension (the burst cap where the
-//! quota has one in that dimension, the base cap otherwise), the quota is
-//! refused, e.g. "requester X already holds 6 cores here; a cpu_cores cap
-//! of 4 is below current use". A quota whose burst cap covers current use
-//! is accepted, so an unchanged quota can be applied again while its subject
-//! bursts. For [`Subject::Default`] the caller passes, per dimension, the
-//! largest usage of any requester without its own quota. After a `set`,
-//! the caller should [`observe`](QuotaBook::observe) the subject (`set`
-//! has no clock): until then a subject already over the new base is
-//! treated as not yet bursting.
+//! change nothing on error ([`DenyReason::BadRequest`]) for malformed
+//! input (see the constants below). A quota **below current use is
+//! accepted**: it takes no lease back, and since the admission rule checks
+//! every dimension a grant adds to, it stops new grants in the dimensions
+//! over the cap until use comes back under it. The caller passes the
+//! subject's usage now (for [`Subject::Default`], per dimension, the
+//! largest usage of any requester without its own quota), which keeps or
+//! clears its burst timer. After a `set`, the caller should
+//! [`observe`](QuotaBook::observe) the subject (`set` has no clock): until
+//! then a subject already over the new base is treated as not yet
+//! bursting.
+//!
+//! # The quota tree
+//!
+//! Local quotas form a tree: swarm (the root: no parent) → group →
+//! requester, or group → group. [`QuotaBook::set_with_parent`] places a
+//! quota under a group's quota. A child can never exceed its parent: a
+//! child whose base or burst cap in some dimension is above its parent's
+//! (burst or base) cap, a parent lowered under one of its children's caps,
+//! a link that would close a cycle, a parent with no quota or that is not
+//! a group, and a parent for `default` are refused, changing nothing.
+//! Removing a quota makes its children roots. What is enforced for a
+//! subject ([`QuotaBook::effective`], used by [`QuotaBook::check`]) is,
+//! per dimension, the lowest cap on its path to the root, so a child that
+//! leaves a dimension unlimited still gets no more than its ancestors
+//! allow. Group quotas also keep capping their members' sum, as above.
 //!
 //! Removing a quota drops the burst timers that it alone was timing.
 //!
@@ -320,19 +333,6 @@ impl Dim<'_> {
             Dim::Custom(k) => u.custom.get(k).copied().unwrap_or(0),
         }
     }
-
-    /// `v` of this dimension, for people: "6 cores", "512 MiB of memory".
-    fn amount(self, v: u64) -> String {
-        let plural = |one: &str, many: &str| format!("{v} {}", if v == 1 { one } else { many });
-        match self {
-            Dim::Cpu => plural("core", "cores"),
-            Dim::Memory => format!("{v} MiB of memory"),
-            Dim::Disk => format!("{v} MiB of disk"),
-            Dim::Gpus => plural("GPU", "GPUs"),
-            Dim::GpuMemory => format!("{v} MiB of GPU memory"),
-            Dim::Custom(k) => format!("{v} of custom resource {k}"),
-        }
-    }
 }
 
 /// A dimension over its cap: which, by how much, and the cap.
@@ -483,18 +483,6 @@ fn validate_quota(quota: &Quota) -> Result<(), Denial> {
     Ok(())
 }
 
-/// Who holds, for "... already holds N here" messages.
-fn holder_phrase(subject: &Subject, swarm: bool) -> String {
-    match subject {
-        Subject::Default if swarm => {
-            "a requester under the default swarm-wide quota already holds".into()
-        }
-        Subject::Default => "a requester under the default quota already holds".into(),
-        Subject::Requester(n) => format!("requester {n} already holds"),
-        Subject::Group(g) => format!("the members of group {g} already hold"),
-    }
-}
-
 /// Why a dimension breaches a quota in [`QuotaBook::check`].
 enum Breach {
     /// Over the base cap, and no burst in this dimension.
@@ -562,6 +550,9 @@ fn breach<'q>(
 pub struct QuotaBook {
     local: BTreeMap<Subject, Quota>,
     swarm: BTreeMap<Subject, Limits>,
+    /// The quota tree: each local quota's parent (a group's), if it has
+    /// one. Roots (no entry) sit under the whole swarm's capacity.
+    parents: BTreeMap<Subject, Subject>,
     /// Burst timers, keyed by `Requester` or `Group` (never `Default`: a
     /// requester under the default quota has a timer of its own).
     over_since: BTreeMap<Subject, u64>,
@@ -589,9 +580,9 @@ impl QuotaBook {
     /// too-long name; if the burst lasts 0 s or more than a day, caps a
     /// dimension below its base cap, or caps one whose base is unlimited;
     /// if the book already holds [`MAX_QUOTAS`] local quotas and this
-    /// would be a new one; or if `current` is above the quota's ceiling in
-    /// some dimension (the burst cap where there is one, else the base
-    /// cap).
+    /// would be a new one; or if it breaks the quota tree (over its parent,
+    /// or under one of its children; see "The quota tree"). The subject's
+    /// parent link, if any, is kept. A quota below `current` is accepted.
     ///
     /// On success the subject's burst timer is kept if `current` is still
     /// over the new base, and cleared otherwise; call
@@ -605,23 +596,9 @@ impl QuotaBook {
                  remove one first"
             )));
         }
-        let ceiling = match &quota.burst {
-            None => quota.limits.clone(),
-            Some(b) => ceiling(&quota.limits, &b.limits),
-        };
-        if let Some(o) = ceiling.first_over(current) {
-            let cap = match quota.limits.cap(o.dim) {
-                Some(base) if base < o.cap => {
-                    format!("a {} cap of {base}, bursting to {},", o.dim, o.cap)
-                }
-                _ => format!("a {} cap of {}", o.dim, o.cap),
-            };
-            return Err(bad(format!(
-                "{} {} here; {cap} is below current use",
-                holder_phrase(&subject, false),
-                o.dim.amount(o.used)
-            )));
-        }
+        let mut next = self.local.clone();
+        next.insert(subject.clone(), quota.clone());
+        check_tree(&next, &self.parents, &subject)?;
         if quota.limits.first_over(current).is_none() {
             self.over_since.remove(&subject);
         }
@@ -636,6 +613,8 @@ impl QuotaBook {
         if self.local.remove(subject).is_none() {
             return false;
         }
+        // Its children become roots; it leaves its own parent.
+        self.parents.retain(|c, p| p != subject && c != subject);
         match subject {
             Subject::Default => {
                 let local = &self.local;
@@ -649,14 +628,128 @@ impl QuotaBook {
         true
     }
 
+    /// [`QuotaBook::set`], placing the quota in the tree under `parent` (a
+    /// group with a local quota here), or at a root with `None`. Beyond
+    /// what `set` refuses, `BadRequest`, changing nothing, if the parent
+    /// is not a group, has no quota here, or is the subject; if the link
+    /// would close a cycle; if the subject is `default`; or if any cap of
+    /// the subject (base or burst) is above its parent's (burst or base),
+    /// or below one of its own children's.
+    pub fn set_with_parent(
+        &mut self,
+        subject: Subject,
+        quota: Quota,
+        parent: Option<Subject>,
+        current: &Usage,
+    ) -> Result<(), Denial> {
+        let mut parents = self.parents.clone();
+        match &parent {
+            Some(p) => {
+                validate_subject(p)?;
+                if subject == Subject::Default {
+                    return Err(bad(
+                        "the default quota applies to each requester on its own and \
+                         cannot have a parent"
+                            .to_string(),
+                    ));
+                }
+                if !matches!(p, Subject::Group(_)) {
+                    return Err(bad(format!(
+                        "the parent of a quota must be a group's quota, not {p}"
+                    )));
+                }
+                if *p == subject {
+                    return Err(bad(format!("{subject} cannot be its own parent")));
+                }
+                if !self.local.contains_key(p) {
+                    return Err(bad(format!(
+                        "{p} has no quota here; set the parent's quota first"
+                    )));
+                }
+                parents.insert(subject.clone(), p.clone());
+            }
+            None => {
+                parents.remove(&subject);
+            }
+        }
+        let mut next = self.clone();
+        next.parents = parents;
+        next.set(subject, quota, current)?;
+        *self = next;
+        Ok(())
+    }
+
+    /// The parent of `subject`'s quota in the tree, if it has one.
+    pub fn parent(&self, subject: &Subject) -> Option<&Subject> {
+        self.parents.get(subject)
+    }
+
+    /// Every parent link (child, parent), for persistence.
+    pub fn parents(&self) -> Vec<(Subject, Subject)> {
+        self.parents
+            .iter()
+            .map(|(c, p)| (c.clone(), p.clone()))
+            .collect()
+    }
+
+    /// Put back parent links read from the store, after
+    /// [`QuotaBook::restore`]. A link whose child or parent has no quota,
+    /// that would close a cycle, or whose child is over its parent is
+    /// dropped. Returns the links dropped.
+    pub fn restore_parents(&mut self, links: Vec<(Subject, Subject)>) -> Vec<(Subject, Subject)> {
+        let mut dropped = Vec::new();
+        for (c, p) in links {
+            let Some(q) = self.local.get(&c).cloned() else {
+                dropped.push((c, p));
+                continue;
+            };
+            if self
+                .set_with_parent(c.clone(), q, Some(p.clone()), &Usage::default())
+                .is_err()
+            {
+                dropped.push((c, p));
+            }
+        }
+        dropped
+    }
+
+    /// The quota of `subject` as enforced: its base and burst caps, each
+    /// cut to the lowest cap of the same dimension along its path to the
+    /// root (a child never exceeds its parent). `None` if it has no local
+    /// quota.
+    pub fn effective(&self, subject: &Subject) -> Option<Quota> {
+        let own = self.local.get(subject)?;
+        let mut q = own.clone();
+        let mut at = subject;
+        let mut seen = BTreeSet::new();
+        while let Some(p) = self.parents.get(at) {
+            if !seen.insert(p) {
+                break;
+            }
+            let Some(pq) = self.local.get(p) else {
+                break;
+            };
+            q.limits = min_limits(&q.limits, &pq.limits);
+            if let Some(b) = &mut q.burst {
+                let parent_ceiling = match &pq.burst {
+                    Some(pb) => ceiling(&pq.limits, &pb.limits),
+                    None => pq.limits.clone(),
+                };
+                b.limits = min_limits(&b.limits, &parent_ceiling);
+            }
+            at = p;
+        }
+        Some(q)
+    }
+
     /// Set or replace the swarm-wide quota of `subject` (a requester, or
     /// the default). `current_swarm` is the subject's usage on the whole
     /// swarm now, as this owner knows it (for [`Subject::Default`], the
     /// largest, per dimension, of any requester without its own).
     ///
-    /// `BadRequest`, changing nothing, for a [`Subject::Group`], for the
-    /// malformed input [`QuotaBook::set`] refuses, or if `current_swarm` is
-    /// above a cap.
+    /// `BadRequest`, changing nothing, for a [`Subject::Group`] or for the
+    /// malformed input [`QuotaBook::set`] refuses. A cap below
+    /// `current_swarm` is accepted (it stops new grants only).
     pub fn set_swarm(
         &mut self,
         subject: Subject,
@@ -677,15 +770,9 @@ impl QuotaBook {
                  remove one first"
             )));
         }
-        if let Some(o) = limits.first_over(current_swarm) {
-            return Err(bad(format!(
-                "{} {} across the swarm; a swarm-wide {} cap of {} is below current use",
-                holder_phrase(&subject, true),
-                o.dim.amount(o.used),
-                o.dim,
-                o.cap
-            )));
-        }
+        // A cap below current use is accepted: it stops new grants in that
+        // dimension and breaks no lease.
+        let _ = current_swarm;
         self.swarm.insert(subject, limits);
         Ok(())
     }
@@ -782,6 +869,7 @@ impl QuotaBook {
         let mut here_of_me = || here.get_or_insert_with(|| usage_here(&me)).clone();
 
         if let Some((applied, quota)) = self.quota_for(requester) {
+            let quota = &self.effective(&applied).unwrap_or_else(|| quota.clone());
             let would = plus(&here_of_me(), add);
             let since = self.over_since(&Subject::Requester(requester.clone()));
             if let Some((o, b)) = breach(quota, add, &would, since, now_ms) {
@@ -798,9 +886,10 @@ impl QuotaBook {
         let groups: BTreeSet<&GroupId> = groups.iter().collect();
         for g in groups {
             let subject = Subject::Group(g.clone());
-            let Some(quota) = self.local.get(&subject) else {
+            let Some(quota) = self.effective(&subject) else {
                 continue;
             };
+            let quota = &quota;
             let would = plus(&usage_here(&subject), add);
             if let Some((o, b)) = breach(quota, add, &would, self.over_since(&subject), now_ms) {
                 let scope = format!("quota of group {g} here (requester {requester} is a member)");
@@ -909,9 +998,111 @@ impl QuotaBook {
         QuotaBook {
             local,
             swarm,
+            parents: BTreeMap::new(),
             over_since,
         }
     }
+}
+
+/// The lower cap of each dimension (a dimension either leaves unlimited
+/// takes the other's cap).
+fn min_limits(a: &Limits, b: &Limits) -> Limits {
+    fn lo<T: Ord + Copy>(x: Option<T>, y: Option<T>) -> Option<T> {
+        match (x, y) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, None) => x,
+            (None, y) => y,
+        }
+    }
+    let mut custom = a.custom.clone();
+    for (k, v) in &b.custom {
+        let e = custom.entry(k.clone()).or_insert(*v);
+        *e = (*e).min(*v);
+    }
+    Limits {
+        cpu_cores: lo(a.cpu_cores, b.cpu_cores),
+        memory_mb: lo(a.memory_mb, b.memory_mb),
+        disk_mb: lo(a.disk_mb, b.disk_mb),
+        gpus: lo(a.gpus, b.gpus),
+        gpu_memory_mb: lo(a.gpu_memory_mb, b.gpu_memory_mb),
+        custom,
+    }
+}
+
+/// The first cap of `child` above the same cap of `parent`: (dimension,
+/// child's cap, parent's cap).
+fn over_parent(child: &Limits, parent: &Limits) -> Option<(String, u64, u64)> {
+    child.caps().find_map(|(dim, c)| {
+        parent
+            .cap(dim)
+            .and_then(|p| (c > p).then(|| (dim.to_string(), c, p)))
+    })
+}
+
+/// What a quota allows at most: its burst caps where it has them, else its
+/// base caps.
+fn ceiling_of(q: &Quota) -> Limits {
+    match &q.burst {
+        Some(b) => ceiling(&q.limits, &b.limits),
+        None => q.limits.clone(),
+    }
+}
+
+/// Check the tree around `subject` in `local` with links `parents`: its
+/// parent exists, no cycle through it, it is not over its parent, and no
+/// child of it is over it.
+fn check_tree(
+    local: &BTreeMap<Subject, Quota>,
+    parents: &BTreeMap<Subject, Subject>,
+    subject: &Subject,
+) -> Result<(), Denial> {
+    let Some(q) = local.get(subject) else {
+        return Ok(());
+    };
+    if let Some(p) = parents.get(subject) {
+        let mut at = p;
+        let mut steps = 0usize;
+        loop {
+            if at == subject {
+                return Err(bad(format!(
+                    "placing {subject} under {p} would make a cycle in the quota tree"
+                )));
+            }
+            steps += 1;
+            match parents.get(at) {
+                Some(next) if steps <= parents.len() => at = next,
+                _ => break,
+            }
+        }
+        let Some(pq) = local.get(p) else {
+            return Err(bad(format!(
+                "{p} has no quota here; set the parent's quota first"
+            )));
+        };
+        let parent_ceiling = ceiling_of(pq);
+        if let Some((dim, c, pc)) = over_parent(&q.limits, &pq.limits)
+            .or_else(|| over_parent(&ceiling_of(q), &parent_ceiling))
+        {
+            return Err(bad(format!(
+                "{subject} would cap {dim} at {c}, over the cap of {pc} of its parent {p}: \
+                 a child quota can never exceed its parent"
+            )));
+        }
+    }
+    for (child, _) in parents.iter().filter(|(_, p)| *p == subject) {
+        let Some(cq) = local.get(child) else {
+            continue;
+        };
+        if let Some((dim, c, pc)) = over_parent(&cq.limits, &q.limits)
+            .or_else(|| over_parent(&ceiling_of(cq), &ceiling_of(q)))
+        {
+            return Err(bad(format!(
+                "{subject} would cap {dim} at {pc}, under the cap of {c} of its child {child}: \
+                 lower or remove the child's quota first"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Per dimension, the burst cap where `burst` has one, else the base cap.
@@ -1201,92 +1392,139 @@ mod tests {
     // ----- set / set_swarm validation -----
 
     #[test]
-    fn set_refuses_a_cap_below_current_use() {
+    fn a_cap_below_current_use_is_accepted_and_stops_new_grants_only() {
         let mut b = QuotaBook::new();
-        let d = b.set(req("X"), quota(4), &cores(6)).unwrap_err();
-        assert_eq!(d.reason, DenyReason::BadRequest);
-        assert_eq!(
-            d.message,
-            "requester X already holds 6 cores here; a cpu_cores cap of 4 is below current use"
-        );
-        assert!(b.is_empty());
-        b.set(req("X"), quota(6), &cores(6)).unwrap();
-        assert_eq!(b.get(&req("X")), Some(&quota(6)));
+        b.set(req("X"), quota(4), &cores(6)).unwrap();
+        assert_eq!(b.get(&req("X")), Some(&quota(4)));
+        // X holds 6: one more core is refused, memory still admitted.
+        let here = |_: &Subject| cores(6);
+        let d = b
+            .check(
+                &NodeId::from("X"),
+                &[],
+                &cores(1),
+                here,
+                &Usage::default(),
+                0,
+            )
+            .unwrap_err();
+        assert_eq!(d.reason, DenyReason::QuotaExceeded);
+        let mem = Usage {
+            memory_mb: 10,
+            ..Usage::default()
+        };
+        assert!(b
+            .check(&NodeId::from("X"), &[], &mem, here, &Usage::default(), 0)
+            .is_ok());
+        b.set(grp("G"), quota(2), &cores(3)).unwrap();
+        b.set(Subject::Default, quota(0), &cores(1)).unwrap();
+        b.set_swarm(req("X"), cap_cores(4), &cores(6)).unwrap();
+    }
 
-        let d = b.set(grp("G"), quota(2), &cores(3)).unwrap_err();
-        assert_eq!(
-            d.message,
-            "the members of group G already hold 3 cores here; a cpu_cores cap of 2 is below current use"
+    // ----- the quota tree -----
+
+    fn tree() -> QuotaBook {
+        let mut b = QuotaBook::new();
+        b.set(grp("lab"), quota(8), &cores(0)).unwrap();
+        b.set_with_parent(grp("team"), quota(6), Some(grp("lab")), &cores(0))
+            .unwrap();
+        b.set_with_parent(req("X"), quota(4), Some(grp("team")), &cores(0))
+            .unwrap();
+        b
+    }
+
+    #[test]
+    fn a_child_over_its_parent_a_cycle_or_a_missing_parent_is_refused_and_changes_nothing() {
+        let mut b = tree();
+        let before = b.clone();
+        let d = b
+            .set_with_parent(req("Y"), quota(7), Some(grp("team")), &cores(0))
+            .unwrap_err();
+        assert_eq!(d.reason, DenyReason::BadRequest);
+        assert!(
+            d.message
+                .contains("over the cap of 6 of its parent group:team"),
+            "{}",
+            d.message
         );
-        let d = b.set(Subject::Default, quota(0), &cores(1)).unwrap_err();
-        assert_eq!(
-            d.message,
-            "a requester under the default quota already holds 1 core here; \
-             a cpu_cores cap of 0 is below current use"
+        // Lowering a parent under its child's cap.
+        let d = b.set(grp("team"), quota(3), &cores(0)).unwrap_err();
+        assert!(
+            d.message.contains("under the cap of 4 of its child node:X"),
+            "{}",
+            d.message
         );
-        let mem = Quota {
+        // lab -> team -> lab.
+        let d = b
+            .set_with_parent(grp("lab"), quota(8), Some(grp("team")), &cores(0))
+            .unwrap_err();
+        assert!(d.message.contains("cycle"), "{}", d.message);
+        let d = b
+            .set_with_parent(req("Y"), quota(1), Some(grp("nobody")), &cores(0))
+            .unwrap_err();
+        assert!(d.message.contains("has no quota here"), "{}", d.message);
+        let d = b
+            .set_with_parent(req("Y"), quota(1), Some(req("X")), &cores(0))
+            .unwrap_err();
+        assert!(d.message.contains("must be a group"), "{}", d.message);
+        let d = b
+            .set_with_parent(Subject::Default, quota(1), Some(grp("lab")), &cores(0))
+            .unwrap_err();
+        assert!(d.message.contains("cannot have a parent"), "{}", d.message);
+        let d = b
+            .set_with_parent(grp("lab"), quota(8), Some(grp("lab")), &cores(0))
+            .unwrap_err();
+        assert!(d.message.contains("its own parent"), "{}", d.message);
+        assert_eq!(b, before);
+    }
+
+    #[test]
+    fn the_effective_cap_is_the_lowest_along_the_path() {
+        let mut b = tree();
+        // X caps only memory itself; its cores come from team (6).
+        let mem_only = Quota {
             limits: Limits {
-                memory_mb: Some(512),
-                custom: [("api".to_string(), 3)].into_iter().collect(),
+                memory_mb: Some(100),
                 ..Limits::default()
             },
             burst: None,
         };
-        let using = Usage {
-            memory_mb: 1024,
-            ..Usage::default()
-        };
-        let d = b.set(req("Y"), mem.clone(), &using).unwrap_err();
-        assert_eq!(
-            d.message,
-            "requester Y already holds 1024 MiB of memory here; a memory_mb cap of 512 is below current use"
-        );
-        let using = Usage {
-            custom: [("api".to_string(), 4)].into_iter().collect(),
-            ..Usage::default()
-        };
-        let d = b.set(req("Y"), mem, &using).unwrap_err();
-        assert_eq!(
-            d.message,
-            "requester Y already holds 4 of custom resource api here; \
-             a custom.api cap of 3 is below current use"
-        );
-        // The book is unchanged by every refusal.
-        assert_eq!(b.list().0, vec![(req("X"), quota(6))]);
-    }
-
-    #[test]
-    fn set_measures_current_use_against_the_burst_ceiling() {
-        let mut b = QuotaBook::new();
-        // Bursting at 6 with base 4: re-applying the same quota is fine.
-        b.set(req("X"), bursty(4, 8, 60), &cores(6)).unwrap();
-        let d = b.set(req("X"), bursty(4, 5, 60), &cores(6)).unwrap_err();
-        assert_eq!(
-            d.message,
-            "requester X already holds 6 cores here; a cpu_cores cap of 4, bursting to 5, \
-             is below current use"
-        );
-        // A burst that does not cover the dimension leaves the base cap.
-        let q = Quota {
-            limits: Limits {
-                cpu_cores: Some(4),
-                memory_mb: Some(100),
-                ..Limits::default()
-            },
-            burst: Some(Burst {
-                limits: Limits {
-                    memory_mb: Some(200),
-                    ..Limits::default()
-                },
-                secs: 10,
-            }),
-        };
-        let d = b.set(req("Y"), q, &cores(5)).unwrap_err();
-        assert_eq!(
-            d.message,
-            "requester Y already holds 5 cores here; a cpu_cores cap of 4 is below current use"
-        );
-        assert_eq!(b.get(&req("X")), Some(&bursty(4, 8, 60)));
+        b.set_with_parent(req("X"), mem_only, Some(grp("team")), &cores(0))
+            .unwrap();
+        let e = b.effective(&req("X")).unwrap();
+        assert_eq!(e.limits.cpu_cores, Some(6));
+        assert_eq!(e.limits.memory_mb, Some(100));
+        let here = |_: &Subject| cores(5);
+        assert!(b
+            .check(
+                &NodeId::from("X"),
+                &[],
+                &cores(1),
+                here,
+                &Usage::default(),
+                0
+            )
+            .is_ok());
+        let d = b
+            .check(
+                &NodeId::from("X"),
+                &[],
+                &cores(2),
+                here,
+                &Usage::default(),
+                0,
+            )
+            .unwrap_err();
+        assert!(d.message.contains("cpu_cores"), "{}", d.message);
+        // Removing team makes X a root.
+        assert!(b.remove(&grp("team")));
+        assert_eq!(b.parent(&req("X")), None);
+        assert_eq!(b.effective(&req("X")).unwrap().limits.cpu_cores, None);
+        // Links survive a restore through `parents`/`restore_parents`.
+        let b = tree();
+        let mut r = QuotaBook::restore(b.snapshot());
+        assert!(r.restore_parents(b.parents()).is_empty());
+        assert_eq!(r, b);
     }
 
     #[test]
@@ -1417,7 +1655,7 @@ mod tests {
     }
 
     #[test]
-    fn set_swarm_refuses_groups_and_caps_below_current_use() {
+    fn set_swarm_refuses_groups_and_malformed_limits() {
         let mut b = QuotaBook::new();
         let d = b.set_swarm(grp("G"), cap_cores(4), &cores(0)).unwrap_err();
         assert_eq!(d.reason, DenyReason::BadRequest);
@@ -1425,26 +1663,6 @@ mod tests {
             d.message,
             "swarm-wide quotas are per requester or default; group G cannot have one \
              (give the group a local quota instead)"
-        );
-        let d = b.set_swarm(req("X"), cap_cores(4), &cores(6)).unwrap_err();
-        assert_eq!(
-            d.message,
-            "requester X already holds 6 cores across the swarm; \
-             a swarm-wide cpu_cores cap of 4 is below current use"
-        );
-        let gpus = Limits {
-            gpus: Some(1),
-            ..Limits::default()
-        };
-        let two = Usage {
-            gpus: 2,
-            ..Usage::default()
-        };
-        let d = b.set_swarm(Subject::Default, gpus, &two).unwrap_err();
-        assert_eq!(
-            d.message,
-            "a requester under the default swarm-wide quota already holds 2 GPUs across the swarm; \
-             a swarm-wide gpus cap of 1 is below current use"
         );
         let d = b.set_swarm(req(""), cap_cores(4), &cores(0)).unwrap_err();
         assert_eq!(d.message, "a quota subject's node id must not be empty");
@@ -2370,11 +2588,12 @@ mod tests {
                 prop_assert!(check(&b, r, &groups, &add, &here, &swarm, now).is_ok());
             }
 
-            /// (c) `set` refuses exactly the malformed quotas and those whose
-            /// ceiling is below current use, and then changes nothing.
-            /// `set_swarm` likewise.
+            /// (c) `set` refuses exactly the malformed quotas (and, on a
+            /// book without a tree, nothing else: a cap below current use
+            /// is accepted), and then changes nothing. `set_swarm`
+            /// likewise, and refuses groups.
             #[test]
-            fn set_refuses_exactly_when_current_use_exceeds_a_cap(
+            fn set_refuses_exactly_the_malformed_quotas(
                 setup in arb_setup(),
                 subject in arb_subject(),
                 q in arb_any_quota(),
@@ -2388,7 +2607,8 @@ mod tests {
                     Some(burst) => ceiling(&q.limits, &burst.limits),
                     None => q.limits.clone(),
                 };
-                let over = ceiling.exceeded_by(&current).is_some();
+                let _ = ceiling;
+                let over = false;
                 match b.set(subject.clone(), q.clone(), &current) {
                     Ok(()) => {
                         prop_assert!(valid && !over);
@@ -2401,7 +2621,7 @@ mod tests {
                     }
                 }
                 let before = b.clone();
-                let over = l.exceeded_by(&current).is_some();
+                let over = false;
                 let group = matches!(subject, Subject::Group(_));
                 match b.set_swarm(subject.clone(), l.clone(), &current) {
                     Ok(()) => {
@@ -2412,6 +2632,59 @@ mod tests {
                         prop_assert!(group || over);
                         prop_assert_eq!(d.reason, DenyReason::BadRequest);
                         prop_assert_eq!(&b, &before);
+                    }
+                }
+            }
+
+            /// (e) The quota tree: after any sequence of placements,
+            /// changes and removals (refused or not), every link joins two
+            /// quotas that exist, there is no cycle, no child caps any
+            /// dimension (base or burst) above its parent, and the
+            /// effective caps of a child are never above its parent's
+            /// effective caps.
+            #[test]
+            fn no_child_quota_ever_exceeds_its_parent(
+                ops in prop::collection::vec(
+                    (0usize..6, prop::option::of(0u32..10), prop::option::of(0usize..4), any::<bool>()),
+                    1..40,
+                ),
+            ) {
+                let subjects = [grp("a"), grp("b"), grp("c"), grp("d"), req("X"), req("Y")];
+                let mut b = QuotaBook::new();
+                for (who, cap, parent, remove) in ops {
+                    let s = subjects[who].clone();
+                    if remove {
+                        b.remove(&s);
+                    } else {
+                        let q = Quota {
+                            limits: Limits { cpu_cores: cap, ..Limits::default() },
+                            burst: None,
+                        };
+                        let before = b.clone();
+                        if b.set_with_parent(s, q, parent.map(|i| subjects[i].clone()), &cores(0)).is_err() {
+                            prop_assert_eq!(&b, &before);
+                        }
+                    }
+                    for (c, p) in b.parents() {
+                        let cq = b.get(&c).cloned();
+                        let pq = b.get(&p).cloned();
+                        prop_assert!(cq.is_some() && pq.is_some(), "dangling link {c} -> {p}");
+                        let (cq, pq) = (cq.unwrap_or_default(), pq.unwrap_or_default());
+                        prop_assert!(over_parent(&cq.limits, &pq.limits).is_none(), "{c} over {p}");
+                        let mut at = p.clone();
+                        for _ in 0..=subjects.len() {
+                            prop_assert!(at != c, "cycle through {c}");
+                            match b.parent(&at) {
+                                Some(n) => at = n.clone(),
+                                None => break,
+                            }
+                        }
+                        let ce = b.effective(&c).unwrap_or_default();
+                        let pe = b.effective(&p).unwrap_or_default();
+                        prop_assert!(over_parent(&ce.limits, &pe.limits).is_none());
+                        if let Some(pc) = pe.limits.cpu_cores {
+                            prop_assert!(ce.limits.cpu_cores.is_some_and(|x| x <= pc));
+                        }
                     }
                 }
             }

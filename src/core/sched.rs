@@ -25,9 +25,13 @@
 //!    reservations over the lease's lifetime (an open-ended lease must leave
 //!    room for every future reservation), **and** no waiting request of equal
 //!    or higher priority ahead of it is owed those resources: a new request
-//!    joins the queue and the queue is drained at once with the queue's
-//!    conservative backfill, so a newcomer never overtakes a waiting request
-//!    of equal or higher priority that the capacity it takes would serve.
+//!    joins the queue and the queue is drained at once, in the order of the
+//!    policy's `queue_policy` ([`crate::core::fairshare`]) and with shadow
+//!    backfill (or none, with `backfill` off; see [`crate::core::queue`]),
+//!    so a newcomer never delays a waiting request of equal or higher
+//!    priority ahead of it: it may only take what that request is not
+//!    owed, or what it gives back (by its lease length) before that
+//!    request is due.
 //! 5. With preemption enabled in the policy, and allowed by the requester
 //!    (`Submit::preempt`, its last resort): if strictly lower-priority
 //!    leases can make room, the fewest and lowest are ended (`preempted`)
@@ -37,19 +41,23 @@
 //! 7. Otherwise `insufficient_capacity`, with the misfit.
 //!
 //! A queued request is granted by a later [`Scheduler::tick`] as capacity
-//! frees, in priority order and FIFO within a priority, or times out
-//! (`queue_timeout`) when its wait runs out.
+//! frees, in priority order and within a priority by the queue policy
+//! (FIFO by default), or times out (`queue_timeout`) when its wait runs
+//! out. Every grant is charged to its holder's fair-share use (by its
+//! length; a renewal by its extension, an early release gives back the
+//! rest).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::core::calendar::{Calendar, Reservation};
+use crate::core::fairshare::{FairShare, QueuePolicy, Shares};
 use crate::core::fit::fit;
 use crate::core::groups::GroupId;
 use crate::core::ledger::{AllocateInput, LeaseLimits, Ledger};
 use crate::core::preempt::choose_victims;
-use crate::core::queue::{WaitQueue, Waiting};
+use crate::core::queue::{Backfill, Order, WaitQueue, Waiting};
 use crate::core::quota::{QuotaBook, Subject};
 use crate::core::throttle::{RateLimit, Throttle};
 use crate::model::{Capacity, Denial, DenyReason, Lease, LeaseId, NodeId, Usage};
@@ -74,6 +82,14 @@ pub struct SchedPolicy {
     pub max_reservations: usize,
     /// Farthest a reservation may start from now, ms.
     pub reservation_horizon_ms: u64,
+    /// Order within a priority: `fifo` (default), `fair-share` or
+    /// `weighted` (see [`crate::core::fairshare`]).
+    pub queue_policy: QueuePolicy,
+    /// Grant requests behind a blocked one when that never delays it (see
+    /// [`crate::core::queue`], shadow backfill). On by default.
+    pub backfill: bool,
+    /// Shares and half-life for `fair-share` and `weighted`.
+    pub shares: Shares,
 }
 
 impl Default for SchedPolicy {
@@ -85,7 +101,38 @@ impl Default for SchedPolicy {
             rate: RateLimit::default(),
             max_reservations: 1024,
             reservation_horizon_ms: 30 * 24 * 3_600_000,
+            queue_policy: QueuePolicy::Fifo,
+            backfill: true,
+            shares: Shares::default(),
         }
+    }
+}
+
+/// The within-priority order of a drain, by the node's queue policy.
+struct PolicyOrder<'a> {
+    fair: &'a mut FairShare,
+    policy: QueuePolicy,
+    shares: &'a Shares,
+    waiting: &'a BTreeMap<LeaseId, WaitMeta>,
+    capacity: &'a Capacity,
+}
+
+impl Order for PolicyOrder<'_> {
+    fn rank(&self, w: &Waiting) -> u64 {
+        let groups = self
+            .waiting
+            .get(w.ticket())
+            .map_or(&[][..], |m| m.groups.as_slice());
+        self.fair
+            .rank(self.policy, &w.input.holder, groups, self.shares)
+    }
+
+    fn granted(&mut self, lease: &Lease) {
+        self.fair.granted(lease, self.capacity);
+    }
+
+    fn is_dynamic(&self) -> bool {
+        self.policy != QueuePolicy::Fifo
     }
 }
 
@@ -199,6 +246,8 @@ pub struct Scheduler {
     /// Events produced by `submit` (grants of others, preemptions), handed
     /// out by the next `tick`.
     pending: Events,
+    /// Recent use per requester, for the fair-share and weighted orders.
+    fair: FairShare,
 }
 
 impl Scheduler {
@@ -219,6 +268,7 @@ impl Scheduler {
             waiting: BTreeMap::new(),
             group_members: BTreeMap::new(),
             pending: Events::default(),
+            fair: FairShare::new(),
         }
     }
 
@@ -257,6 +307,19 @@ impl Scheduler {
     pub fn set_policy(&mut self, policy: SchedPolicy) {
         self.throttle.set_limit(policy.rate.clone());
         self.policy = policy;
+    }
+
+    /// Change only the rate limit in force, not the policy (adaptive
+    /// throttling). The next [`Scheduler::set_policy`] puts the policy's
+    /// rate back.
+    pub fn set_effective_rate(&mut self, limit: RateLimit) {
+        self.throttle.set_limit(limit);
+    }
+
+    /// The rate limit in force (the policy's, unless adaptive throttling
+    /// lowered it).
+    pub fn effective_rate(&self) -> &RateLimit {
+        self.throttle.limit()
     }
 
     /// Tell the scheduler who is in the groups that matter for quotas.
@@ -588,6 +651,11 @@ impl Scheduler {
             }
             None => lease,
         };
+        // Fair share: charge the lease by the time it was granted for.
+        let ms = lease.expires_at_ms.saturating_sub(now_ms) as f64;
+        let capacity = self.ledger.capacity().clone();
+        self.fair
+            .charge(&lease, ms, &capacity, now_ms, &self.policy.shares);
         self.observe_holder(&lease.holder, now_ms);
         for g in groups {
             let subject = Subject::Group(g.clone());
@@ -612,11 +680,19 @@ impl Scheduler {
         lease_ms: u64,
         now_ms: u64,
     ) -> Result<Lease, Denial> {
+        let before = self.ledger.get(lease_id).map(|l| l.expires_at_ms);
         let lease = self.ledger.renew(lease_id, holder, lease_ms, now_ms)?;
-        Ok(match self.until.get(lease_id) {
+        let lease = match self.until.get(lease_id) {
             Some(&at) => self.ledger.cap_expiry(lease_id, at).unwrap_or(lease),
             None => lease,
-        })
+        };
+        // Fair share: charge the extension (or give back a shortening).
+        let old = before.unwrap_or(lease.expires_at_ms);
+        let ms = lease.expires_at_ms as f64 - old as f64;
+        let capacity = self.ledger.capacity().clone();
+        self.fair
+            .charge(&lease, ms, &capacity, now_ms, &self.policy.shares);
+        Ok(lease)
     }
 
     /// Give a lease back (see [`Ledger::release`]). Call [`Scheduler::tick`]
@@ -629,6 +705,11 @@ impl Scheduler {
     ) -> Result<Option<Lease>, Denial> {
         let out = self.ledger.release(lease_id, holder)?;
         if let Some(l) = &out {
+            // Fair share: give back what was charged and not used.
+            let unused = l.expires_at_ms.saturating_sub(now_ms) as f64;
+            let capacity = self.ledger.capacity().clone();
+            self.fair
+                .charge(l, -unused, &capacity, now_ms, &self.policy.shares);
             self.until.remove(lease_id);
             self.observe_holder(&l.holder, now_ms);
             if let Some(r) = self.calendar.get(lease_id) {
@@ -702,6 +783,29 @@ impl Scheduler {
         self.quotas.set(subject, quota, &current)
     }
 
+    /// [`Scheduler::set_quota`], placing the quota in the quota tree under
+    /// `parent` (or at a root): see [`QuotaBook::set_with_parent`].
+    pub fn set_quota_in_tree(
+        &mut self,
+        subject: Subject,
+        quota: crate::core::quota::Quota,
+        parent: Option<Subject>,
+    ) -> Result<(), Denial> {
+        let mut current = self.usage_of(&subject);
+        current.add(&self.pending_reserved_by(&subject));
+        self.quotas
+            .set_with_parent(subject, quota, parent, &current)
+    }
+
+    /// Put back the quota tree's links after [`Scheduler::restore`]; returns
+    /// those dropped (see [`QuotaBook::restore_parents`]).
+    pub fn restore_quota_parents(
+        &mut self,
+        links: Vec<(Subject, Subject)>,
+    ) -> Vec<(Subject, Subject)> {
+        self.quotas.restore_parents(links)
+    }
+
     /// Remove a quota here.
     pub fn remove_quota(&mut self, subject: &Subject) -> bool {
         self.quotas.remove(subject)
@@ -773,7 +877,30 @@ impl Scheduler {
             return ev;
         }
         let reserved = self.reserved_until(now_ms, None);
-        let (granted, failed) = self.queue.drain(&mut self.ledger, &reserved, now_ms);
+        let capacity = self.ledger.capacity().clone();
+        let shares = &self.policy.shares;
+        self.fair
+            .advance(now_ms, self.ledger.leases(), &capacity, shares);
+        for (ticket, meta) in &self.waiting {
+            if let Some(w) = self.queue.get(ticket) {
+                self.fair.note_groups(&w.input.holder, &meta.groups, shares);
+            }
+        }
+        let backfill = if self.policy.backfill {
+            Backfill::Shadow
+        } else {
+            Backfill::Off
+        };
+        let mut order = PolicyOrder {
+            fair: &mut self.fair,
+            policy: self.policy.queue_policy,
+            shares,
+            waiting: &self.waiting,
+            capacity: &capacity,
+        };
+        let (granted, failed) =
+            self.queue
+                .drain_with(&mut self.ledger, &reserved, now_ms, backfill, &mut order);
         for lease in granted {
             let meta = self.waiting.remove(&lease.lease_id).unwrap_or(WaitMeta {
                 duration_ms: None,
@@ -976,6 +1103,11 @@ mod tests {
             len: u64,
         },
         Preemption(bool),
+        Policy {
+            order: usize,
+            backfill: bool,
+            share_a: u32,
+        },
         Restart,
     }
 
@@ -1004,6 +1136,8 @@ mod tests {
                     holder, cores, gpus, start_in, len
                 }),
             1 => any::<bool>().prop_map(Op::Preemption),
+            1 => (0..3usize, any::<bool>(), 1..5u32)
+                .prop_map(|(order, backfill, share_a)| Op::Policy { order, backfill, share_a }),
             1 => Just(Op::Restart),
         ]
     }
@@ -1032,9 +1166,10 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
         /// Any mix of grants, queueing, preemption, reservations, quota
-        /// changes and restarts: never an over-commit, never a preemption of
-        /// equal or higher priority, never a quota passed, and a booked
-        /// reservation always starts.
+        /// changes, queue policies (fifo, fair share, weighted; backfill on
+        /// and off; shares) and restarts: never an over-commit, never a
+        /// preemption of equal or higher priority, never a quota passed, and
+        /// a booked reservation always starts.
         #[test]
         fn the_scheduler_keeps_every_invariant(ops in prop::collection::vec(op(), 1..60)) {
             let mut now = 1_000_000u64;
@@ -1044,6 +1179,8 @@ mod tests {
             let mut caps: BTreeMap<usize, u32> = BTreeMap::new();
             let mut booked: BTreeSet<LeaseId> = BTreeSet::new();
             for op in ops {
+                let held_before: BTreeSet<LeaseId> =
+                    s.ledger().leases().map(|l| l.lease_id.clone()).collect();
                 match op {
                     Op::Submit { holder, cores, gpus, prio, wait, until } => {
                         next += 1;
@@ -1131,6 +1268,14 @@ mod tests {
                         p.preemption = on;
                         s.set_policy(p);
                     }
+                    Op::Policy { order, backfill, share_a } => {
+                        let mut p = s.policy().clone();
+                        p.queue_policy =
+                            [QueuePolicy::Fifo, QueuePolicy::FairShare, QueuePolicy::Weighted][order];
+                        p.backfill = backfill;
+                        p.shares.requesters.insert(HOLDERS[0].into(), share_a);
+                        s.set_policy(p);
+                    }
                     Op::Restart => {
                         let leases: Vec<Lease> = s.ledger().leases().cloned().collect();
                         let snap = s.snapshot();
@@ -1153,20 +1298,106 @@ mod tests {
                     prop_assert!(l.priority < Priority::Critical);
                 }
                 no_overcommit(&s).map_err(TestCaseError::fail)?;
-                // Quotas hold for what was granted after they were set
-                // (a cap is never set below current use).
+                // A cap may be set below current use (it breaks no lease),
+                // but a holder over its cap gets no new grant, other than
+                // a reservation booked before (a promise already made).
                 for (h, cap) in &caps {
-                    let used = s.usage_of(&Subject::Requester(HOLDERS[*h].into()));
-                    prop_assert!(used.cpu_cores <= *cap, "{} holds {} cores, cap {cap}", HOLDERS[*h], used.cpu_cores);
+                    let holder: NodeId = HOLDERS[*h].into();
+                    let used = s.usage_of(&Subject::Requester(holder.clone()));
+                    if used.cpu_cores > *cap {
+                        let fresh: Vec<&LeaseId> = s
+                            .ledger()
+                            .leases()
+                            .filter(|l| l.holder == holder && l.cpu_cores > 0)
+                            .map(|l| &l.lease_id)
+                            .filter(|id| !held_before.contains(*id) && !booked.contains(*id))
+                            .collect();
+                        prop_assert!(
+                            fresh.is_empty(),
+                            "{} holds {} cores, cap {cap}, and was granted {fresh:?}",
+                            HOLDERS[*h], used.cpu_cores
+                        );
+                    }
                 }
             }
+        }
+    }
+
+    fn submit_by(holder: &str, id: &str, cores: u32, wait: u64, lease_ms: u64) -> Submit {
+        Submit {
+            input: AllocateInput {
+                lease_id: LeaseId(id.into()),
+                request_id: id.into(),
+                holder: holder.into(),
+                req: req(cores, 0),
+                task_type: String::new(),
+                priority: Priority::Normal,
+                lease_ms,
+            },
+            wait_ms: wait,
+            until_ms: None,
+            groups: Vec::new(),
+            preempt: false,
+            gpus_allowed: None,
+        }
+    }
+
+    #[test]
+    fn without_backfill_a_short_newcomer_waits_behind_a_blocked_request() {
+        let mut s = new_sched(false);
+        let mut p = s.policy().clone();
+        p.backfill = false;
+        s.set_policy(p);
+        let u = Usage::default();
+        let now = 1_000;
+        assert!(matches!(
+            s.submit(submit_by("a", "big", 6, 0, 60_000), &u, now),
+            Outcome::Granted { .. }
+        ));
+        assert_eq!(
+            s.submit(submit_by("a", "waiter", 4, 10_000, 60_000), &u, now),
+            Outcome::Queued { position: 1 }
+        );
+        assert!(matches!(
+            s.submit(submit_by("b", "short", 2, 0, 1_000), &u, now),
+            Outcome::Denied(_)
+        ));
+    }
+
+    #[test]
+    fn fair_share_serves_the_requester_that_used_less_first() {
+        for (policy, first) in [(QueuePolicy::Fifo, "a2"), (QueuePolicy::FairShare, "b1")] {
+            let mut s = new_sched(false);
+            let mut p = s.policy().clone();
+            p.queue_policy = policy;
+            s.set_policy(p);
+            let u = Usage::default();
+            let now = 1_000;
+            // a has used the whole node for a minute; it then waits first.
+            assert!(matches!(
+                s.submit(submit_by("a", "a1", 8, 0, 60_000), &u, now),
+                Outcome::Granted { .. }
+            ));
+            let later = now + 50_000;
+            assert!(matches!(
+                s.submit(submit_by("a", "a2", 8, 60_000, 60_000), &u, later),
+                Outcome::Queued { .. }
+            ));
+            assert!(matches!(
+                s.submit(submit_by("b", "b1", 8, 60_000, 60_000), &u, later + 1),
+                Outcome::Queued { .. }
+            ));
+            s.release(&LeaseId("a1".into()), None, later + 2).unwrap();
+            let ev = s.tick(later + 2);
+            let got: Vec<&str> = ev.granted.iter().map(|l| l.lease_id.0.as_str()).collect();
+            assert_eq!(got, [first], "{policy:?}");
         }
     }
 
     #[test]
     fn a_newcomer_never_overtakes_a_waiting_request_of_equal_priority() {
         let mut s = new_sched(true);
-        let sub = |id: &str, cores: u32, wait: u64| Submit {
+        let sub = |id: &str, cores: u32, wait: u64, lease_ms: u64| Submit {
             input: AllocateInput {
                 lease_id: LeaseId(id.into()),
                 request_id: id.into(),
@@ -1174,7 +1405,7 @@ mod tests {
                 req: req(cores, 0),
                 task_type: String::new(),
                 priority: Priority::Normal,
-                lease_ms: 60_000,
+                lease_ms,
             },
             wait_ms: wait,
             until_ms: None,
@@ -1184,19 +1415,26 @@ mod tests {
         };
         let now = 1_000;
         assert!(matches!(
-            s.submit(sub("big", 6, 0), &Usage::default(), now),
+            s.submit(sub("big", 6, 0, 60_000), &Usage::default(), now),
             Outcome::Granted { .. }
         ));
         // 4 cores wanted, 2 free: waits.
         assert_eq!(
-            s.submit(sub("waiter", 4, 10_000), &Usage::default(), now),
+            s.submit(sub("waiter", 4, 10_000, 60_000), &Usage::default(), now),
             Outcome::Queued { position: 1 }
         );
-        // 2 cores would fit, but they are owed to the waiter.
+        // 2 cores would fit, but they are owed to the waiter, due when
+        // "big" ends in 60 s: a newcomer that would outlive that is refused.
         assert!(matches!(
-            s.submit(sub("newcomer", 2, 0), &Usage::default(), now),
+            s.submit(sub("newcomer", 2, 0, 120_000), &Usage::default(), now),
             Outcome::Denied(_)
         ));
+        // One that ends by then delays nobody: backfilled.
+        assert!(matches!(
+            s.submit(sub("short", 2, 0, 30_000), &Usage::default(), now),
+            Outcome::Granted { .. }
+        ));
+        s.release(&LeaseId("short".into()), None, now).unwrap();
         s.release(&LeaseId("big".into()), None, now).unwrap();
         let ev = s.tick(now);
         assert_eq!(ev.granted.len(), 1);

@@ -497,6 +497,7 @@ mod tests {
             usage: vec![],
             queued: 0,
             preemption: false,
+            refusals: vec![],
             leaving: false,
             loaded_models: vec![],
             templates: vec![],

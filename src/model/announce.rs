@@ -108,6 +108,11 @@ pub struct Announcement {
     /// Whether this owner lets higher-priority requests preempt
     /// lower-priority leases (so a full node is still worth asking).
     pub preemption: bool,
+    /// Requests this owner refused for capacity in the last hour, per
+    /// dimension that did not fit (most first, at most 8), for the
+    /// swarm-wide bottleneck ([`crate::core::bottleneck`]).
+    #[serde(default)]
+    pub refusals: Vec<crate::core::bottleneck::DimCount>,
     /// Set in the last announcement a node sends when it shuts down.
     pub leaving: bool,
 }
@@ -141,6 +146,7 @@ impl Announcement {
             usage: Vec::new(),
             queued: 0,
             preemption: false,
+            refusals: Vec::new(),
             leaving: false,
             loaded_models: vec![],
             templates: vec![],

@@ -161,6 +161,8 @@ pub enum TaskRefuseReason {
     Busy,
     /// Anything else malformed (ids, sizes).
     BadRequest,
+    /// The requester's role lacks the permission (`run_task` or `infer`).
+    Forbidden,
 }
 
 impl TaskRefuseReason {
@@ -173,6 +175,7 @@ impl TaskRefuseReason {
             TaskRefuseReason::NoModelServer => "no_model_server",
             TaskRefuseReason::Busy => "busy",
             TaskRefuseReason::BadRequest => "bad_request",
+            TaskRefuseReason::Forbidden => "forbidden",
         }
     }
 }
@@ -518,6 +521,14 @@ fn check_bounds(ann: &Announcement) -> Result<(), AnnounceError> {
     {
         return Err(AnnounceError::OutOfBounds("usage list too long"));
     }
+    if ann.refusals.len() > crate::core::bottleneck::MAX_ANNOUNCED
+        || ann
+            .refusals
+            .iter()
+            .any(|d| d.dimension.len() > crate::core::bottleneck::MAX_DIM_LEN)
+    {
+        return Err(AnnounceError::OutOfBounds("refusal counts too long"));
+    }
     if ann.access.allow.len() > 256 || ann.access.allow.iter().any(|n| n.0.len() > 128) {
         return Err(AnnounceError::OutOfBounds(
             "access hint allow list too long",
@@ -740,6 +751,7 @@ mod tests {
             usage: vec![],
             queued: 0,
             preemption: false,
+            refusals: vec![],
             leaving: false,
             loaded_models: vec![],
             templates: vec![],
@@ -754,6 +766,26 @@ mod tests {
         let a = ann(&key);
         let s = SignedAnnouncement::sign(&a, &key).unwrap();
         assert_eq!(s.verify().unwrap(), a);
+    }
+
+    #[test]
+    fn refusal_counts_round_trip_and_too_many_are_refused() {
+        use crate::core::bottleneck::{DimCount, MAX_ANNOUNCED};
+        let key = Keypair::generate_ed25519();
+        let mut a = ann(&key);
+        let dim = |d: &str| DimCount {
+            dimension: d.into(),
+            count: 3,
+        };
+        a.refusals = vec![dim("memory_mb"), dim("gpus")];
+        let s = SignedAnnouncement::sign(&a, &key).unwrap();
+        assert_eq!(s.verify().unwrap().refusals, a.refusals);
+        a.refusals = vec![dim("cpu_cores"); MAX_ANNOUNCED + 1];
+        let s = SignedAnnouncement::sign(&a, &key).unwrap();
+        assert!(matches!(s.verify(), Err(AnnounceError::OutOfBounds(_))));
+        a.refusals = vec![dim(&"x".repeat(200))];
+        let s = SignedAnnouncement::sign(&a, &key).unwrap();
+        assert!(matches!(s.verify(), Err(AnnounceError::OutOfBounds(_))));
     }
 
     #[test]

@@ -454,7 +454,7 @@ async function requestResources(ev) {
   } finally {
     btn.disabled = false;
   }
-  await refreshAllocations();
+  await Promise.all([refreshAllocations(), loadBottlenecks()]);
 }
 
 function showResult(ok, code, message, body) {
@@ -635,6 +635,26 @@ async function loadHistory() {
   }
 }
 
+async function loadBottlenecks() {
+  try {
+    const b = await api('GET', '/bottlenecks');
+    const mins = Math.round(b.window_secs / 60);
+    say('bottleneck-summary', b.bottleneck
+      ? `swarm-wide bottleneck (last ${mins} min): ${b.bottleneck}, ${b.swarm[0].count} refusal${b.swarm[0].count === 1 ? '' : 's'}`
+      : `no requests refused for capacity in the last ${mins} min`);
+    const rows = [];
+    for (const n of b.nodes) {
+      for (const d of n.dimensions) {
+        rows.push(el('tr', { 'data-node': n.node_id, 'data-dimension': d.dimension },
+          el('td', { title: n.node_id }, n.name || short(n.node_id)),
+          el('td', {}, d.dimension),
+          el('td', {}, d.count)));
+      }
+    }
+    fillBody($('bottlenecks-table'), rows);
+  } catch (e) { say('bottleneck-summary', errText(e), true); }
+}
+
 async function loadUtilization() {
   try {
     addUtilization(await api('GET', '/utilization?since=1h'));
@@ -677,6 +697,7 @@ function wire() {
   $('pool-list').addEventListener('click', listPools);
   $('history-refresh').addEventListener('click', loadHistory);
   $('history-since').addEventListener('change', loadHistory);
+  $('bottlenecks-refresh').addEventListener('click', loadBottlenecks);
   $('chart-range').addEventListener('change', (e) => { state.rangeMs = Number(e.target.value); drawCharts(); });
   window.addEventListener('resize', drawCharts);
 }
@@ -689,11 +710,12 @@ async function start() {
     if (e.status !== 401) banner('cannot reach the node: ' + errText(e));
     return;
   }
-  await Promise.all([refreshNodes(), refreshAllocations(), getAccess(), getStrategy(), listGroups(), listPools(), loadHistory(), loadUtilization()]);
+  await Promise.all([refreshNodes(), refreshAllocations(), getAccess(), getStrategy(), listGroups(), listPools(), loadHistory(), loadUtilization(), loadBottlenecks()]);
   if (!started) {
     started = true;
     stream();
     setInterval(() => { if (!document.hidden) loadHistory(); }, 10000);
+    setInterval(() => { if (!document.hidden) loadBottlenecks(); }, 5000);
     setInterval(drawCharts, 5000);
   }
 }

@@ -16,7 +16,15 @@ impl EventLoop {
                         .view
                         .status(&p.ann.node_id, now)
                         .unwrap_or(NodeStatus::Offline);
-                    NodeInfo::from_announcement(&p.ann, false, status, p.last_seen_ms, p.rtt_ms)
+                    let mut info = NodeInfo::from_announcement(
+                        &p.ann,
+                        false,
+                        status,
+                        p.last_seen_ms,
+                        p.rtt_ms,
+                    );
+                    info.circuit = self.breaker_state(&p.ann.node_id, now);
+                    info
                 }));
                 let _ = reply.send(out);
             }
@@ -79,6 +87,7 @@ impl EventLoop {
             }
             Command::Telemetry(t) => {
                 self.cpu_usage_pct = t.cpu_usage_pct;
+                self.adaptive_observe(t.cpu_usage_pct, t.memory_available_mb);
                 // No swarm work runs as processes yet (tasks come later),
                 // so all host use is the owner's own.
                 self.on_local_load(crate::core::elastic::LocalLoad {
@@ -123,6 +132,12 @@ impl EventLoop {
             }
             Command::SetAccess(change, reply) => {
                 let _ = reply.send(self.set_access(change));
+            }
+            Command::Roles(reply) => {
+                let _ = reply.send(self.roles_info());
+            }
+            Command::SetRoles(change, reply) => {
+                let _ = reply.send(self.set_roles(change));
             }
             Command::Pools(reply) => {
                 let _ = reply.send(self.pool_infos());
@@ -192,8 +207,20 @@ impl EventLoop {
             Command::Contention(reply) => {
                 let _ = reply.send(self.contention_report());
             }
+            Command::Breakers(reply) => {
+                let _ = reply.send(self.breaker_report());
+            }
+            Command::Throttle(reply) => {
+                let _ = reply.send(self.throttle_status());
+            }
             Command::History(q, reply) => {
                 let _ = reply.send(self.query_history(&q));
+            }
+            Command::Usage(q, reply) => {
+                let _ = reply.send(self.usage_report(&q));
+            }
+            Command::Bottlenecks(reply) => {
+                let _ = reply.send(self.bottleneck_report());
             }
             Command::Dial(addr, reply) => {
                 let r = match addr.parse::<Multiaddr>() {

@@ -60,6 +60,7 @@ impl EventLoop {
             usage: self.holder_usage(),
             queued: self.sched.queue().len() as u32,
             preemption: self.sched.policy().preemption,
+            refusals: self.accounting.announced_refusals(now),
             leaving,
             instance: self.instance,
             started_at_ms: self.started_at_ms,

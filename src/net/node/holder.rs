@@ -176,7 +176,9 @@ impl EventLoop {
         let now = now_ms();
         self.flush_deferred();
         self.maintain_history(now);
+        self.account(now);
         self.sched_tick(now);
+        self.adaptive_step(now);
         self.maintain_tasks(now);
         self.prune_tickets(now);
         self.expire_multis(now);

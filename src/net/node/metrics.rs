@@ -320,6 +320,7 @@ impl EventLoop {
         mm.leases.set(active as i64);
         mm.held_leases.set(self.held.len() as i64);
         mm.queue_depth.set(self.sched.queue().len() as i64);
+        self.breaker_gauges(now);
 
         let report = self.contention_report();
         mm.contention_severity.set(severity_level(report.severity));

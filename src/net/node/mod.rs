@@ -54,9 +54,11 @@ use crate::model::{
 };
 use crate::store::{HeldRecord, Store, WriteBatch};
 
+mod breaker;
 mod commands;
 mod connect;
 mod events;
+mod forecast;
 mod gossip;
 mod health;
 mod history;
@@ -65,12 +67,16 @@ mod metrics;
 mod multi;
 mod owner;
 mod requester;
+mod roles;
 mod sched;
 mod state;
 mod tasks;
+mod usage;
 mod util;
 
+pub use breaker::{BreakerReport, PeerBreaker};
 pub use tasks::{ModelServerSettings, TaskSettings};
+pub use usage::{BottleneckReport, NodeBottleneck};
 pub use util::DiscoverReport;
 
 /// How often leases are expired, renewed and peers pruned.
@@ -128,10 +134,17 @@ pub struct NodeConfig {
     /// The access policy from the config. The stored policy (changed at
     /// runtime) wins until this one changes; see [`crate::config::AccessConfig`].
     pub access: AccessPolicy,
+    /// The roles from the config (`[roles]`); like `access`, the stored
+    /// roles (changed at runtime) win until this changes.
+    pub roles: crate::core::roles::RolePolicy,
     /// Scheduling policy: preemption, queue, rate limit, reservations.
     pub sched: SchedPolicy,
     /// Elastic sharing of the lendable capacity.
     pub elastic: ElasticPolicy,
+    /// Circuit breakers on this node's own requests.
+    pub breaker: crate::core::breaker::BreakerPolicy,
+    /// Adaptive throttling of the per-peer rate limit.
+    pub adaptive: crate::core::adaptive::AdaptivePolicy,
     pub limits: LeaseLimits,
     pub default_lease: Duration,
     pub strategy: StrategyConfig,
@@ -147,6 +160,8 @@ pub struct NodeConfig {
     pub tasks: TaskSettings,
     /// Retention of the allocation history (audit log).
     pub history: crate::core::history::HistoryConfig,
+    /// Usage accounting: retention and prices (`[accounting]`).
+    pub accounting: crate::core::usage::AccountingConfig,
 }
 
 impl NodeConfig {
@@ -173,8 +188,11 @@ impl NodeConfig {
             weight: 1,
             labels: BTreeMap::new(),
             access: AccessPolicy::default(),
+            roles: Default::default(),
             sched: SchedPolicy::default(),
             elastic: ElasticPolicy::default(),
+            breaker: Default::default(),
+            adaptive: Default::default(),
             limits: LeaseLimits::default(),
             default_lease: Duration::from_secs(30),
             strategy: StrategyConfig::default(),
@@ -184,6 +202,7 @@ impl NodeConfig {
             swarm_key: None,
             tasks: TaskSettings::default(),
             history: Default::default(),
+            accounting: Default::default(),
         }
     }
 }
@@ -274,6 +293,7 @@ pub async fn start(
     let requester = sched::restore(&store, &mut sched, &cfg.sched, now)?;
     let swarm_state = state::restore_state(&store)?;
     let policy = state::restore_policy(&store, &cfg.access)?;
+    let roles = roles::restore_roles(&store, &cfg.roles)?;
     let held: BTreeMap<LeaseId, Held> = store
         .held()?
         .into_iter()
@@ -321,6 +341,7 @@ pub async fn start(
         state_topic,
         state: swarm_state,
         policy,
+        roles,
         rx,
         sched,
         tickets: requester.tickets,
@@ -340,16 +361,19 @@ pub async fn start(
         replaced_tx,
         replaced_rx,
         elastic: cfg.elastic.enabled.then(|| {
-            Elastic::new(
+            let mut e = Elastic::new(
                 cfg.elastic.clone(),
                 cfg.capacity.clone(),
                 cfg.machine_cpu_cores,
                 cfg.machine_memory_mb,
-            )
+            );
+            forecast::restore(&store, &mut e);
+            e
         }),
         placer: Placer::new(),
         strategy: cfg.strategy.clone(),
         history: history::Recorder::start(&store, &cfg.history, now),
+        accounting: usage::Accounting::start(&store, &cfg.accounting, now),
         store,
         held,
         signed: BTreeMap::new(),
@@ -370,6 +394,11 @@ pub async fn start(
         unanswered: Vec::new(),
         deferred: WriteBatch::default(),
         cpu_usage_pct: 0.0,
+        breakers: crate::core::breaker::Breakers::new(cfg.breaker.clone()),
+        adaptive: crate::core::adaptive::Adaptive::new(
+            cfg.adaptive.clone(),
+            cfg.sched.rate.per_sec,
+        ),
         instance: rand::random(),
         started_at_ms: now,
         cfg,
@@ -520,6 +549,8 @@ struct EventLoop {
     state: state::SwarmState,
     /// This node's access policy, applied to every allocation request.
     policy: AccessPolicy,
+    /// What each admitted peer may do here (see [`crate::core::roles`]).
+    roles: crate::core::roles::RolePolicy,
     rx: mpsc::Receiver<Command>,
     /// The owner side: leases, queue, reservations, quotas, preemption.
     sched: Scheduler,
@@ -561,6 +592,8 @@ struct EventLoop {
     strategy: StrategyConfig,
     /// The allocation history's recorder (pruning, bounds).
     history: history::Recorder,
+    /// Usage accounting and refusal counts per dimension.
+    accounting: usage::Accounting,
     store: Store,
     held: BTreeMap<LeaseId, Held>,
     /// The latest signed announcement of every node we know, ourselves
@@ -589,6 +622,10 @@ struct EventLoop {
     /// Writes that can wait for the next grant or maintenance tick.
     deferred: WriteBatch,
     cpu_usage_pct: f32,
+    /// Circuit breakers on our own requests, per peer.
+    breakers: crate::core::breaker::Breakers,
+    /// Adaptive throttling of the rate limit peers get here.
+    adaptive: crate::core::adaptive::Adaptive,
     /// Random per process, to tell a copy of this node from this node.
     instance: u64,
     started_at_ms: u64,
@@ -683,6 +720,8 @@ impl EventLoop {
         }
         self.flush_grants();
         self.flush_deferred();
+        self.account(now_ms());
+        self.flush_usage();
         info!("node stopped");
     }
 }

@@ -3,6 +3,7 @@
 //! our own outbound requests.
 
 use super::*;
+use crate::core::roles::Permission;
 
 impl EventLoop {
     pub(super) fn on_alloc_event(
@@ -76,8 +77,11 @@ impl EventLoop {
                 preempt,
                 constraints,
             } => {
-                if let Err(denial) = self.admit(&holder) {
-                    debug!(%holder, reason = %denial.message, "request refused by access policy");
+                if let Err(denial) = self
+                    .admit(&holder)
+                    .and_then(|()| self.permit(&holder, Permission::Allocate))
+                {
+                    debug!(%holder, reason = %denial.message, "request refused by access policy or role");
                     self.record_refusal(&holder, asked, &denial);
                     AllocResponse::Denied(denial)
                 } else if request_id.len() > 128 || task_type.len() > 128 {
@@ -88,6 +92,13 @@ impl EventLoop {
                     self.record_refusal(&holder, asked, &denial);
                     AllocResponse::Denied(denial)
                 } else {
+                    // A role without `preempt` is served as if it had not
+                    // asked to preempt, and a refusal says so.
+                    let no_preempt = if preempt {
+                        self.permit(&holder, Permission::Preempt).err()
+                    } else {
+                        None
+                    };
                     let args = sched::AllocateArgs {
                         request_id,
                         req,
@@ -96,7 +107,7 @@ impl EventLoop {
                         lease_ms,
                         wait_ms,
                         duration_ms,
-                        preempt,
+                        preempt: preempt && no_preempt.is_none(),
                         constraints,
                     };
                     match self.decide_allocate(holder, args) {
@@ -105,6 +116,15 @@ impl EventLoop {
                             return self
                                 .unanswered
                                 .push((AllocResponse::Granted(lease), channel))
+                        }
+                        sched::OwnerAnswer::Now(AllocResponse::Denied(mut d)) => {
+                            if let Some(why) = no_preempt {
+                                d.message = format!(
+                                    "{}; preemption was not tried: {}",
+                                    d.message, why.message
+                                );
+                            }
+                            AllocResponse::Denied(d)
                         }
                         sched::OwnerAnswer::Now(answer) => answer,
                     }
@@ -141,7 +161,10 @@ impl EventLoop {
                     start_ms,
                     end_ms,
                 };
-                if let Err(denial) = self.admit(&holder) {
+                if let Err(denial) = self
+                    .admit(&holder)
+                    .and_then(|()| self.permit(&holder, Permission::Reserve))
+                {
                     self.record_refusal(&holder, asked, &denial);
                     AllocResponse::Denied(denial)
                 } else if request_id.len() > 128 || args.task_type.len() > 128 {
@@ -259,6 +282,7 @@ impl EventLoop {
         };
         match pending {
             Pending::Place { placement, node } => {
+                self.breaker_alloc_outcome(&node, &result);
                 let Some(mut p) = self.placements.remove(&placement) else {
                     return;
                 };

@@ -66,6 +66,7 @@ impl EventLoop {
             });
         }
         self.task_filters(&req, &mut candidates, &mut excluded);
+        self.breaker_filter(&mut candidates, &mut excluded, now);
         if let Err(e) = self.scope_candidates(&req, &mut candidates, &mut excluded) {
             self.note_allocation_error(now, &e);
             self.record_request_failed(&req, &e);
@@ -280,6 +281,15 @@ impl EventLoop {
                     ),
                 ),
             }
+            return self.drive(id, p);
+        }
+        if let Err(why) = self.breaker_acquire(&node) {
+            let node_name = self.name_of(&node);
+            p.excluded.push(Excluded {
+                node_id: node,
+                node_name,
+                why,
+            });
             return self.drive(id, p);
         }
         let Some(peer) = peer_id_of(&node) else {

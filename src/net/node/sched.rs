@@ -22,6 +22,8 @@ use crate::model::{Priority, ResourceRequirements, Usage};
 use crate::net::protocol::Notice;
 
 const META_SCHED: &str = "sched_v1";
+/// The quota tree's links (child, parent), beside the scheduler state.
+const META_QUOTA_TREE: &str = "quota_tree_v1";
 const META_POLICY: &str = "sched_policy_v1";
 const META_POLICY_CONFIG: &str = "sched_policy_config_v1";
 const META_REQUESTER: &str = "requester_v1";
@@ -81,14 +83,21 @@ pub(super) fn restore(
     from_config: &SchedPolicy,
     now: u64,
 ) -> Result<RequesterState, crate::store::StoreError> {
-    let seen: Option<SchedPolicy> = store.meta(META_POLICY_CONFIG)?;
-    let stored: Option<SchedPolicy> = store.meta(META_POLICY)?;
+    // A policy stored by an older version (fewer fields) does not decode:
+    // the config's policy then applies, as on a first start.
+    let seen: Option<SchedPolicy> = store.meta(META_POLICY_CONFIG).unwrap_or(None);
+    let stored: Option<SchedPolicy> = store.meta(META_POLICY).unwrap_or(None);
     match (seen, stored) {
         (Some(seen), Some(stored)) if &seen == from_config => sched.set_policy(stored),
         _ => store.apply(&policy_batch(from_config, from_config))?,
     }
     if let Some(snap) = store.meta::<SchedSnapshot>(META_SCHED)? {
         sched.restore(snap, now);
+    }
+    if let Ok(Some(links)) = store.meta::<Vec<(Subject, Subject)>>(META_QUOTA_TREE) {
+        for (child, parent) in sched.restore_quota_parents(links) {
+            warn!(%child, %parent, "a stored quota-tree link no longer holds; dropped");
+        }
     }
     Ok(store.meta(META_REQUESTER)?.unwrap_or_default())
 }
@@ -250,6 +259,7 @@ impl EventLoop {
                 })
             }
             Outcome::Denied(mut d) => {
+                self.note_refusal(&req, &d, now);
                 if d.reason == DenyReason::InsufficientCapacity {
                     d.hints = self.hints_for(&req, &holder);
                 }
@@ -366,6 +376,7 @@ impl EventLoop {
                 DenyReason::QueueTimeout,
                 format!("waited on {} until the wait ran out", self.cfg.name),
             );
+            self.note_refusal(&w.input.req, &denial, now);
             self.notify(
                 &holder,
                 Notice::Ended {
@@ -393,6 +404,13 @@ impl EventLoop {
         match postcard::to_stdvec(&self.sched.snapshot()) {
             Ok(bytes) => self.deferred.put_meta.push((META_SCHED.to_owned(), bytes)),
             Err(e) => error!(error = %e, "cannot encode the scheduler state"),
+        }
+        match postcard::to_stdvec(&self.sched.quotas().parents()) {
+            Ok(bytes) => self
+                .deferred
+                .put_meta
+                .push((META_QUOTA_TREE.to_owned(), bytes)),
+            Err(e) => error!(error = %e, "cannot encode the quota tree"),
         }
     }
 
@@ -991,6 +1009,7 @@ impl EventLoop {
                 usage: self.sched.usage_of(&subject),
                 subject: subject.to_string(),
                 scope: "local".into(),
+                parent: self.sched.quotas().parent(&subject).map(|p| p.to_string()),
                 limits: q.limits,
                 burst: q.burst,
             })
@@ -1010,6 +1029,7 @@ impl EventLoop {
                 limits,
                 burst: None,
                 usage,
+                parent: None,
             }
         }));
         out
@@ -1024,6 +1044,11 @@ impl EventLoop {
                     "swarm-wide quotas have no burst allowance".into(),
                 ));
             }
+            if c.parent.is_some() {
+                return Err(NodeError::BadRequest(
+                    "swarm-wide quotas have no parent; only local quotas form a tree".into(),
+                ));
+            }
             let mut current = match &subject {
                 Subject::Requester(n) => self.swarm_usage_of(n),
                 _ => Usage::default(),
@@ -1032,12 +1057,17 @@ impl EventLoop {
             self.sched
                 .set_swarm_quota(subject.clone(), c.limits, &current)
         } else {
-            self.sched.set_quota(
+            let parent = match &c.parent {
+                Some(p) => Some(self.parse_subject(p)?),
+                None => None,
+            };
+            self.sched.set_quota_in_tree(
                 subject.clone(),
                 Quota {
                     limits: c.limits,
                     burst: c.burst,
                 },
+                parent,
             )
         };
         result.map_err(|d| match d.reason {
@@ -1117,6 +1147,7 @@ impl EventLoop {
             }
             p.rate.burst = v;
         }
+        apply_queue_policy_change(&mut p, &c).map_err(NodeError::BadRequest)?;
         self.store
             .apply(&policy_batch(&p, &self.cfg.sched))
             .map_err(|e| NodeError::Storage(e.to_string()))?;
@@ -1200,7 +1231,12 @@ impl EventLoop {
         };
         let used = self.sched.ledger().used();
         let now = now_ms();
-        if let Some(cap) = el.observe(&load, &used, now) {
+        let changed = el.observe(&load, &used, now);
+        self.persist_forecast();
+        let Some(el) = self.elastic.as_mut() else {
+            return;
+        };
+        if let Some(cap) = changed {
             info!(
                 cores = cap.cpu_cores,
                 memory_mb = cap.memory_mb,
@@ -1257,4 +1293,45 @@ fn ticket_allocation(id: &LeaseId, t: &Ticket, holder: &NodeId) -> Allocation {
     a.status = AllocationStatus::Queued;
     a.queue_position = Some(t.position);
     a
+}
+
+/// Apply the queue-policy part of a policy change (queue order, backfill,
+/// shares) to `p`; on any bad value, an error naming it, and `p` is left
+/// as it was.
+fn apply_queue_policy_change(p: &mut SchedPolicy, c: &SchedPolicyChange) -> Result<(), String> {
+    use crate::core::fairshare::{check_share, QueuePolicy};
+    use crate::core::groups::GroupId;
+    let mut n = p.clone();
+    if let Some(v) = &c.queue_policy {
+        n.queue_policy = v.parse::<QueuePolicy>()?;
+    }
+    if let Some(v) = c.backfill {
+        n.backfill = v;
+    }
+    if let Some(v) = c.fair_share_half_life_secs {
+        n.shares.half_life_ms = v.saturating_mul(1000);
+    }
+    for id in c.remove_shares.iter().flatten() {
+        n.shares.requesters.remove(&NodeId(id.clone()));
+    }
+    for id in c.remove_group_shares.iter().flatten() {
+        n.shares.groups.remove(&GroupId(id.clone()));
+    }
+    for (id, share) in c.shares.iter().flatten() {
+        if id.parse::<libp2p::PeerId>().is_err() {
+            return Err(format!("shares: {id:?} is not a valid peer id"));
+        }
+        let s = check_share(&format!("requester {id}"), *share)?;
+        n.shares.requesters.insert(NodeId(id.clone()), s);
+    }
+    for (id, share) in c.group_shares.iter().flatten() {
+        if id.is_empty() || id.len() > 128 {
+            return Err(format!("group_shares: {id:?} is not a group id"));
+        }
+        let s = check_share(&format!("group {id}"), *share)?;
+        n.shares.groups.insert(GroupId(id.clone()), s);
+    }
+    n.shares.validate()?;
+    *p = n;
+    Ok(())
 }

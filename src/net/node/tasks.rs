@@ -345,6 +345,7 @@ impl EventLoop {
                     .send_response(channel, answer);
             }
             request_response::Event::Message {
+                peer,
                 message:
                     request_response::Message::Response {
                         request_id,
@@ -353,6 +354,7 @@ impl EventLoop {
                 ..
             } => match self.tasks.pending.remove(&request_id) {
                 Some(TaskPending::Run { task_id, reply }) => {
+                    self.breaker_task_answered(&node_id_of(&peer));
                     let result = match response {
                         TaskResponse::Accepted => Ok(()),
                         TaskResponse::Refused { reason, message } => {
@@ -389,6 +391,7 @@ impl EventLoop {
                 ..
             } => match self.tasks.pending.remove(&request_id) {
                 Some(TaskPending::Run { task_id, reply }) => {
+                    self.breaker_task_failed(&node_id_of(&peer), &error.to_string());
                     self.tasks.watches.remove(&task_id);
                     let _ = reply.send(Err(NodeError::Unreachable(format!(
                         "{}: {error}",
@@ -492,6 +495,13 @@ impl EventLoop {
         spec: TaskSpec,
     ) -> TaskResponse {
         use TaskRefuseReason as R;
+        let perm = match &spec {
+            TaskSpec::Inference(_) => crate::core::roles::Permission::Infer,
+            _ => crate::core::roles::Permission::RunTask,
+        };
+        if let Err(d) = self.permit(from, perm) {
+            return refuse(R::Forbidden, d.message);
+        }
         if !valid_task_id(&task_id) {
             return refuse(R::BadRequest, "task_id: 1 to 64 letters, digits, - or _");
         }
@@ -894,6 +904,9 @@ impl EventLoop {
 
     /// The connection to `peer` is gone: tell the watchers of its tasks.
     pub(super) fn owner_disconnected(&mut self, peer: &NodeId) {
+        if self.tasks.watches.values().any(|w| &w.owner == peer) {
+            self.breaker_task_failed(peer, "disconnected while running our tasks");
+        }
         for w in self.tasks.watches.values() {
             if &w.owner == peer {
                 let _ = w.tx.send(TaskUpdate::OwnerDisconnected);

@@ -16,6 +16,8 @@
 //! - [`owner`]: the owner-side core behind one trait.
 //! - [`swarm`]: the decentralized run.
 //! - [`central`]: the centralized baseline.
+//! - [`elastic`]: elastic sharing, reactive against forecast, on owners
+//!   with a daily peak of their own use (its own scenario files).
 //! - [`metrics`]: utilization, waits, refusals, and the invariant checks.
 //! - [`report`]: the text and JSON report.
 //! - `plots` (feature `plots`): PNG plots of a report.
@@ -27,6 +29,7 @@
 //! reproduce them.
 
 pub mod central;
+pub mod elastic;
 pub mod events;
 pub mod gossip;
 pub mod metrics;

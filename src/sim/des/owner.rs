@@ -173,6 +173,8 @@ pub fn sched_policy(p: &Policy) -> SchedPolicy {
     SchedPolicy {
         preemption: p.preemption,
         max_queue: p.max_queue,
+        backfill: p.backfill,
+        queue_policy: p.queue_policy,
         ..SchedPolicy::default()
     }
 }

@@ -193,6 +193,10 @@ pub struct Policy {
     /// Without a queue at the owners: how long a requester waits before it
     /// tries again after every owner refused.
     pub retry_ms: u64,
+    /// Owners backfill behind a blocked request (shadow-time checked).
+    pub backfill: bool,
+    /// Owners' order within a priority (`fifo`, `fair-share`, `weighted`).
+    pub queue_policy: crate::core::fairshare::QueuePolicy,
 }
 
 // ---------------------------------------------------------------------------
@@ -314,6 +318,8 @@ struct RawPolicy {
     max_tries: Option<i64>,
     max_candidates: Option<i64>,
     retry: Option<Scalar>,
+    backfill: Option<bool>,
+    queue_policy: Option<String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -773,6 +779,13 @@ impl RawScenario {
                 Some(_) => return Err(problem("policy.max_candidates", "must be 0 or more")),
             },
             retry_ms: opt_duration(&p.retry, 1_000, "policy.retry")?,
+            backfill: p.backfill.unwrap_or(true),
+            queue_policy: match &p.queue_policy {
+                None => crate::core::fairshare::QueuePolicy::Fifo,
+                Some(v) => v
+                    .parse()
+                    .map_err(|m: String| problem("policy.queue_policy", m.as_str()))?,
+            },
         };
         if policy.retry_ms == 0 {
             return Err(problem("policy.retry", "must be more than 0s"));
