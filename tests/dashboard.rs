@@ -114,7 +114,7 @@ impl Browser {
                         "--headless=new", "--no-sandbox", "--disable-gpu",
                         "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
                         "--disable-background-networking", "--disable-component-update",
-                        "--disable-sync", "--window-size=1400,2000",
+                        "--disable-sync", "--window-size=1400,2600",
                         format!("--user-data-dir={}", profile.path().display()),
                     ]
                 }

@@ -225,6 +225,14 @@ fn preempting_needs_the_preempt_permission() {
     };
     let before = granted(&lan);
     assert_eq!(before.len(), 1);
+    // A requester tries preemption only on an owner it sees full: wait
+    // until h2 has h0's announcement of the low lease.
+    lan.eventually("h2 sees h0 full", CONVERGE, || {
+        let v = lan.view_of(2, &a).ok_or("h2 does not know h0")?;
+        (v["resources"]["free"]["cpu_cores"] == 0)
+            .then_some(())
+            .ok_or_else(|| format!("{}", v["resources"]["free"]))
+    });
 
     let (status, e) = lan.request(2, &want(2, "high"));
     assert_eq!(status, 503, "a user cannot preempt: {e}");
