@@ -26,7 +26,7 @@ use crate::core::ledger::{AllocateInput, Ledger};
 use crate::model::{Capacity, GpuSlot, Lease, LeaseId, Priority};
 
 use super::events::EventQueue;
-use super::metrics::{lease_usage, used_of, Checker, Metrics};
+use super::metrics::{lease_usage, req_usage, used_of, Checker, Metrics};
 use super::owner::sim_limits;
 use super::scenario::Scenario;
 use super::swarm::quick_fit;
@@ -147,6 +147,7 @@ pub fn run(sc: &Scenario, d: &Drawn) -> RunResult {
                     cj.state = State::Unserved;
                     let j = &d.jobs[job as usize];
                     c.m.record_unserved(j.arrival_ms, j.priority, "queue_timeout");
+                    c.m.record_requester_unserved(j.origin, j.arrival_ms);
                 }
             }
             Ev::Crash { node, down_ms } => {
@@ -166,6 +167,7 @@ pub fn run(sc: &Scenario, d: &Drawn) -> RunResult {
         if c.jobs[j].state == State::Queued {
             let job = &d.jobs[j];
             c.m.record_unserved(job.arrival_ms, job.priority, "run_ended");
+            c.m.record_requester_unserved(job.origin, job.arrival_ms);
         }
     }
     let (utilization, useful) = c.m.utilization(&d.capacity);
@@ -291,6 +293,13 @@ impl Central<'_> {
             cj.waited = true;
             self.m
                 .record_wait(job.arrival_ms, job.priority, self.now - job.arrival_ms);
+            self.m.record_requester_grant(
+                job.origin,
+                job.arrival_ms,
+                self.now,
+                job.duration_ms,
+                req_usage(&job.req),
+            );
         }
         let gen = cj.gen;
         self.q

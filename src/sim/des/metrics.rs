@@ -17,6 +17,10 @@
 //!    fits. So the check, after every owner step, is that the first
 //!    request in grant order still waiting there does not fit in what is
 //!    free (checked by the decentralized run, which knows the queues).
+//!    Under the `fair-share` and `weighted` queue policies the order within
+//!    a priority follows the owner's record of use, which the run does not
+//!    see; there the check is that not every waiting request of the
+//!    highest waiting priority fits (one of them is first in line).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -184,6 +188,21 @@ pub struct Metrics {
     /// Why jobs were never served, by reason.
     pub unserved_why: BTreeMap<String, u64>,
     pub events: u64,
+    /// Per requester (node index): what it was granted and how long it
+    /// waited, for jobs that arrived in the window.
+    pub by_requester: BTreeMap<u32, RequesterUse>,
+}
+
+/// What one requester got in the measured window.
+#[derive(Clone, Debug, Default)]
+pub struct RequesterUse {
+    /// Granted resource-time per [`Dim`] (each grant counted for its job's
+    /// duration), the part inside the window.
+    pub granted_time: [f64; 3],
+    /// Waits of its granted jobs that arrived in the window.
+    pub waits: Vec<u64>,
+    /// Its jobs that arrived in the window and never got resources.
+    pub unserved: u64,
 }
 
 impl Metrics {
@@ -263,6 +282,41 @@ impl Metrics {
         }
     }
 
+    /// Job of `requester` that arrived at `arrival_ms` granted at `now_ms`
+    /// for `duration_ms`, holding `usage` (per [`Dim`]).
+    pub fn record_requester_grant(
+        &mut self,
+        requester: u32,
+        arrival_ms: u64,
+        now_ms: u64,
+        duration_ms: u64,
+        usage: [f64; 3],
+    ) {
+        let a = now_ms.max(self.from_ms);
+        let b = now_ms.saturating_add(duration_ms).min(self.to_ms);
+        let in_window = self.in_window(arrival_ms);
+        if b <= a && !in_window {
+            return;
+        }
+        let u = self.by_requester.entry(requester).or_default();
+        if b > a {
+            let dt = (b - a) as f64;
+            for (t, x) in u.granted_time.iter_mut().zip(usage) {
+                *t += x * dt;
+            }
+        }
+        if in_window {
+            u.waits.push(now_ms.saturating_sub(arrival_ms));
+        }
+    }
+
+    /// A job of `requester` that arrived at `arrival_ms` was never served.
+    pub fn record_requester_unserved(&mut self, requester: u32, arrival_ms: u64) {
+        if self.in_window(arrival_ms) {
+            self.by_requester.entry(requester).or_default().unserved += 1;
+        }
+    }
+
     pub fn record_denial(&mut self, code: &str) {
         *self.denials.entry(code.to_owned()).or_insert(0) += 1;
     }
@@ -274,6 +328,16 @@ pub fn lease_usage(l: &Lease) -> [f64; 3] {
         f64::from(l.cpu_cores),
         l.memory_mb as f64,
         l.gpus.iter().map(|g| g.memory_mb as f64).sum(),
+    ]
+}
+
+/// What a job asks for, per [`Dim`] (GPU memory only where it names an
+/// amount per GPU).
+pub fn req_usage(r: &crate::model::ResourceRequirements) -> [f64; 3] {
+    [
+        f64::from(r.cpu_cores),
+        r.memory_mb as f64,
+        f64::from(r.gpus_wanted()) * r.gpu_memory_mb as f64,
     ]
 }
 

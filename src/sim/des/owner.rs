@@ -167,14 +167,15 @@ pub struct SchedOwner {
 }
 
 /// The scheduler policy a scenario's policy stands for: its preemption
-/// switch and queue length, the rest as the node's defaults (the per-peer
-/// rate limit included).
+/// switch, queue length, queue policy and shares, the rest as the node's
+/// defaults (the per-peer rate limit included).
 pub fn sched_policy(p: &Policy) -> SchedPolicy {
     SchedPolicy {
         preemption: p.preemption,
         max_queue: p.max_queue,
         backfill: p.backfill,
         queue_policy: p.queue_policy,
+        shares: p.shares.clone(),
         ..SchedPolicy::default()
     }
 }

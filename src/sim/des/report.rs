@@ -76,6 +76,136 @@ fn waits(name: &str, sorted: &[u64], unserved: u64) -> Waits {
     }
 }
 
+/// One requester's share of what was granted, against its configured
+/// share, and its waits.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RequesterShare {
+    /// The requester's node id.
+    pub requester: String,
+    /// Its requester class.
+    pub class: String,
+    /// Its configured share over the sum of every requester's.
+    pub configured_share: f64,
+    /// Its part of all granted resource-time on the dominant dimension.
+    pub achieved_share: f64,
+    /// |achieved − configured|.
+    pub share_error: f64,
+    /// Its jobs (arrived in the window) that got resources / never did.
+    pub granted: usize,
+    pub unserved: u64,
+    pub wait_p50_ms: Option<u64>,
+    pub wait_p99_ms: Option<u64>,
+}
+
+/// The same, summed over one requester class.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ClassShare {
+    pub class: String,
+    pub requesters: usize,
+    /// Each requester's configured share (as written in the scenario).
+    pub share: u32,
+    pub configured_share: f64,
+    pub achieved_share: f64,
+    pub granted: usize,
+    pub unserved: u64,
+    pub wait_p50_ms: Option<u64>,
+    pub wait_p99_ms: Option<u64>,
+}
+
+/// Achieved against configured shares, for scenarios with
+/// `[[requesters]]`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Fairness {
+    /// The dimension shares are measured on: the workload's dominant one
+    /// (`cpu`: core-seconds). Each grant counts for its job's duration,
+    /// the part inside the measured window.
+    pub dimension: Dim,
+    /// Largest and mean share error over the requesters.
+    pub max_share_error: f64,
+    pub mean_share_error: f64,
+    pub requesters: Vec<RequesterShare>,
+    pub classes: Vec<ClassShare>,
+}
+
+fn fairness(
+    sc: &super::scenario::Scenario,
+    by: &BTreeMap<u32, super::metrics::RequesterUse>,
+    dom: Dim,
+) -> Option<Fairness> {
+    if sc.requesters.is_empty() {
+        return None;
+    }
+    let k = super::metrics::dim_index(dom);
+    let nodes: usize = sc.requesters.iter().map(|c| c.count).sum();
+    let total_share: f64 = sc
+        .requesters
+        .iter()
+        .map(|c| f64::from(c.share) * c.count as f64)
+        .sum();
+    let total_time: f64 = by.values().map(|u| u.granted_time[k]).sum();
+    let empty = super::metrics::RequesterUse::default();
+    let mut requesters = Vec::with_capacity(nodes);
+    let mut class_waits: Vec<Vec<u64>> = vec![Vec::new(); sc.requesters.len()];
+    for n in 0..nodes {
+        let Some(c) = sc.requester_class(n) else {
+            continue;
+        };
+        let class = &sc.requesters[c];
+        let u = by.get(&(n as u32)).unwrap_or(&empty);
+        let mut w = u.waits.clone();
+        w.sort_unstable();
+        class_waits[c].extend_from_slice(&w);
+        let configured = f64::from(class.share) / total_share.max(1.0);
+        let achieved = if total_time > 0.0 {
+            u.granted_time[k] / total_time
+        } else {
+            0.0
+        };
+        requesters.push(RequesterShare {
+            requester: super::workload::node_id(n).0,
+            class: class.name.clone(),
+            configured_share: round(configured, 4),
+            achieved_share: round(achieved, 4),
+            share_error: round((achieved - configured).abs(), 4),
+            granted: w.len(),
+            unserved: u.unserved,
+            wait_p50_ms: percentile(&w, 50.0),
+            wait_p99_ms: percentile(&w, 99.0),
+        });
+    }
+    let classes = sc
+        .requesters
+        .iter()
+        .zip(class_waits.iter_mut())
+        .map(|(c, w)| {
+            w.sort_unstable();
+            let mine = requesters.iter().filter(|r| r.class == c.name);
+            let (conf, ach, unserved) = mine.fold((0.0, 0.0, 0), |(a, b, u), r| {
+                (a + r.configured_share, b + r.achieved_share, u + r.unserved)
+            });
+            ClassShare {
+                class: c.name.clone(),
+                requesters: c.count,
+                share: c.share,
+                configured_share: round(conf, 4),
+                achieved_share: round(ach, 4),
+                granted: w.len(),
+                unserved,
+                wait_p50_ms: percentile(w, 50.0),
+                wait_p99_ms: percentile(w, 99.0),
+            }
+        })
+        .collect();
+    let errors: Vec<f64> = requesters.iter().map(|r| r.share_error).collect();
+    Some(Fairness {
+        dimension: dom,
+        max_share_error: errors.iter().copied().fold(0.0, f64::max),
+        mean_share_error: round(errors.iter().sum::<f64>() / errors.len().max(1) as f64, 4),
+        requesters,
+        classes,
+    })
+}
+
 /// One run: a strategy, or the centralized baseline.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
@@ -117,6 +247,10 @@ pub struct RunReport {
     pub invariant_violations: u64,
     pub violation_examples: Vec<String>,
     pub events: u64,
+    /// Achieved against configured shares per requester (scenarios with
+    /// `[[requesters]]` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fairness: Option<Fairness>,
     /// Wall-clock time of the run (not in the JSON: it differs run to run).
     #[serde(skip)]
     pub wall_ms: u64,
@@ -169,7 +303,7 @@ impl Report {
     }
 }
 
-fn run_report(r: RunResult, dom: Dim) -> RunReport {
+fn run_report(sc: &super::scenario::Scenario, r: RunResult, dom: Dim) -> RunReport {
     let RunResult {
         name,
         core,
@@ -191,6 +325,7 @@ fn run_report(r: RunResult, dom: Dim) -> RunReport {
         queued,
         unserved_why,
         events,
+        by_requester,
         ..
     } = metrics;
     for v in &mut w {
@@ -227,6 +362,7 @@ fn run_report(r: RunResult, dom: Dim) -> RunReport {
         invariant_violations: checker.violations,
         violation_examples: checker.examples,
         events,
+        fairness: fairness(sc, &by_requester, dom),
         wall_ms,
         high_waits: high,
     }
@@ -241,7 +377,7 @@ pub fn build(
 ) -> Report {
     let mut runs: Vec<RunReport> = results
         .into_iter()
-        .map(|r| run_report(r, d.dominant))
+        .map(|r| run_report(sc, r, d.dominant))
         .collect();
     let base = runs
         .iter()
@@ -410,6 +546,11 @@ pub fn render(r: &Report) -> String {
             let _ = writeln!(s, "  VIOLATION {v}");
         }
     }
+    for run in &r.runs {
+        if let Some(f) = &run.fairness {
+            render_fairness(&mut s, &run.name, f);
+        }
+    }
     let _ = writeln!(s);
     let _ = writeln!(
         s,
@@ -439,4 +580,61 @@ pub fn render(r: &Report) -> String {
         }
     );
     s
+}
+
+fn render_fairness(s: &mut String, run: &str, f: &Fairness) {
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{run}: share of granted {}-time, achieved against configured; share error max {:.3}, mean {:.3}",
+        f.dimension.name(),
+        f.max_share_error,
+        f.mean_share_error
+    );
+    let _ = writeln!(
+        s,
+        "  {:<10} {:<10} {:>6} {:>8} {:>8} {:>7} {:>7} {:>6} {:>9} {:>9}",
+        "requester",
+        "class",
+        "share",
+        "config",
+        "achieved",
+        "error",
+        "served",
+        "unsrv",
+        "wait p50",
+        "wait p99"
+    );
+    for c in &f.classes {
+        let _ = writeln!(
+            s,
+            "  {:<10} {:<10} {:>6} {:>7.1}% {:>7.1}% {:>7} {:>7} {:>6} {:>9} {:>9}",
+            format!("({})", c.requesters),
+            c.class,
+            c.share,
+            c.configured_share * 100.0,
+            c.achieved_share * 100.0,
+            "",
+            c.granted,
+            c.unserved,
+            ms(c.wait_p50_ms),
+            ms(c.wait_p99_ms)
+        );
+    }
+    for q in &f.requesters {
+        let _ = writeln!(
+            s,
+            "  {:<10} {:<10} {:>6} {:>7.1}% {:>7.1}% {:>6.1}% {:>7} {:>6} {:>9} {:>9}",
+            q.requester,
+            q.class,
+            "",
+            q.configured_share * 100.0,
+            q.achieved_share * 100.0,
+            q.share_error * 100.0,
+            q.granted,
+            q.unserved,
+            ms(q.wait_p50_ms),
+            ms(q.wait_p99_ms)
+        );
+    }
 }

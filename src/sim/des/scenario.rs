@@ -77,6 +77,9 @@ pub struct Scenario {
     pub network: Network,
     pub faults: Faults,
     pub policy: Policy,
+    /// Requester classes; empty means every node submits jobs equally and
+    /// every share is 1.
+    pub requesters: Vec<RequesterClass>,
 }
 
 impl Scenario {
@@ -84,6 +87,32 @@ impl Scenario {
     pub fn node_count(&self) -> usize {
         self.profiles.iter().map(|p| p.count).sum()
     }
+
+    /// The requester class of node `node` (classes take the first nodes,
+    /// in order), if it is a configured requester.
+    pub fn requester_class(&self, node: usize) -> Option<usize> {
+        let mut from = 0;
+        for (i, c) in self.requesters.iter().enumerate() {
+            if node < from + c.count {
+                return Some(i);
+            }
+            from += c.count;
+        }
+        None
+    }
+}
+
+/// A kind of requester: `count` nodes (the first nodes not taken by an
+/// earlier class) that submit jobs, with a configured share at every
+/// owner and a demand (relative job-arrival rate, per requester).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequesterClass {
+    pub name: String,
+    pub count: usize,
+    /// The share each of these requesters has at every owner.
+    pub share: u32,
+    /// Relative rate of jobs each of these requesters submits.
+    pub demand: f64,
 }
 
 /// A kind of node, and how many of them.
@@ -197,6 +226,9 @@ pub struct Policy {
     pub backfill: bool,
     /// Owners' order within a priority (`fifo`, `fair-share`, `weighted`).
     pub queue_policy: crate::core::fairshare::QueuePolicy,
+    /// The owners' shares per requester (from `[[requesters]]`) and the
+    /// half-life of recorded use (`fair_share_half_life`).
+    pub shares: crate::core::fairshare::Shares,
 }
 
 // ---------------------------------------------------------------------------
@@ -234,6 +266,16 @@ struct RawScenario {
     network: RawNetwork,
     faults: RawFaults,
     policy: RawPolicy,
+    requesters: Vec<RawRequester>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawRequester {
+    name: Option<String>,
+    count: Option<i64>,
+    share: Option<i64>,
+    demand: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -320,6 +362,7 @@ struct RawPolicy {
     retry: Option<Scalar>,
     backfill: Option<bool>,
     queue_policy: Option<String>,
+    fair_share_half_life: Option<Scalar>,
 }
 
 // ---------------------------------------------------------------------------
@@ -769,7 +812,7 @@ impl RawScenario {
         }
 
         let p = &self.policy;
-        let policy = Policy {
+        let mut policy = Policy {
             preemption: p.preemption.unwrap_or(false),
             max_queue: positive(p.max_queue, 64, "policy.max_queue")? as usize,
             max_tries: positive(p.max_tries, 8, "policy.max_tries")? as usize,
@@ -786,10 +829,57 @@ impl RawScenario {
                     .parse()
                     .map_err(|m: String| problem("policy.queue_policy", m.as_str()))?,
             },
+            shares: crate::core::fairshare::Shares::default(),
         };
         if policy.retry_ms == 0 {
             return Err(problem("policy.retry", "must be more than 0s"));
         }
+
+        let mut requesters = Vec::new();
+        let mut shares = crate::core::fairshare::Shares {
+            half_life_ms: opt_duration(
+                &p.fair_share_half_life,
+                crate::core::fairshare::DEFAULT_HALF_LIFE_MS,
+                "policy.fair_share_half_life",
+            )?,
+            ..Default::default()
+        };
+        for (i, r) in self.requesters.iter().enumerate() {
+            let k = |f: &str| format!("requesters[{i}].{f}");
+            let count = positive(r.count, 0, &k("count"))? as usize;
+            let share = crate::core::fairshare::check_share(
+                "each requester of this class",
+                r.share.unwrap_or(1),
+            )
+            .map_err(|m| problem(k("share"), m))?;
+            let demand = r.demand.unwrap_or(1.0);
+            if !(demand.is_finite() && demand > 0.0) {
+                return Err(problem(k("demand"), "must be more than 0"));
+            }
+            let from: usize = requesters.iter().map(|c: &RequesterClass| c.count).sum();
+            if from + count > nodes {
+                return Err(problem(
+                    k("count"),
+                    format!(
+                        "requesters take the first nodes: {} in all, but there are {nodes} nodes",
+                        from + count
+                    ),
+                ));
+            }
+            for n in from..from + count {
+                shares.requesters.insert(super::workload::node_id(n), share);
+            }
+            requesters.push(RequesterClass {
+                name: r.name.clone().unwrap_or_else(|| format!("requesters{i}")),
+                count,
+                share,
+                demand,
+            });
+        }
+        shares
+            .validate()
+            .map_err(|m| problem("policy.fair_share_half_life", m))?;
+        policy.shares = shares;
 
         Ok(Scenario {
             name: self.name.unwrap_or_else(|| default_name.to_owned()),
@@ -813,6 +903,7 @@ impl RawScenario {
                 crashes,
             },
             policy,
+            requesters,
         })
     }
 }
@@ -866,5 +957,45 @@ duration = ["10s", "1m"]
         let bad = MIN.replace("memory = \"16GiB\"", "memory = \"16 lightyears\"");
         let e = parse(&bad, "x.toml", "x").unwrap_err();
         assert_eq!(e.key(), Some("profiles[0].memory"), "{e}");
+    }
+
+    #[test]
+    fn requester_classes_take_the_first_nodes_and_give_their_shares() {
+        let text = format!(
+            "{MIN}\n[[requesters]]\nname = \"heavy\"\ncount = 1\nshare = 3\ndemand = 4.0\n\n\
+             [[requesters]]\ncount = 2\n\n[policy]\nqueue_policy = \"fair-share\"\n\
+             fair_share_half_life = \"2m\"\n"
+        );
+        let s = parse(&text, "r.toml", "r").unwrap();
+        assert_eq!(s.requesters.len(), 2);
+        assert_eq!(s.requesters[1].share, 1);
+        assert_eq!(s.requester_class(0), Some(0));
+        assert_eq!(s.requester_class(2), Some(1));
+        assert_eq!(s.requester_class(3), None);
+        let shares = &s.policy.shares;
+        assert_eq!(shares.half_life_ms, 120_000);
+        assert_eq!(shares.of_requester(&super::super::workload::node_id(0)), 3);
+        assert_eq!(shares.of_requester(&super::super::workload::node_id(1)), 1);
+        assert_eq!(shares.requesters.len(), 3);
+        // Only requesters submit jobs, the heavy one about 4 / 6 of them.
+        let d = super::super::workload::draw(&s);
+        assert!(!d.jobs.is_empty());
+        assert!(d.jobs.iter().all(|j| j.origin < 3));
+        let heavy = d.jobs.iter().filter(|j| j.origin == 0).count() as f64;
+        let frac = heavy / d.jobs.len() as f64;
+        assert!((0.55..0.78).contains(&frac), "heavy submitted {frac}");
+
+        let too_many = text.replace("count = 2\n", "count = 4\n");
+        let e = parse(&too_many, "r.toml", "r").unwrap_err();
+        assert_eq!(e.key(), Some("requesters[1].count"), "{e}");
+        let zero = text.replace("share = 3", "share = 0");
+        let e = parse(&zero, "r.toml", "r").unwrap_err();
+        assert_eq!(e.key(), Some("requesters[0].share"), "{e}");
+        let neg = text.replace("demand = 4.0", "demand = -1.0");
+        let e = parse(&neg, "r.toml", "r").unwrap_err();
+        assert_eq!(e.key(), Some("requesters[0].demand"), "{e}");
+        let half = text.replace("\"2m\"", "\"10ms\"");
+        let e = parse(&half, "r.toml", "r").unwrap_err();
+        assert_eq!(e.key(), Some("policy.fair_share_half_life"), "{e}");
     }
 }

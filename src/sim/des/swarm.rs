@@ -28,7 +28,7 @@ use crate::model::{Capacity, LeaseId, Location, Priority};
 
 use super::events::{hash, EventQueue};
 use super::gossip::{Board, Snapshot};
-use super::metrics::{lease_usage, used_of, Checker, Metrics};
+use super::metrics::{lease_usage, req_usage, used_of, Checker, Metrics};
 use super::owner::{Answer, Ask, OwnerCore, Woken};
 use super::scenario::Scenario;
 use super::workload::{node_id, node_index, Drawn, Job};
@@ -673,6 +673,7 @@ impl<O: OwnerCore> Swarm<'_, O> {
         self.jobs[j as usize].state = State::Unserved;
         let job = &self.d.jobs[j as usize];
         self.m.record_unserved(job.arrival_ms, job.priority, why);
+        self.m.record_requester_unserved(job.origin, job.arrival_ms);
     }
 
     fn reply(
@@ -717,6 +718,13 @@ impl<O: OwnerCore> Swarm<'_, O> {
             rt.waited = true;
             self.m
                 .record_wait(job.arrival_ms, job.priority, self.now - job.arrival_ms);
+            self.m.record_requester_grant(
+                job.origin,
+                job.arrival_ms,
+                self.now,
+                job.duration_ms,
+                req_usage(&job.req),
+            );
         }
         let gen = rt.gen;
         self.q
@@ -1115,6 +1123,37 @@ impl<O: OwnerCore> Swarm<'_, O> {
     /// capacity it did not need.
     fn check_head_of_line(&mut self, owner: u32) {
         let n = &self.nodes[owner as usize];
+        if self.sc.policy.queue_policy != crate::core::fairshare::QueuePolicy::Fifo {
+            // Within a priority the order follows the owner's record of
+            // use, which the simulator does not see. The first in line is
+            // one of the highest-priority waiting requests, so if every one
+            // of those fits, the first fits and should have been granted.
+            let Some(top) = n
+                .waiting
+                .iter()
+                .map(|(j, _, _)| self.d.jobs[*j as usize].priority)
+                .max()
+            else {
+                return;
+            };
+            let l = n.core.ledger();
+            let (free, cap) = (l.free(), l.capacity());
+            self.ck.checks += 1;
+            let all_fit = n
+                .waiting
+                .iter()
+                .map(|(j, _, _)| &self.d.jobs[*j as usize])
+                .filter(|job| job.priority == top)
+                .all(|job| quick_fit(&free, cap, job));
+            if all_fit {
+                let msg = format!(
+                    "{}: every {top} request waiting fits, and none was granted",
+                    l.node_id()
+                );
+                self.ck.record(self.now, msg);
+            }
+            return;
+        }
         let Some((j, pos, _)) = n
             .waiting
             .iter()

@@ -204,6 +204,11 @@ pub fn draw(s: &Scenario) -> Drawn {
         0.0
     };
     let shares: Vec<f64> = s.workload.classes.iter().map(|c| c.share).collect();
+    let demands: Vec<f64> = s
+        .requesters
+        .iter()
+        .map(|r| r.demand * r.count as f64)
+        .collect();
 
     // Calibrate the arrival rate on a separate stream, so the job list does
     // not depend on the sample size.
@@ -250,7 +255,14 @@ pub fn draw(s: &Scenario) -> Drawn {
         let c = pick_weighted(&mut rng, &shares);
         let (req, duration_ms) = draw_job_shape(&mut rng, &s.workload.classes[c]);
         let priority = priority_at(pick_weighted(&mut rng, &s.workload.priorities));
-        let origin = rng.random_range(0..nodes.len()) as u32;
+        let origin = if s.requesters.is_empty() {
+            rng.random_range(0..nodes.len()) as u32
+        } else {
+            // A requester class by its total demand, then one of its nodes.
+            let c = pick_weighted(&mut rng, &demands);
+            let from: usize = s.requesters[..c].iter().map(|r| r.count).sum();
+            (from + rng.random_range(0..s.requesters[c].count)) as u32
+        };
         let d = demand(&req, duration_ms, whole_gpu_mb);
         for k in 0..3 {
             sum[k] += d[k];
