@@ -740,6 +740,7 @@ pub(crate) enum Command {
     Breakers(oneshot::Sender<crate::net::node::BreakerReport>),
     /// Adaptive throttling: the per-peer admission rate in force.
     Throttle(oneshot::Sender<crate::core::adaptive::AdaptiveStatus>),
+    Elastic(oneshot::Sender<ElasticStatus>),
     /// Query the allocation history (audit log).
     History(
         crate::core::history::HistoryQuery,
@@ -839,6 +840,33 @@ pub struct HealthCheck {
     pub version: Option<String>,
     /// Why it did not answer.
     pub error: Option<String>,
+}
+
+/// Elastic sharing as it stands (`GET /api/v1/elastic`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ElasticStatus {
+    /// Whether elastic sharing is on; when off, `current` is the cap.
+    pub enabled: bool,
+    /// `reactive` or `forecast`.
+    pub policy: crate::core::elastic::ElasticMode,
+    /// The configured cap: the most this node ever lends.
+    pub cap: Capacity,
+    /// What it lends now (only cores and memory move).
+    pub current: Capacity,
+    /// With the forecast policy, once a sample was seen: the highest own
+    /// (non-swarm) use expected over the horizon.
+    pub forecast: Option<ElasticForecast>,
+}
+
+/// The forecast of the machine owner's own use over the horizon.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ElasticForecast {
+    /// Cores.
+    pub cpu_cores: f64,
+    /// Memory, MiB.
+    pub memory_mb: u64,
+    /// How far ahead it looks, seconds.
+    pub horizon_secs: u64,
 }
 
 /// Fresh readings of the host, fed in by the hardware monitor task and
@@ -1184,6 +1212,12 @@ impl Node {
     /// Adaptive throttling: the per-peer admission rate in force here.
     pub async fn throttle(&self) -> Result<crate::core::adaptive::AdaptiveStatus, NodeError> {
         self.call(Command::Throttle).await
+    }
+
+    /// Elastic sharing: what this node lends now against its cap, and the
+    /// forecast of its own use when the forecast policy is on.
+    pub async fn elastic(&self) -> Result<ElasticStatus, NodeError> {
+        self.call(Command::Elastic).await
     }
 
     /// The allocation history (audit log): records matching `query`,

@@ -1500,3 +1500,41 @@ fn health_checks_through_the_api_and_the_cli() {
         "{text}"
     );
 }
+
+#[test]
+fn elastic_status_shows_the_cap_what_is_lent_and_the_forecast() {
+    // Off: what is lent is the cap, no forecast.
+    let off = Daemon::start("elastic-off");
+    let (status, e) = off.get("/api/v1/elastic");
+    assert_eq!(status, 200, "{e}");
+    assert_eq!(e["enabled"], false, "{e}");
+    assert_eq!(e["policy"], "reactive", "{e}");
+    assert_eq!(e["cap"]["cpu_cores"], 4, "{e}");
+    assert_eq!(e["current"], e["cap"], "{e}");
+    assert!(e["forecast"].is_null(), "{e}");
+    drop(off);
+
+    // On, with the forecast policy: once the hardware monitor's first
+    // sample is in, a forecast of the machine's own use within [0, 8] cores.
+    let on = Daemon::builder("elastic-on")
+        .toml("[elastic]\nenabled = true\npolicy = \"forecast\"\nhorizon = \"10m\"")
+        .start();
+    let e = wait_for(30, "a forecast of local use", &on, || {
+        let (status, e) = on.get("/api/v1/elastic");
+        assert_eq!(status, 200, "{e}");
+        (!e["forecast"].is_null()).then_some(e)
+    });
+    assert_eq!(e["enabled"], true, "{e}");
+    assert_eq!(e["policy"], "forecast", "{e}");
+    assert_eq!(e["cap"]["cpu_cores"], 4, "{e}");
+    let lent = e["current"]["cpu_cores"].as_u64().expect("current cores");
+    assert!(lent <= 4, "never above the cap: {e}");
+    let f = &e["forecast"];
+    let cores = f["cpu_cores"].as_f64().expect("forecast cores");
+    assert!((0.0..=8.0).contains(&cores), "{e}");
+    assert!(
+        f["memory_mb"].as_u64().expect("forecast memory") <= 16 * 1024,
+        "{e}"
+    );
+    assert_eq!(f["horizon_secs"], 600, "{e}");
+}

@@ -85,6 +85,7 @@ pub fn router(node: Node, work: Work, api_auth: tokens::ApiAuth) -> Router {
         .route("/contention", get(contention))
         .route("/breakers", get(breakers))
         .route("/throttle", get(throttle))
+        .route("/elastic", get(elastic))
         .route("/history", get(history::history))
         .route("/usage", get(usage::usage))
         .route("/bottlenecks", get(usage::bottlenecks))
@@ -563,6 +564,10 @@ async fn breakers(State(st): State<AppState>) -> Result<impl IntoResponse, ApiEr
 
 async fn throttle(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(st.node.throttle().await?))
+}
+
+async fn elastic(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(st.node.elastic().await?))
 }
 
 async fn not_found() -> ApiError {

@@ -213,6 +213,9 @@ impl EventLoop {
             Command::Throttle(reply) => {
                 let _ = reply.send(self.throttle_status());
             }
+            Command::Elastic(reply) => {
+                let _ = reply.send(self.elastic_status());
+            }
             Command::History(q, reply) => {
                 let _ = reply.send(self.query_history(&q));
             }

@@ -75,3 +75,32 @@ impl EventLoop {
         }
     }
 }
+
+impl EventLoop {
+    /// Elastic sharing as it stands: cap, what is lent now, and the
+    /// forecast of the owner's own use when the forecast policy is on.
+    pub(super) fn elastic_status(&self) -> crate::handle::ElasticStatus {
+        match &self.elastic {
+            None => crate::handle::ElasticStatus {
+                enabled: false,
+                policy: self.cfg.elastic.mode,
+                cap: self.cfg.capacity.clone(),
+                current: self.cfg.capacity.clone(),
+                forecast: None,
+            },
+            Some(e) => crate::handle::ElasticStatus {
+                enabled: true,
+                policy: e.policy().mode,
+                cap: e.cap().clone(),
+                current: e.current().clone(),
+                forecast: e.forecast(now_ms()).map(|(cpu_cores, memory_mb)| {
+                    crate::handle::ElasticForecast {
+                        cpu_cores,
+                        memory_mb,
+                        horizon_secs: e.policy().forecast.horizon_ms / 1000,
+                    }
+                }),
+            },
+        }
+    }
+}
