@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::{
     extract::{rejection::QueryRejection, Query, State},
-    http::{header, StatusCode},
+    http::header,
     response::{
         sse::{Event, KeepAlive, Sse},
         IntoResponse, Response,
@@ -18,9 +18,9 @@ use axum::{
     Json,
 };
 use futures::Stream;
-use serde::Deserialize;
 
-use super::{ApiError, AppState};
+use super::{error::query_params, ApiError, AppState};
+use crate::core::history::{parse_time, QueryError};
 use crate::net::node::now_ms;
 
 const INDEX_HTML: &str = include_str!("dashboard/index.html");
@@ -53,49 +53,38 @@ pub(super) async fn app_css() -> Response {
     asset("text/css; charset=utf-8", APP_CSS)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct UtilQuery {
-    /// How far back, as a duration (`10m`, `1h`).
-    since: Option<String>,
-    /// Only what was taken after this time, ms since the Unix epoch.
-    after_ms: Option<u64>,
-}
-
-/// `GET /api/v1/utilization?since=10m` (or `?after_ms=`).
+/// `GET /api/v1/utilization?since=10m` (or `?after_ms=`). `since` takes
+/// the history's time forms (a duration back, RFC 3339, epoch ms).
 pub(super) async fn utilization(
     State(st): State<AppState>,
-    q: Result<Query<UtilQuery>, QueryRejection>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Query(q) = q.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_query",
-            format!("bad query: {}", e.body_text()),
-        )
-    })?;
-    let after = match (q.since, q.after_ms) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_query",
-                "give `since` or `after_ms`, not both",
-            ))
+    let now = now_ms();
+    let mut after = None;
+    for (k, v) in query_params(params)? {
+        let at = match k.as_str() {
+            "since" => parse_time("since", &v, now)?,
+            "after_ms" => v.trim().parse().map_err(|_| QueryError {
+                param: k.clone(),
+                message: format!("{v:?} is not milliseconds since the Unix epoch"),
+            })?,
+            _ => {
+                return Err(QueryError {
+                    param: k.clone(),
+                    message: "unknown parameter; expected `since` or `after_ms`".into(),
+                }
+                .into())
+            }
+        };
+        if after.replace(at).is_some() {
+            return Err(QueryError {
+                param: k,
+                message: "give one of `since` and `after_ms`, once".into(),
+            }
+            .into());
         }
-        (Some(s), None) => {
-            let d = crate::units::parse_duration(&s).map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_query",
-                    format!("bad `since` {s:?}: {e}"),
-                )
-            })?;
-            now_ms().saturating_sub(d.as_millis().min(u64::MAX as u128) as u64)
-        }
-        (None, Some(ms)) => ms,
-        (None, None) => 0,
-    };
-    Ok(Json(st.node.utilization(after).await?))
+    }
+    Ok(Json(st.node.utilization(after.unwrap_or(0)).await?))
 }
 
 /// `POST /api/v1/discover`: look for nodes now.

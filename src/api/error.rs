@@ -8,8 +8,37 @@ use axum::{
 };
 use serde_json::{json, Value};
 
+use crate::core::history::QueryError;
 use crate::handle::NodeError;
 use crate::model::DenyReason;
+
+/// A malformed query parameter: 400 `bad_query`, naming it in
+/// `error.param` (history, usage and utilization queries).
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        ApiError {
+            details: Some(json!({ "param": e.param })),
+            ..ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.to_string())
+        }
+    }
+}
+
+/// The query string as `(name, value)` pairs, or 400 `bad_query` when it
+/// cannot be decoded.
+pub(super) fn query_params(
+    params: Result<
+        axum::extract::Query<Vec<(String, String)>>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Result<Vec<(String, String)>, ApiError> {
+    params.map(|q| q.0).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            format!("invalid query string: {}", e.body_text()),
+        )
+    })
+}
 
 /// An API error response.
 #[derive(Debug)]

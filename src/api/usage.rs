@@ -7,37 +7,20 @@
 
 use axum::{
     extract::{rejection::QueryRejection, Query, State},
-    http::StatusCode,
     Json,
 };
-use serde_json::json;
 
-use super::{ApiError, AppState};
-use crate::core::history::QueryError;
+use super::{error::query_params, ApiError, AppState};
 use crate::core::usage::{UsageQuery, UsageReport};
 use crate::net::node::BottleneckReport;
-
-fn bad_query(e: QueryError) -> ApiError {
-    ApiError {
-        details: Some(json!({ "param": e.param })),
-        ..ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.to_string())
-    }
-}
 
 pub(super) async fn usage(
     State(st): State<AppState>,
     params: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<UsageReport>, ApiError> {
-    let Query(params) = params.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_query",
-            format!("invalid query string: {}", e.body_text()),
-        )
-    })?;
+    let params = query_params(params)?;
     let now = crate::net::node::now_ms();
-    let query = UsageQuery::parse(params.iter().map(|(k, v)| (k.as_str(), v.as_str())), now)
-        .map_err(bad_query)?;
+    let query = UsageQuery::parse(params.iter().map(|(k, v)| (k.as_str(), v.as_str())), now)?;
     Ok(Json(st.node.usage(query).await?))
 }
 
