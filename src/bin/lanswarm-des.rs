@@ -2,12 +2,15 @@
 //!
 //! ```text
 //! lanswarm-des run SCENARIO.toml [--strategy S]... [--seed N] [--json FILE] [--plots DIR]
+//! lanswarm-des compare SCENARIO.toml SCENARIO.toml... [--strategy S] [--seed N] [--plots DIR] [--name PREFIX]
 //! lanswarm-des check SCENARIO.toml...
 //! lanswarm-des elastic ELASTIC-SCENARIO.toml [--seed N] [--json FILE]
 //! ```
 //!
 //! `run` prints the report and exits 1 if any invariant was violated;
-//! `check` validates scenario files. See `simulations/README.md`.
+//! `compare` runs several scenarios (one policy against another on the same
+//! workload), prints each report, and plots them together; `check`
+//! validates scenario files. See `simulations/README.md`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +48,28 @@ enum Command {
         /// Write PNG plots into this directory (needs `--features plots`).
         #[arg(long, value_name = "DIR")]
         plots: Option<PathBuf>,
+        /// Runs at once; 0 = one per CPU.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Run several scenarios and plot one run of each together (fair
+    /// share against FIFO, backfill on against off).
+    Compare {
+        /// The scenario files, two or more.
+        #[arg(required = true, num_args = 2..)]
+        scenarios: Vec<PathBuf>,
+        /// Run and compare this strategy; default: each scenario's first.
+        #[arg(long, value_name = "S")]
+        strategy: Option<Strategy>,
+        /// Seed instead of the scenarios'.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write PNG plots into this directory (needs `--features plots`).
+        #[arg(long, value_name = "DIR")]
+        plots: Option<PathBuf>,
+        /// The plots' file names start with this.
+        #[arg(long, value_name = "PREFIX", default_value = "compare")]
+        name: String,
         /// Runs at once; 0 = one per CPU.
         #[arg(long, default_value_t = 0)]
         threads: usize,
@@ -109,6 +134,53 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 eprintln!("lanswarm-des: wrote {}", file.display());
             }
             Ok(if report.violations() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Compare {
+            scenarios,
+            strategy,
+            seed,
+            plots,
+            name,
+            threads,
+        } => {
+            let loaded = scenarios
+                .iter()
+                .map(|p| des::load(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            #[cfg(not(feature = "plots"))]
+            if plots.is_some() {
+                anyhow::bail!("--plots needs a build with `--features plots`");
+            }
+            let opts = des::Options {
+                strategies: strategy.map(|s| vec![s]),
+                seed,
+                threads,
+            };
+            let mut reports = Vec::with_capacity(loaded.len());
+            for (i, sc) in loaded.iter().enumerate() {
+                let report = des::run(sc, &opts);
+                if i > 0 {
+                    println!();
+                }
+                print!("{}", des::report::render(&report));
+                reports.push(report);
+            }
+            #[cfg(feature = "plots")]
+            if let Some(dir) = plots {
+                let files =
+                    des::plots::write_compare(&reports, strategy.map(|s| s.name()), &dir, &name)
+                        .with_context(|| format!("writing plots to {}", dir.display()))?;
+                for f in files {
+                    eprintln!("lanswarm-des: wrote {}", f.display());
+                }
+            }
+            #[cfg(not(feature = "plots"))]
+            let _ = name;
+            Ok(if reports.iter().all(|r| r.violations() == 0) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

@@ -790,78 +790,6 @@ pub fn render(r: &ElasticReport) -> String {
     s
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SMALL: &str = r#"
-seed = 3
-day = "1h"
-days = 4
-train_days = 1
-sample = "10s"
-owners = 6
-
-[local]
-base = [0.5, 1.5]
-peak = [8, 10]
-peak_at = ["20m", "30m"]
-peak_length = "10m"
-ramp = "1m"
-noise = 0.5
-
-[swarm]
-load = 0.9
-cores = [1, 4]
-duration = ["1m", "6m"]
-
-[elastic]
-shrink_after = "20s"
-grow_after = "1m"
-horizon = "8m"
-trend_horizon = "0s"
-buckets = 60
-"#;
-
-    #[test]
-    fn the_forecast_avoids_slowdowns_and_nothing_overcommits() {
-        let sc = parse(SMALL, "small.toml", "small").unwrap();
-        let r = run(&sc, None);
-        assert_eq!(r.violations(), 0, "{}", render(&r));
-        let re = r.run(ElasticMode::Reactive).unwrap();
-        let fo = r.run(ElasticMode::Forecast).unwrap();
-        assert!(re.slowdowns > 0, "{}", render(&r));
-        assert!(fo.slowdowns < re.slowdowns, "{}", render(&r));
-        assert!(fo.lent_core_hours > 0.0);
-        assert_eq!(re.samples, fo.samples);
-        assert_eq!(re.samples, 6 * 3 * 360);
-    }
-
-    #[test]
-    fn same_seed_same_report_and_bad_keys_are_named() {
-        let sc = parse(SMALL, "small.toml", "small").unwrap();
-        let a = serde_json::to_string(&run(&sc, None)).unwrap();
-        let b = serde_json::to_string(&run(&sc, None)).unwrap();
-        assert_eq!(a, b);
-        let c = serde_json::to_string(&run(&sc, Some(4))).unwrap();
-        assert_ne!(a, c);
-        for (from, to, key) in [
-            ("owners = 6", "owners = 0", "owners"),
-            ("load = 0.9", "load = 3.0", "swarm.load"),
-            ("peak = [8, 10]", "peak = [10, 8]", "local.peak"),
-            ("horizon = \"8m\"", "horizon = \"0s\"", "elastic.horizon"),
-            ("buckets = 60", "buckets = 0", "elastic.buckets"),
-            ("noise = 0.5", "nois = 0.5", "local.nois"),
-            ("day = \"1h\"", "day = \"soon\"", "day"),
-        ] {
-            let bad = SMALL.replace(from, to);
-            let e = parse(&bad, "x.toml", "x").unwrap_err();
-            assert_eq!(e.key(), Some(key), "{to}: {e}");
-            assert!(e.to_string().starts_with("x.toml"), "{e}");
-        }
-    }
-}
-
 /// PNG plot of a report (feature `plots`): slowdowns by hour of the day,
 /// reactive against forecast. Writes `elastic-<scenario>-slowdowns.png`
 /// into `dir` and returns its path.
@@ -933,4 +861,76 @@ pub fn plot(r: &ElasticReport, dir: &Path) -> Result<std::path::PathBuf, String>
     };
     draw().map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMALL: &str = r#"
+seed = 3
+day = "1h"
+days = 4
+train_days = 1
+sample = "10s"
+owners = 6
+
+[local]
+base = [0.5, 1.5]
+peak = [8, 10]
+peak_at = ["20m", "30m"]
+peak_length = "10m"
+ramp = "1m"
+noise = 0.5
+
+[swarm]
+load = 0.9
+cores = [1, 4]
+duration = ["1m", "6m"]
+
+[elastic]
+shrink_after = "20s"
+grow_after = "1m"
+horizon = "8m"
+trend_horizon = "0s"
+buckets = 60
+"#;
+
+    #[test]
+    fn the_forecast_avoids_slowdowns_and_nothing_overcommits() {
+        let sc = parse(SMALL, "small.toml", "small").unwrap();
+        let r = run(&sc, None);
+        assert_eq!(r.violations(), 0, "{}", render(&r));
+        let re = r.run(ElasticMode::Reactive).unwrap();
+        let fo = r.run(ElasticMode::Forecast).unwrap();
+        assert!(re.slowdowns > 0, "{}", render(&r));
+        assert!(fo.slowdowns < re.slowdowns, "{}", render(&r));
+        assert!(fo.lent_core_hours > 0.0);
+        assert_eq!(re.samples, fo.samples);
+        assert_eq!(re.samples, 6 * 3 * 360);
+    }
+
+    #[test]
+    fn same_seed_same_report_and_bad_keys_are_named() {
+        let sc = parse(SMALL, "small.toml", "small").unwrap();
+        let a = serde_json::to_string(&run(&sc, None)).unwrap();
+        let b = serde_json::to_string(&run(&sc, None)).unwrap();
+        assert_eq!(a, b);
+        let c = serde_json::to_string(&run(&sc, Some(4))).unwrap();
+        assert_ne!(a, c);
+        for (from, to, key) in [
+            ("owners = 6", "owners = 0", "owners"),
+            ("load = 0.9", "load = 3.0", "swarm.load"),
+            ("peak = [8, 10]", "peak = [10, 8]", "local.peak"),
+            ("horizon = \"8m\"", "horizon = \"0s\"", "elastic.horizon"),
+            ("buckets = 60", "buckets = 0", "elastic.buckets"),
+            ("noise = 0.5", "nois = 0.5", "local.nois"),
+            ("day = \"1h\"", "day = \"soon\"", "day"),
+        ] {
+            let bad = SMALL.replace(from, to);
+            let e = parse(&bad, "x.toml", "x").unwrap_err();
+            assert_eq!(e.key(), Some(key), "{to}: {e}");
+            assert!(e.to_string().starts_with("x.toml"), "{e}");
+        }
+    }
 }

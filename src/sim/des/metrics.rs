@@ -191,6 +191,16 @@ pub struct Metrics {
     /// Per requester (node index): what it was granted and how long it
     /// waited, for jobs that arrived in the window.
     pub by_requester: BTreeMap<u32, RequesterUse>,
+    /// Waits of granted jobs that arrived in the window, per job class
+    /// (index into the scenario's `[[workload.classes]]`).
+    pub class_waits: BTreeMap<u16, Vec<u64>>,
+    /// Jobs that arrived in the window and were never served, per job class.
+    pub class_unserved: BTreeMap<u16, u64>,
+    /// Width of one step of `series`, ms.
+    pub series_step_ms: u64,
+    /// ∫ used dt over each step `[i × step, (i + 1) × step)` from time 0
+    /// (warm-up included) to the end of the window, per [`Dim`].
+    pub series: Vec<[f64; 3]>,
 }
 
 /// What one requester got in the measured window.
@@ -207,9 +217,13 @@ pub struct RequesterUse {
 
 impl Metrics {
     pub fn new(from_ms: u64, to_ms: u64) -> Self {
+        // About 120 steps, in whole seconds.
+        let step = to_ms.div_ceil(120 * 1000).max(1) * 1000;
         Metrics {
             from_ms,
             to_ms,
+            series_step_ms: step,
+            series: vec![[0.0; 3]; to_ms.div_ceil(step) as usize],
             ..Default::default()
         }
     }
@@ -222,6 +236,17 @@ impl Metrics {
             for k in 0..3 {
                 self.integral[k] += self.used[k] * dt;
             }
+        }
+        let mut t = self.last_ms;
+        while t < b && self.series_step_ms > 0 {
+            let i = t / self.series_step_ms;
+            let end = ((i + 1) * self.series_step_ms).min(b);
+            if let Some(cell) = self.series.get_mut(i as usize) {
+                for (c, u) in cell.iter_mut().zip(self.used) {
+                    *c += u * (end - t) as f64;
+                }
+            }
+            t = end;
         }
         self.last_ms = self.last_ms.max(now_ms);
     }
@@ -269,15 +294,19 @@ impl Metrics {
         arrival_ms >= self.from_ms && arrival_ms < self.to_ms
     }
 
-    pub fn record_wait(&mut self, arrival_ms: u64, prio: Priority, wait_ms: u64) {
+    /// A job of job class `class` that arrived at `arrival_ms` waited
+    /// `wait_ms` for its grant.
+    pub fn record_wait(&mut self, arrival_ms: u64, prio: Priority, class: u16, wait_ms: u64) {
         if self.in_window(arrival_ms) {
             self.waits[prio as usize].push(wait_ms);
+            self.class_waits.entry(class).or_default().push(wait_ms);
         }
     }
 
-    pub fn record_unserved(&mut self, arrival_ms: u64, prio: Priority, why: &str) {
+    pub fn record_unserved(&mut self, arrival_ms: u64, prio: Priority, class: u16, why: &str) {
         if self.in_window(arrival_ms) {
             self.unserved[prio as usize] += 1;
+            *self.class_unserved.entry(class).or_insert(0) += 1;
             *self.unserved_why.entry(why.to_owned()).or_insert(0) += 1;
         }
     }

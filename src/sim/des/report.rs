@@ -110,6 +110,9 @@ pub struct ClassShare {
     pub unserved: u64,
     pub wait_p50_ms: Option<u64>,
     pub wait_p99_ms: Option<u64>,
+    /// The class's waits, sorted, for the plots (not in the JSON).
+    #[serde(skip)]
+    pub waits: Vec<u64>,
 }
 
 /// Achieved against configured shares, for scenarios with
@@ -193,6 +196,7 @@ fn fairness(
                 unserved,
                 wait_p50_ms: percentile(w, 50.0),
                 wait_p99_ms: percentile(w, 99.0),
+                waits: std::mem::take(w),
             }
         })
         .collect();
@@ -226,6 +230,9 @@ pub struct RunReport {
     pub utilization_gap_pct: Option<f64>,
     /// Per priority, then `high+critical` together.
     pub waits: Vec<Waits>,
+    /// Per job class (`[[workload.classes]]`), in the scenario's order;
+    /// `priority` holds the class name.
+    pub class_waits: Vec<Waits>,
     /// p99 wait of high and critical jobs over the baseline's.
     pub high_p99_ratio: Option<f64>,
     /// Whether this run meets both targets (`None` for the baseline).
@@ -257,6 +264,13 @@ pub struct RunReport {
     /// Sorted waits of high and critical jobs, for the CDF plot.
     #[serde(skip)]
     pub high_waits: Vec<u64>,
+    /// Sorted waits per job class, as `class_waits`, for the plots.
+    #[serde(skip)]
+    pub class_wait_samples: Vec<Vec<u64>>,
+    /// Capacity held on the dominant dimension over time, from time 0
+    /// (warm-up included): (start of the step in s, fraction held).
+    #[serde(skip)]
+    pub utilization_series: Vec<(f64, f64)>,
 }
 
 /// The whole report of a scenario.
@@ -303,7 +317,12 @@ impl Report {
     }
 }
 
-fn run_report(sc: &super::scenario::Scenario, r: RunResult, dom: Dim) -> RunReport {
+fn run_report(
+    sc: &super::scenario::Scenario,
+    r: RunResult,
+    dom: Dim,
+    capacity: &[f64; 3],
+) -> RunReport {
     let RunResult {
         name,
         core,
@@ -326,6 +345,10 @@ fn run_report(sc: &super::scenario::Scenario, r: RunResult, dom: Dim) -> RunRepo
         unserved_why,
         events,
         by_requester,
+        mut class_waits,
+        class_unserved,
+        series_step_ms,
+        series,
         ..
     } = metrics;
     for v in &mut w {
@@ -340,6 +363,38 @@ fn run_report(sc: &super::scenario::Scenario, r: RunResult, dom: Dim) -> RunRepo
     list.push(waits("high+critical", &high, unserved[2] + unserved[3]));
     let util = PerDim::from(useful);
     let held = PerDim::from(utilization);
+    let k = super::metrics::dim_index(dom);
+    let step = series_step_ms.max(1) as f64;
+    let utilization_series = series
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let frac = if capacity[k] > 0.0 {
+                v[k] / (capacity[k] * step)
+            } else {
+                0.0
+            };
+            (i as f64 * step / 1000.0, round(frac, 4))
+        })
+        .collect();
+    let class_wait_samples: Vec<Vec<u64>> = (0..sc.workload.classes.len())
+        .map(|c| {
+            let mut w = class_waits.remove(&(c as u16)).unwrap_or_default();
+            w.sort_unstable();
+            w
+        })
+        .collect();
+    let class_list = sc
+        .workload
+        .classes
+        .iter()
+        .zip(&class_wait_samples)
+        .enumerate()
+        .map(|(c, (class, w))| {
+            let unserved = class_unserved.get(&(c as u16)).copied().unwrap_or(0);
+            waits(&class.name, w, unserved)
+        })
+        .collect();
     RunReport {
         name,
         core,
@@ -348,6 +403,7 @@ fn run_report(sc: &super::scenario::Scenario, r: RunResult, dom: Dim) -> RunRepo
         utilization: util,
         utilization_gap_pct: None,
         waits: list,
+        class_waits: class_list,
         high_p99_ratio: None,
         meets_targets: None,
         granted,
@@ -365,6 +421,8 @@ fn run_report(sc: &super::scenario::Scenario, r: RunResult, dom: Dim) -> RunRepo
         fairness: fairness(sc, &by_requester, dom),
         wall_ms,
         high_waits: high,
+        class_wait_samples,
+        utilization_series,
     }
 }
 
@@ -377,7 +435,7 @@ pub fn build(
 ) -> Report {
     let mut runs: Vec<RunReport> = results
         .into_iter()
-        .map(|r| run_report(sc, r, d.dominant))
+        .map(|r| run_report(sc, r, d.dominant, &d.capacity))
         .collect();
     let base = runs
         .iter()
@@ -520,6 +578,9 @@ pub fn render(r: &Report) -> String {
             cell(&run.waits[3])
         );
     }
+    if r.runs.iter().any(|run| run.class_waits.len() > 1) {
+        render_class_waits(&mut s, r);
+    }
     let _ = writeln!(s);
     for run in &r.runs {
         let d: Vec<String> = run
@@ -582,6 +643,29 @@ pub fn render(r: &Report) -> String {
     s
 }
 
+fn render_class_waits(s: &mut String, r: &Report) {
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "wait per job class, p50 / p99 (granted jobs), and jobs never served:"
+    );
+    let _ = write!(s, "{:<13}", "run");
+    if let Some(first) = r.runs.first() {
+        for c in &first.class_waits {
+            let _ = write!(s, " {:>17} {:>6}", c.priority, "unsrv");
+        }
+    }
+    let _ = writeln!(s);
+    for run in &r.runs {
+        let _ = write!(s, "{:<13}", run.name);
+        for c in &run.class_waits {
+            let cell = format!("{} / {}", ms(c.p50_ms), ms(c.p99_ms));
+            let _ = write!(s, " {:>17} {:>6}", cell, c.unserved);
+        }
+        let _ = writeln!(s);
+    }
+}
+
 fn render_fairness(s: &mut String, run: &str, f: &Fairness) {
     let _ = writeln!(s);
     let _ = writeln!(
@@ -636,5 +720,82 @@ fn render_fairness(s: &mut String, run: &str, f: &Fairness) {
             ms(q.wait_p50_ms),
             ms(q.wait_p99_ms)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{parse, run, Options};
+
+    /// The backfill scenario (two job classes, small and large), shortened.
+    fn report() -> super::Report {
+        let text = include_str!("../../../simulations/scenarios/backfill-off.toml")
+            .replace("duration = \"10m\"", "duration = \"4m\"");
+        let sc = parse(&text, "backfill-off.toml", "backfill-off").unwrap();
+        run(&sc, &Options::default())
+    }
+
+    #[test]
+    fn the_waits_per_job_class_add_up_to_the_waits_per_priority() {
+        let r = report();
+        for run in &r.runs {
+            let names: Vec<&str> = run
+                .class_waits
+                .iter()
+                .map(|c| c.priority.as_str())
+                .collect();
+            assert_eq!(names, ["small", "large"], "{}", run.name);
+            let granted: usize = run.class_waits.iter().map(|c| c.granted).sum();
+            let unserved: u64 = run.class_waits.iter().map(|c| c.unserved).sum();
+            assert_eq!(
+                granted,
+                run.waits[..4].iter().map(|w| w.granted).sum::<usize>()
+            );
+            assert_eq!(
+                unserved,
+                run.waits[..4].iter().map(|w| w.unserved).sum::<u64>()
+            );
+            assert!(granted > 0, "{}", run.name);
+            // The large jobs (12-16 cores) wait for whole nodes: longer
+            // than the small ones at the median.
+            let (small, large) = (&run.class_waits[0], &run.class_waits[1]);
+            assert!(
+                large.p50_ms > small.p50_ms,
+                "{}: {small:?} {large:?}",
+                run.name
+            );
+            for (c, w) in run.class_waits.iter().zip(&run.class_wait_samples) {
+                assert_eq!(c.granted, w.len());
+                assert!(w.windows(2).all(|p| p[0] <= p[1]));
+            }
+        }
+    }
+
+    #[test]
+    fn the_utilization_series_averages_to_the_utilization_over_the_window() {
+        let r = report();
+        for run in &r.runs {
+            let s = &run.utilization_series;
+            assert!(s.len() >= 100, "{}: {} steps", run.name, s.len());
+            let step = s[1].0 - s[0].0;
+            // The steps inside the measured window (it starts on a step).
+            let inside: Vec<f64> = s
+                .iter()
+                .filter(|(t, _)| *t >= r.warmup_s && *t < r.duration_s)
+                .map(|p| p.1)
+                .collect();
+            assert!((inside.len() as f64 * step - (r.duration_s - r.warmup_s)).abs() < 1e-9);
+            let mean = inside.iter().sum::<f64>() / inside.len() as f64;
+            // No preemption here: held = useful.
+            assert!(
+                (mean - run.utilization_dominant).abs() < 1e-3,
+                "{}: series mean {mean}, utilization {}",
+                run.name,
+                run.utilization_dominant
+            );
+            assert!(s.iter().all(|p| (0.0..=1.0 + 1e-9).contains(&p.1)));
+            // It starts empty and fills up during the warm-up.
+            assert!(s[0].1 < 0.5 && mean > 0.5, "{}: {:?}", run.name, &s[..3]);
+        }
     }
 }

@@ -672,7 +672,8 @@ impl<O: OwnerCore> Swarm<'_, O> {
     fn unserved(&mut self, j: u32, why: &str) {
         self.jobs[j as usize].state = State::Unserved;
         let job = &self.d.jobs[j as usize];
-        self.m.record_unserved(job.arrival_ms, job.priority, why);
+        self.m
+            .record_unserved(job.arrival_ms, job.priority, job.class, why);
         self.m.record_requester_unserved(job.origin, job.arrival_ms);
     }
 
@@ -716,8 +717,12 @@ impl<O: OwnerCore> Swarm<'_, O> {
         rt.state = State::Running(owner);
         if !rt.waited {
             rt.waited = true;
-            self.m
-                .record_wait(job.arrival_ms, job.priority, self.now - job.arrival_ms);
+            self.m.record_wait(
+                job.arrival_ms,
+                job.priority,
+                job.class,
+                self.now - job.arrival_ms,
+            );
             self.m.record_requester_grant(
                 job.origin,
                 job.arrival_ms,
