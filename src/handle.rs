@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::access::AccessPolicy;
-use crate::core::calendar::Reservation;
+use crate::core::calendar::{Condition, Reservation};
 use crate::core::constraints::Constraints;
 use crate::core::contention::ContentionReport;
 use crate::core::placement::{Strategy, StrategyConfig};
@@ -75,6 +75,12 @@ pub struct AllocationRequest {
     /// lease, place the same request again elsewhere. The lost allocation
     /// names its replacement in `replaced_by`.
     pub replace: bool,
+    /// Draw the lease from this pooled reservation (its id) instead of the
+    /// owner's free capacity: the reservation must be active and shared
+    /// with a group this node is in (or made by this node). The owner is
+    /// the one that holds the reservation: `node_id` names it, or, for a
+    /// reservation this node made, it is known.
+    pub reservation: Option<String>,
 }
 
 /// What an allocation holds (seed 004's `AllocatedResources`).
@@ -292,6 +298,45 @@ pub struct ReservationRequest {
     pub priority: Priority,
     pub task_type: String,
     pub constraints: Constraints,
+    /// A conditional reservation: become active only once this named
+    /// event is posted (`POST /api/v1/reservations/events`) by this node or
+    /// the owner's admin, within the window; unmet at the window's end.
+    pub when_event: Option<String>,
+    /// A conditional reservation: become active only once this other
+    /// reservation (its id, on the same owner) becomes active. The new
+    /// reservation is placed on that owner.
+    pub after_reservation: Option<String>,
+    /// A pooled reservation: this group (id or name; this node must be a
+    /// member) shares it, and its members draw leases from it
+    /// (`POST /api/v1/allocations` with `reservation`) up to its size.
+    pub share_with: Option<String>,
+}
+
+/// A named event to post for conditional reservations.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventPost {
+    /// 1 to 64 characters of `[A-Za-z0-9._:-]`.
+    pub name: String,
+}
+
+/// One reservation whose condition an event met.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventMet {
+    pub reservation_id: String,
+    pub node_id: NodeId,
+    pub node_name: String,
+}
+
+/// What posting an event did: the reservations (on this node, for any
+/// holder, and on the owners of this node's reservations) whose condition
+/// it met, and owners that could not be told.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventPosted {
+    pub name: String,
+    pub met: Vec<EventMet>,
+    /// Owners this node's reservations wait on that did not answer, and why.
+    pub errors: Vec<String>,
 }
 
 /// A reservation as the API shows it.
@@ -304,12 +349,29 @@ pub struct ReservationInfo {
     pub holder: NodeId,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
-    /// `confirmed`, `active`, `released`, `expired` or `cancelled`.
+    /// `confirmed`, `waiting` (window begun, condition not met yet),
+    /// `active`, `released`, `expired`, `unmet` (ended before its
+    /// condition held) or `cancelled`.
     pub status: String,
     pub priority: Priority,
     pub required_resources: ResourceRequirements,
     /// GPUs set aside on the owner.
     pub gpus: Vec<GpuSlot>,
+    /// The named event it waits on, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_event: Option<String>,
+    /// The reservation (on the same owner) it waits on, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_reservation: Option<String>,
+    /// When its condition held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition_met: Option<DateTime<Utc>>,
+    /// The group it is shared with (a pooled reservation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_with: Option<String>,
+    /// For a pooled reservation, on its owner: what is left to draw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left: Option<Capacity>,
 }
 
 impl ReservationInfo {
@@ -328,6 +390,17 @@ impl ReservationInfo {
             priority: r.priority,
             required_resources: r.req.clone(),
             gpus: r.gpus.clone(),
+            when_event: match &r.condition {
+                Some(Condition::Event(name)) => Some(name.clone()),
+                _ => None,
+            },
+            after_reservation: match &r.condition {
+                Some(Condition::Reservation(id)) => Some(id.0.clone()),
+                _ => None,
+            },
+            condition_met: r.condition_met_ms.map(ms_to_utc),
+            shared_with: r.shared_with.as_ref().map(|g| g.0.clone()),
+            left: None,
         }
     }
 }
@@ -714,6 +787,7 @@ pub(crate) enum Command {
         oneshot::Sender<Result<ReservationInfo, NodeError>>,
     ),
     Reservations(oneshot::Sender<Reservations>),
+    PostEvent(String, oneshot::Sender<Result<EventPosted, NodeError>>),
     Quotas(oneshot::Sender<Vec<QuotaEntry>>),
     SetQuota(
         QuotaChange,
@@ -1136,6 +1210,13 @@ impl Node {
     /// Reserve resources for a future window on some node (seed 003).
     pub async fn reserve(&self, req: ReservationRequest) -> Result<ReservationInfo, NodeError> {
         self.call(|tx| Command::Reserve(Box::new(req), tx)).await?
+    }
+
+    /// Post a named event for conditional reservations: those on this
+    /// node waiting on it (any holder), and this node's own reservations on
+    /// other owners waiting on it.
+    pub async fn post_event(&self, name: String) -> Result<EventPosted, NodeError> {
+        self.call(|tx| Command::PostEvent(name, tx)).await?
     }
 
     /// Reservations made here and held here. Cancel one with

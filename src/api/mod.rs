@@ -76,6 +76,7 @@ pub fn router(node: Node, work: Work, api_auth: tokens::ApiAuth) -> Router {
         .route("/pools", get(pools).post(create_pool))
         .route("/pools/{name}", get(pool).delete(delete_pool))
         .route("/reservations", get(reservations).post(reserve))
+        .route("/reservations/events", post(post_event))
         .route("/reservations/{id}", delete(cancel_reservation))
         .route("/quotas", get(quotas).put(set_quota))
         .route("/quotas/{subject}", delete(remove_quota))
@@ -496,6 +497,15 @@ async fn reserve(State(st): State<AppState>, body: Bytes) -> Result<impl IntoRes
     let req: ReservationRequest = parse_json(&body)?;
     let r = st.node.reserve(req).await?;
     Ok((StatusCode::CREATED, Json(r)))
+}
+
+/// Post a named event for conditional reservations.
+async fn post_event(
+    State(st): State<AppState>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let e: crate::handle::EventPost = parse_json(&body)?;
+    Ok(Json(st.node.post_event(e.name).await?))
 }
 
 /// A reservation's id is also its lease's id, so cancelling is releasing.

@@ -31,9 +31,10 @@ use crate::core::pools::PoolSelector;
 use crate::core::quota::{Burst, Limits};
 use crate::core::sched::SchedPolicy;
 use crate::handle::{
-    AccessChange, Allocation, AllocationRequest, AllocationStatus, Allocations, GroupInfo,
-    GroupMember, NewGroup, NewPool, NodeInfo, PoolInfo, QueueEntry, QuotaChange, QuotaEntry,
-    ReleaseOutcome, ReservationInfo, ReservationRequest, Reservations, SchedPolicyChange,
+    AccessChange, Allocation, AllocationRequest, AllocationStatus, Allocations, EventPost,
+    EventPosted, GroupInfo, GroupMember, NewGroup, NewPool, NodeInfo, PoolInfo, QueueEntry,
+    QuotaChange, QuotaEntry, ReleaseOutcome, ReservationInfo, ReservationRequest, Reservations,
+    SchedPolicyChange,
 };
 use crate::model::{ComputeCapability, Priority, ResourceRequirements};
 use crate::units::{format_mb, parse_duration, parse_size_mb};
@@ -254,6 +255,11 @@ pub struct RequestArgs {
     /// The node's location zone.
     #[arg(long)]
     pub zone: Option<String>,
+    /// Draw the lease from this active pooled reservation (its id) instead
+    /// of free capacity; `--node` names its owner (not needed for one this
+    /// node made).
+    #[arg(long, value_name = "RESERVATION_ID", conflicts_with_all = ["pool", "group"])]
+    pub reservation: Option<String>,
 }
 
 /// Options of `lanswarm reserve`.
@@ -293,6 +299,23 @@ pub struct ReserveArgs {
     /// Free-form task type recorded on the lease.
     #[arg(long, default_value = "")]
     pub task_type: String,
+    /// Become active only once this named event is posted (`lanswarm
+    /// reservations event NAME`) within the window; unmet otherwise.
+    #[arg(long, value_name = "NAME", value_parser = event_arg)]
+    pub when_event: Option<String>,
+    /// Become active only once this other reservation (on the same owner)
+    /// does; the new one is placed on that owner.
+    #[arg(
+        long = "after",
+        value_name = "RESERVATION_ID",
+        conflicts_with = "when_event"
+    )]
+    pub after_reservation: Option<String>,
+    /// Share it with this group (id or name; this node must be a member):
+    /// its members draw leases from it (`lanswarm request --reservation
+    /// ID`) up to its size.
+    #[arg(long, value_name = "GROUP")]
+    pub share_with: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -370,7 +393,7 @@ pub enum Start {
     In(u64),
 }
 
-/// `lanswarm reservations [cancel ID]`.
+/// `lanswarm reservations [list | cancel ID | event NAME]`.
 #[derive(Debug, Clone, Args)]
 pub struct ReservationsArgs {
     #[command(subcommand)]
@@ -386,6 +409,14 @@ pub enum ReservationsCommand {
     Cancel {
         /// The reservation id.
         id: String,
+    },
+    /// Post a named event: the reservations here waiting on it (any
+    /// holder), and this node's own reservations on other owners waiting on
+    /// it, become active (at once within their window, else at its start).
+    Event {
+        /// The event's name: 1 to 64 of A-Z a-z 0-9 . _ : -
+        #[arg(value_parser = event_arg)]
+        name: String,
     },
 }
 
@@ -705,6 +736,12 @@ fn cc_arg(s: &str) -> Result<ComputeCapability, String> {
     s.parse()
 }
 
+/// An event name, checked as the node checks it.
+fn event_arg(s: &str) -> Result<String, String> {
+    crate::core::calendar::validate_event_name(s)?;
+    Ok(s.to_owned())
+}
+
 /// `--start`: RFC 3339, `now`, or a duration from now written `+10m`,
 /// `in 10m` or `now+10m`.
 fn start_arg(s: &str) -> Result<Start, String> {
@@ -796,6 +833,7 @@ impl RequestArgs {
                 min_compute_capability: self.min_cc,
                 zone: self.zone.clone(),
             },
+            reservation: self.reservation.clone(),
             ..Default::default()
         }
     }
@@ -824,6 +862,9 @@ impl ReserveArgs {
             node_id: self.node.clone(),
             priority: self.priority,
             task_type: self.task_type.clone(),
+            when_event: self.when_event.clone(),
+            after_reservation: self.after_reservation.clone(),
+            share_with: self.share_with.clone(),
             ..Default::default()
         }
     }
@@ -1011,6 +1052,13 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<()> {
                 out(json, &r, || {
                     format!("cancelled reservation {}\n", r.allocation_id)
                 })
+            }
+            Some(ReservationsCommand::Event { name }) => {
+                let body = EventPost { name: name.clone() };
+                let p: EventPosted = c
+                    .call(Method::POST, "/api/v1/reservations/events", Some(&body))
+                    .await?;
+                out(json, &p, || table::event_posted(&p))
             }
         },
         Command::Quota(cmd) => {
@@ -1439,5 +1487,165 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn conditional_and_pooled_reservations_and_draws_parse() {
+        let base = ["lanswarm", "reserve", "--start", "now", "--duration", "2m"];
+        let reserve = |extra: &[&str]| {
+            let cli = Cli::try_parse_from(base.iter().chain(extra))?;
+            let Command::Reserve(args) = cli.command else {
+                panic!("{:?}", cli.command)
+            };
+            Ok::<_, clap::Error>(args.to_request())
+        };
+        let r = reserve(&["--cpu", "1", "--when-event", "data-ready", "--node", "h0"]).unwrap();
+        assert_eq!(r.when_event.as_deref(), Some("data-ready"));
+        assert_eq!((r.after_reservation, r.share_with), (None, None));
+        assert_eq!(r.start_in_secs, Some(0));
+        let r = reserve(&["--cpu", "1", "--after", "r-1", "--share-with", "lab"]).unwrap();
+        assert_eq!(r.after_reservation.as_deref(), Some("r-1"));
+        assert_eq!(r.share_with.as_deref(), Some("lab"));
+        assert_eq!(r.when_event, None);
+
+        // Both conditions at once, or a name the node would refuse: usage
+        // errors that name what is wrong.
+        let e = reserve(&["--cpu", "1", "--when-event", "x", "--after", "r-1"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{e}");
+        assert!(e.to_string().contains("--after"), "{e}");
+        for bad in ["data ready", "", "é", &"x".repeat(65)] {
+            let e = reserve(&["--cpu", "1", "--when-event", bad]).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad:?}: {e}"
+            );
+        }
+        assert!(Cli::try_parse_from(["lanswarm", "reservations", "event", "a/b"]).is_err());
+
+        let cli = Cli::parse_from(["lanswarm", "reservations", "event", "job:42.done"]);
+        let Command::Reservations(ReservationsArgs {
+            command: Some(ReservationsCommand::Event { name }),
+        }) = cli.command
+        else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(name, "job:42.done");
+
+        let cli = Cli::parse_from([
+            "lanswarm",
+            "request",
+            "--cpu",
+            "1",
+            "--reservation",
+            "r-7",
+            "--node",
+            "h0",
+        ]);
+        let Command::Request(args) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        let a = args.to_request();
+        assert_eq!(a.reservation.as_deref(), Some("r-7"));
+        assert_eq!(a.node_id.as_deref(), Some("h0"));
+        let r = Cli::try_parse_from(["lanswarm", "request", "--reservation", "r", "--pool", "p"]);
+        assert!(r.is_err(), "a draw comes from the reservation, not a pool");
+        let plain = Cli::parse_from(["lanswarm", "request", "--cpu", "1"]);
+        let Command::Request(args) = plain.command else {
+            panic!("{:?}", plain.command)
+        };
+        assert_eq!(args.to_request().reservation, None);
+    }
+
+    #[test]
+    fn reservation_tables_show_the_condition_the_status_and_the_pool() {
+        let info = |extra: Value| -> ReservationInfo {
+            let mut v = serde_json::json!({
+                "reservation_id": "r-1",
+                "node_id": "12D3KooWowner",
+                "node_name": "h0",
+                "holder": "12D3KooWholder",
+                "start": "2026-12-01T09:00:00Z",
+                "end": "2026-12-01T10:00:00Z",
+                "status": "waiting",
+                "priority": "normal",
+                "required_resources": { "cpu_cores": 2 },
+                "gpus": [],
+            });
+            if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let waiting = info(serde_json::json!({ "when_event": "data-ready" }));
+        let unmet = info(serde_json::json!({
+            "reservation_id": "r-2",
+            "status": "unmet",
+            "after_reservation": "r-1",
+        }));
+        let pooled = info(serde_json::json!({
+            "reservation_id": "r-3",
+            "status": "active",
+            "when_event": "go",
+            "condition_met": "2026-12-01T09:12:34Z",
+            "shared_with": "grp-lab",
+            "left": { "cpu_cores": 1, "memory_mb": 0, "disk_mb": 0, "gpus": [] },
+        }));
+        let text = table::reservations(&Reservations {
+            held: vec![waiting.clone(), unmet.clone()],
+            granted: vec![pooled.clone()],
+        });
+        let line = |id: &str| {
+            text.lines()
+                .find(|l| l.starts_with(id))
+                .unwrap_or_else(|| panic!("{id} in {text}"))
+        };
+        assert!(
+            text.contains("CONDITION") && text.contains("SHARED WITH"),
+            "{text}"
+        );
+        let l = line("r-1");
+        assert!(
+            l.contains("waiting") && l.contains("event data-ready"),
+            "{l}"
+        );
+        let l = line("r-2");
+        assert!(l.contains("unmet") && l.contains("after r-1"), "{l}");
+        let l = line("r-3");
+        assert!(
+            l.contains("active") && l.contains("event go (met 09:12:34)"),
+            "{l}"
+        );
+        assert!(l.contains("grp-lab (1 cores left)"), "{l}");
+        // No condition, no pool: dashes, and the held side has no `left`.
+        let plain = info(serde_json::json!({ "status": "confirmed" }));
+        let one = table::reservation(&plain);
+        assert!(one.contains("confirmed  normal    -          -"), "{one}");
+
+        let posted: EventPosted = serde_json::from_value(serde_json::json!({
+            "name": "data-ready",
+            "met": [{ "reservation_id": "r-1", "node_id": "12D3KooWowner", "node_name": "h0" }],
+            "errors": ["h9 (12D3KooWgone): unreachable"],
+        }))
+        .unwrap();
+        let text = table::event_posted(&posted);
+        assert!(
+            text.contains("event data-ready met 1 reservation(s)"),
+            "{text}"
+        );
+        assert!(text.contains("r-1") && text.contains("h0"), "{text}");
+        assert!(
+            text.contains("not told: h9 (12D3KooWgone): unreachable"),
+            "{text}"
+        );
+        let none = EventPosted {
+            name: "x".into(),
+            met: vec![],
+            errors: vec![],
+        };
+        assert_eq!(
+            table::event_posted(&none),
+            "event x: no reservation was waiting on it\n"
+        );
     }
 }

@@ -10,8 +10,8 @@ use crate::core::contention::ContentionReport;
 use crate::core::quota::Limits;
 use crate::core::sched::SchedPolicy;
 use crate::handle::{
-    Allocation, AllocationStatus, Allocations, GroupInfo, GroupMember, NodeInfo, PoolInfo,
-    QueueEntry, QuotaEntry, ReservationInfo, Reservations,
+    Allocation, AllocationStatus, Allocations, EventPosted, GroupInfo, GroupMember, NodeInfo,
+    PoolInfo, QueueEntry, QuotaEntry, ReservationInfo, Reservations,
 };
 use crate::model::{Capacity, NodeStatus, ResourceRequirements, Usage};
 use crate::units::format_duration;
@@ -497,6 +497,59 @@ fn wants(r: &ResourceRequirements) -> String {
     }
 }
 
+/// What a capacity holds, e.g. `2 cores, 4GiB, 1 GPU (24GiB)`; `nothing`
+/// when empty.
+fn holds(c: &Capacity) -> String {
+    let mut parts = Vec::new();
+    if c.cpu_cores > 0 {
+        parts.push(format!("{} cores", c.cpu_cores));
+    }
+    if c.memory_mb > 0 {
+        parts.push(size(c.memory_mb));
+    }
+    if c.disk_mb > 0 {
+        parts.push(format!("{} disk", size(c.disk_mb)));
+    }
+    if !c.gpus.is_empty() {
+        parts.push(format!(
+            "{} GPU ({})",
+            c.gpus.len(),
+            size(c.gpu_memory_mb())
+        ));
+    }
+    for (k, v) in &c.custom {
+        parts.push(format!("{k}={v}"));
+    }
+    if parts.is_empty() {
+        "nothing".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// What a conditional reservation waits on, and when it held.
+fn condition(r: &ReservationInfo) -> String {
+    let what = match (&r.when_event, &r.after_reservation) {
+        (Some(e), _) => format!("event {e}"),
+        (None, Some(id)) => format!("after {id}"),
+        (None, None) => return "-".into(),
+    };
+    match r.condition_met {
+        Some(t) => format!("{what} (met {})", t.format("%H:%M:%S")),
+        None => what,
+    }
+}
+
+/// The group a pooled reservation is shared with, and (on its owner) what
+/// is left to draw.
+fn pooled(r: &ReservationInfo) -> String {
+    match (&r.shared_with, &r.left) {
+        (None, _) => "-".into(),
+        (Some(g), None) => short(g),
+        (Some(g), Some(left)) => format!("{} ({} left)", short(g), holds(left)),
+    }
+}
+
 fn reservation_row(r: &ReservationInfo) -> Vec<String> {
     vec![
         r.reservation_id.clone(),
@@ -505,17 +558,21 @@ fn reservation_row(r: &ReservationInfo) -> Vec<String> {
         r.end.format("%Y-%m-%d %H:%M:%S").to_string(),
         r.status.clone(),
         r.priority.to_string(),
+        condition(r),
+        pooled(r),
         wants(&r.required_resources),
     ]
 }
 
-const RESERVATION_HEADER: [&str; 7] = [
+const RESERVATION_HEADER: [&str; 9] = [
     "RESERVATION",
     "NODE",
     "START (UTC)",
     "END (UTC)",
     "STATUS",
     "PRIORITY",
+    "CONDITION",
+    "SHARED WITH",
     "RESOURCES",
 ];
 
@@ -550,6 +607,31 @@ pub fn reservations(rs: &Reservations) -> String {
         })
         .collect();
     s.push_str(&render(&header, &rows));
+    s
+}
+
+/// What `lanswarm reservations event NAME` did.
+pub fn event_posted(p: &EventPosted) -> String {
+    let mut s = if p.met.is_empty() {
+        format!("event {}: no reservation was waiting on it\n", p.name)
+    } else {
+        let mut s = format!("event {} met {} reservation(s)\n", p.name, p.met.len());
+        let rows: Vec<Vec<String>> = p
+            .met
+            .iter()
+            .map(|m| {
+                vec![
+                    m.reservation_id.clone(),
+                    format!("{} ({})", m.node_name, short(&m.node_id.0)),
+                ]
+            })
+            .collect();
+        s.push_str(&render(&["RESERVATION", "NODE"], &rows));
+        s
+    };
+    for e in &p.errors {
+        s.push_str(&format!("not told: {e}\n"));
+    }
     s
 }
 

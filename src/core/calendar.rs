@@ -18,14 +18,38 @@
 //!
 //! ```text
 //!   book ──► Confirmed ──start_due──► Active ──end_due──► Expired
-//!               │  └──────────end_due (window over, never started)──► Expired
+//!               │  │ └────────end_due (window over, never started)──► Expired
+//!               │  └─start_due, condition unmet──► Waiting ──condition holds──► Active
+//!               │                                   └──end_due──► Unmet
 //!               └─cancel──► Cancelled       Active ──cancel──► Released
 //! ```
 //!
-//! *Live* means `Confirmed` or `Active`: only live reservations hold
-//! capacity. `Released`, `Expired` and `Cancelled` are *finished*: kept for
-//! [`Calendar::get`] until [`Calendar::prune`] forgets them (or a booking
-//! needs their slot, see [`Calendar::book`]).
+//! *Live* means `Confirmed`, `Waiting` or `Active`: only live reservations
+//! hold capacity. `Released`, `Expired`, `Unmet` and `Cancelled` are
+//! *finished*: kept for [`Calendar::get`] until [`Calendar::prune`] forgets
+//! them (or a booking needs their slot, see [`Calendar::book`]).
+//!
+//! # Conditional reservations
+//!
+//! A reservation may carry a [`Condition`]: a named event
+//! ([`Calendar::post_event`], by its holder or this node's admin, after the
+//! booking), or another reservation of this calendar becoming active. It
+//! holds its capacity over its whole window as any reservation does, so that
+//! the capacity is there when the condition holds; it becomes `Active` at
+//! the first [`Calendar::start_due`] when both its window has begun and its
+//! condition has held. Until then, within its window, it is `Waiting`. One
+//! whose window ends first is `Unmet`, and so is every reservation waiting
+//! on one that finished without becoming active (it never can now). Chains
+//! cannot loop: a reservation can only wait on one booked before it.
+//!
+//! # Pooled reservations
+//!
+//! A reservation `shared_with` a group makes no lease when it becomes
+//! active. Its holder and the group's members draw leases from it instead
+//! ([`Calendar::plan_draw`], [`Calendar::record_draw`]), each within what is
+//! left of it, on its GPUs. What is left is counted by
+//! [`Calendar::peak_pending`], so other leases keep clear of it, and a
+//! drawn lease counts once (as the reservation) in a booking.
 //!
 //! The network shell drives it with timers, as it drives the ledger:
 //!
@@ -79,6 +103,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::core::fit::fit;
+use crate::core::groups::GroupId;
 use crate::model::{
     Capacity, Denial, DenyReason, GpuSlot, Lease, LeaseId, NodeId, Priority, ResourceRequirements,
 };
@@ -106,14 +131,30 @@ pub enum ReservationStatus {
     Expired,
     /// Called off by the holder or the admin before it started.
     Cancelled,
+    /// Its window began but its [`Condition`] has not held yet: it still
+    /// holds its capacity, and becomes `Active` when the condition holds.
+    Waiting,
+    /// Its window ended, or its condition could no longer hold (the
+    /// reservation it waited on finished without becoming active), before
+    /// its condition held. It never became active.
+    Unmet,
 }
 
 impl ReservationStatus {
-    /// `Confirmed` or `Active`: the reservation holds capacity.
+    /// `Confirmed`, `Waiting` or `Active`: the reservation holds capacity.
     pub fn is_live(self) -> bool {
         matches!(
             self,
-            ReservationStatus::Confirmed | ReservationStatus::Active
+            ReservationStatus::Confirmed | ReservationStatus::Waiting | ReservationStatus::Active
+        )
+    }
+
+    /// `Confirmed` or `Waiting`: live, and not yet active (no lease exists
+    /// for it; its capacity is held by the calendar).
+    pub fn is_pending(self) -> bool {
+        matches!(
+            self,
+            ReservationStatus::Confirmed | ReservationStatus::Waiting
         )
     }
 
@@ -125,6 +166,8 @@ impl ReservationStatus {
             ReservationStatus::Released => "released",
             ReservationStatus::Expired => "expired",
             ReservationStatus::Cancelled => "cancelled",
+            ReservationStatus::Waiting => "waiting",
+            ReservationStatus::Unmet => "unmet",
         }
     }
 }
@@ -133,6 +176,50 @@ impl std::fmt::Display for ReservationStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// Longest event name a [`Condition::Event`] may wait on, characters.
+pub const MAX_EVENT_NAME: usize = 64;
+
+/// What a conditional reservation waits for before it becomes active.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Condition {
+    /// A named event, posted after the booking by the reservation's holder
+    /// or by this node's admin ([`Calendar::post_event`]).
+    Event(String),
+    /// Another reservation on this node becoming active.
+    Reservation(LeaseId),
+}
+
+impl std::fmt::Display for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Condition::Event(name) => write!(f, "event {name}"),
+            Condition::Reservation(id) => write!(f, "reservation {id} active"),
+        }
+    }
+}
+
+/// Check an event name: 1 to [`MAX_EVENT_NAME`] characters out of
+/// `[A-Za-z0-9._:-]`.
+pub fn validate_event_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("an event name cannot be empty".into());
+    }
+    if name.chars().count() > MAX_EVENT_NAME {
+        return Err(format!(
+            "event name is longer than {MAX_EVENT_NAME} characters"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(format!(
+            "event name {name:?} has {c:?}; use letters, digits and . _ : -"
+        ));
+    }
+    Ok(())
 }
 
 /// Resources of this node reserved for `holder` over `[start_ms, end_ms)`.
@@ -160,6 +247,16 @@ pub struct Reservation {
     pub status: ReservationStatus,
     /// When it was booked. Set by [`Calendar::book`].
     pub created_at_ms: u64,
+    /// A conditional reservation becomes active only once this holds (and
+    /// its window has begun); `None`: at the start of its window.
+    pub condition: Option<Condition>,
+    /// When the condition held; `None` while it has not (or there is
+    /// none). Set by the calendar; ignored on input to [`Calendar::book`].
+    pub condition_met_ms: Option<u64>,
+    /// A pooled reservation: the holder and the members of this group draw
+    /// leases from it ([`Calendar::plan_draw`]) up to its size, instead of
+    /// the holder getting one lease for all of it.
+    pub shared_with: Option<GroupId>,
 }
 
 impl Reservation {
@@ -210,6 +307,32 @@ impl Reservation {
     fn is_live(&self) -> bool {
         self.status.is_live()
     }
+
+    /// Whether it may become active: it has no condition, or it held.
+    pub fn condition_holds(&self) -> bool {
+        self.condition.is_none() || self.condition_met_ms.is_some()
+    }
+
+    /// Still live and its condition never held.
+    fn unmet(&self) -> bool {
+        self.status.is_pending() && !self.condition_holds()
+    }
+
+    /// Live, unmet, and waiting on reservation `x` becoming active.
+    fn waits_on(&self, x: &LeaseId) -> bool {
+        self.unmet() && matches!(&self.condition, Some(Condition::Reservation(id)) if id == x)
+    }
+}
+
+/// A lease drawn from a pooled reservation: which, and what it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Draw {
+    /// The drawn lease's id.
+    pub lease: LeaseId,
+    /// The pooled reservation it was drawn from.
+    pub reservation: LeaseId,
+    /// What the lease holds (its GPUs among the reservation's).
+    pub holds: Capacity,
 }
 
 /// What a lease holds, as a [`Capacity`].
@@ -221,6 +344,22 @@ fn lease_holds(lease: &Lease) -> Capacity {
         gpus: lease.gpus.clone(),
         custom: lease.custom.clone(),
     }
+}
+
+/// Whether `a` fits within `b`: every scalar dimension, the memory on each
+/// GPU of `a` (which `b` must list), and each custom amount of `a`.
+fn fits_within(a: &Capacity, b: &Capacity) -> bool {
+    a.cpu_cores <= b.cpu_cores
+        && a.memory_mb <= b.memory_mb
+        && a.disk_mb <= b.disk_mb
+        && a.gpus.iter().all(|g| {
+            b.gpus
+                .iter()
+                .any(|h| h.index == g.index && g.memory_mb <= h.memory_mb)
+        })
+        && a.custom
+            .iter()
+            .all(|(k, v)| *v <= b.custom.get(k).copied().unwrap_or(0))
 }
 
 /// Sort GPUs by index and keep only the first of any repeated index (as
@@ -413,6 +552,11 @@ pub struct Calendar {
     pending: BTreeSet<(u64, LeaseId)>,
     /// (`end_ms`, id) of every live reservation.
     live_by_end: BTreeSet<(u64, LeaseId)>,
+    /// Leases drawn from pooled reservations, by lease id.
+    draws: BTreeMap<LeaseId, Draw>,
+    /// Reservations made `Unmet` by a cancellation (their condition can no
+    /// longer hold), reported by the next [`Calendar::end_due`].
+    fallout: Vec<Reservation>,
 }
 
 impl Calendar {
@@ -426,6 +570,8 @@ impl Calendar {
             entries: BTreeMap::new(),
             pending: BTreeSet::new(),
             live_by_end: BTreeSet::new(),
+            draws: BTreeMap::new(),
+            fallout: Vec::new(),
         }
     }
 
@@ -527,6 +673,18 @@ impl Calendar {
         r.gpus = gpus;
         r.status = ReservationStatus::Confirmed;
         r.created_at_ms = now_ms;
+        // Waiting on a reservation that is already active: it holds now.
+        r.condition_met_ms = match &r.condition {
+            Some(Condition::Reservation(x))
+                if self
+                    .entries
+                    .get(x)
+                    .is_some_and(|x| x.status == ReservationStatus::Active) =>
+            {
+                Some(now_ms)
+            }
+            _ => None,
+        };
         self.make_room();
         self.insert(r.clone());
         Ok(r)
@@ -562,7 +720,13 @@ impl Calendar {
         for (lease, until) in leases {
             // A live reservation's own lease counts as the reservation; only
             // what runs past the window counts as a lease.
-            let from = match self.entries.get(&lease.lease_id) {
+            // Likewise a lease drawn from a live pooled reservation.
+            let of = self.entries.get(&lease.lease_id).or_else(|| {
+                self.draws
+                    .get(&lease.lease_id)
+                    .and_then(|d| self.entries.get(&d.reservation))
+            });
+            let from = match of {
                 Some(r) if r.is_live() => r.end_ms,
                 _ => 0,
             };
@@ -587,12 +751,29 @@ impl Calendar {
         self.peak_of(|r| r.is_live(), from_ms, to_ms)
     }
 
-    /// As [`Calendar::peak_reserved`], counting only `Confirmed`
-    /// reservations (those whose leases do not exist yet). A new lease that
-    /// may run until `until_ms` must fit in the ledger's free capacity minus
-    /// `peak_pending(now_ms, until_ms)`.
+    /// What the ledger does not see yet, at its peak over `[from_ms,
+    /// to_ms)`: `Confirmed` and `Waiting` reservations (their leases do not
+    /// exist yet) in full, and active pooled reservations for what is left
+    /// to draw from them. A new lease that may run until `until_ms` must fit
+    /// in the ledger's free capacity minus `peak_pending(now_ms, until_ms)`.
     pub fn peak_pending(&self, from_ms: u64, to_ms: u64) -> Capacity {
-        self.peak_of(|r| r.status == ReservationStatus::Confirmed, from_ms, to_ms)
+        let spans: Vec<Span> = self
+            .entries
+            .values()
+            .filter_map(|r| {
+                let holds = match r.status {
+                    s if s.is_pending() => r.holds(),
+                    ReservationStatus::Active if r.shared_with.is_some() => self.left_in_pool(r),
+                    _ => return None,
+                };
+                Some(Span {
+                    from: r.start_ms,
+                    to: r.end_ms,
+                    holds,
+                })
+            })
+            .collect();
+        peak(&spans, from_ms, to_ms).to_capacity()
     }
 
     fn peak_of(&self, keep: impl Fn(&Reservation) -> bool, from_ms: u64, to_ms: u64) -> Capacity {
@@ -610,11 +791,17 @@ impl Calendar {
     }
 
     /// Start what is due: every `Confirmed` reservation with `start_ms <=
-    /// now_ms < end_ms` becomes `Active`, and is returned, in order of
-    /// start (ties by id). The caller creates their leases
-    /// ([`Reservation::lease`]). A `Confirmed` reservation whose window is
-    /// already over is never started; [`Calendar::end_due`] expires it.
-    /// Each reservation is returned by `start_due` at most once.
+    /// now_ms < end_ms` whose condition holds (or that has none) becomes
+    /// `Active`, and is returned; one whose condition has not held becomes
+    /// `Waiting` (it keeps its capacity, and is started by the call after
+    /// its condition holds). A reservation becoming active meets the
+    /// condition of every reservation waiting on it; those whose window has
+    /// begun start in the same call. Returned in order of start (ties by
+    /// id). The caller creates their leases ([`Reservation::lease`]), except
+    /// for pooled ones, from which leases are drawn. A `Confirmed`
+    /// reservation whose window is already over is never started;
+    /// [`Calendar::end_due`] ends it. Each reservation is returned by
+    /// `start_due` at most once.
     pub fn start_due(&mut self, now_ms: u64) -> Vec<Reservation> {
         let due: Vec<LeaseId> = self
             .pending
@@ -623,16 +810,54 @@ impl Calendar {
             .filter(|(_, id)| self.entries.get(id).is_some_and(|r| r.end_ms > now_ms))
             .map(|(_, id)| id.clone())
             .collect();
-        due.iter()
-            .filter_map(|id| self.set_status(id, ReservationStatus::Active))
-            .collect()
+        let mut started = Vec::new();
+        let mut work = Vec::new();
+        for id in &due {
+            let holds = self
+                .entries
+                .get(id)
+                .is_some_and(Reservation::condition_holds);
+            if !holds {
+                self.set_status(id, ReservationStatus::Waiting);
+            } else if let Some(r) = self.set_status(id, ReservationStatus::Active) {
+                work.push(r.id.clone());
+                started.push(r);
+            }
+        }
+        // Reservations waiting on one that just became active.
+        while let Some(x) = work.pop() {
+            let deps: Vec<LeaseId> = self
+                .entries
+                .values()
+                .filter(|r| r.waits_on(&x))
+                .map(|r| r.id.clone())
+                .collect();
+            for id in deps {
+                let Some(r) = self.entries.get_mut(&id) else {
+                    continue;
+                };
+                r.condition_met_ms = Some(now_ms);
+                if r.status == ReservationStatus::Waiting && r.end_ms > now_ms {
+                    if let Some(r) = self.set_status(&id, ReservationStatus::Active) {
+                        work.push(id);
+                        started.push(r);
+                    }
+                }
+            }
+        }
+        started.sort_by(|a, b| (a.start_ms, &a.id).cmp(&(b.start_ms, &b.id)));
+        started
     }
 
     /// End what is due: every live reservation with `end_ms <= now_ms`
-    /// becomes `Expired` (an `Active` one whose window ran out, or a
-    /// `Confirmed` one that never started, e.g. because the node was down
-    /// for the whole window), and is returned, in order of end (ties by
-    /// id). The caller ends the leases of the ones that were `Active`.
+    /// finishes and is returned, in order of end (ties by id): `Expired`
+    /// (an `Active` one whose window ran out, or a `Confirmed` one that
+    /// never started, e.g. because the node was down for the whole window),
+    /// or `Unmet` if its condition never held. A reservation that finishes
+    /// without having become active makes every reservation still waiting
+    /// on it `Unmet` too (returned after it), and so do cancellations since
+    /// the last call. The caller ends the leases of the ones that were
+    /// `Active` (and, for a pooled one, the leases drawn from it).
     pub fn end_due(&mut self, now_ms: u64) -> Vec<Reservation> {
         let due: Vec<LeaseId> = self
             .live_by_end
@@ -640,9 +865,243 @@ impl Calendar {
             .take_while(|(end, _)| *end <= now_ms)
             .map(|(_, id)| id.clone())
             .collect();
-        due.iter()
-            .filter_map(|id| self.set_status(id, ReservationStatus::Expired))
+        let mut out = std::mem::take(&mut self.fallout);
+        for id in &due {
+            let unmet = self.entries.get(id).is_some_and(Reservation::unmet);
+            let to = if unmet {
+                ReservationStatus::Unmet
+            } else {
+                ReservationStatus::Expired
+            };
+            if let Some(r) = self.set_status(id, to) {
+                out.push(r);
+            }
+        }
+        let more = self.cascade_unmet(&due);
+        out.extend(more);
+        out
+    }
+
+    /// Make `Unmet` every live reservation still waiting on one of
+    /// `finished` (which never became active, or they would have held),
+    /// and, in turn, those waiting on them. Returns them.
+    fn cascade_unmet(&mut self, finished: &[LeaseId]) -> Vec<Reservation> {
+        let mut out = Vec::new();
+        let mut work: Vec<LeaseId> = finished.to_vec();
+        while let Some(x) = work.pop() {
+            let deps: Vec<LeaseId> = self
+                .entries
+                .values()
+                .filter(|r| r.waits_on(&x))
+                .map(|r| r.id.clone())
+                .collect();
+            for id in deps {
+                if let Some(r) = self.set_status(&id, ReservationStatus::Unmet) {
+                    work.push(id);
+                    out.push(r);
+                }
+            }
+        }
+        out
+    }
+
+    /// Post the event `name` from `from` (a peer, or `None` for this node's
+    /// admin): every live reservation waiting on that event whose holder is
+    /// `from` (any holder, for the admin) and whose condition has not held
+    /// yet holds now. One whose window has begun is due at once
+    /// ([`Calendar::next_event`] is `now_ms` or earlier): the next
+    /// [`Calendar::start_due`] starts it. Events are not stored: one posted
+    /// before a reservation was booked does not count for it. Returns the
+    /// ids of the reservations whose condition held, in id order (empty if
+    /// none waited on it).
+    pub fn post_event(&mut self, name: &str, from: Option<&NodeId>, now_ms: u64) -> Vec<LeaseId> {
+        let ids: Vec<LeaseId> = self
+            .entries
+            .values()
+            .filter(|r| {
+                r.unmet()
+                    && matches!(&r.condition, Some(Condition::Event(n)) if n == name)
+                    && from.is_none_or(|f| *f == r.holder)
+            })
+            .map(|r| r.id.clone())
+            .collect();
+        for id in &ids {
+            let Some(r) = self.entries.get_mut(id) else {
+                continue;
+            };
+            r.condition_met_ms = Some(now_ms);
+            if r.status == ReservationStatus::Waiting {
+                // Due again: start_due starts it.
+                self.set_status(id, ReservationStatus::Confirmed);
+            }
+        }
+        ids
+    }
+
+    /// What is left to draw from the active pooled reservation `id`: what
+    /// it holds minus what the leases drawn from it hold. `None` if `id` is
+    /// not a live pooled reservation.
+    pub fn pool_left(&self, id: &LeaseId) -> Option<Capacity> {
+        self.entries
+            .get(id)
+            .filter(|r| r.is_live() && r.shared_with.is_some())
+            .map(|r| self.left_in_pool(r))
+    }
+
+    fn left_in_pool(&self, r: &Reservation) -> Capacity {
+        let mut drawn = Load::default();
+        for d in self.draws.values().filter(|d| d.reservation == r.id) {
+            drawn.add(&d.holds);
+        }
+        drawn.left_in(&normalize(r.holds()))
+    }
+
+    /// Check that `drawer` may draw `req` from the pooled reservation `id`
+    /// at `now_ms`, and choose the GPUs the lease would hold, among the
+    /// reservation's (best fit, ties by index). `member` says whether
+    /// `drawer` is in the group the reservation is shared with (the caller
+    /// knows the groups). Returns the reservation and the GPUs. Changes
+    /// nothing; record the lease with [`Calendar::record_draw`].
+    ///
+    /// Refusals: `UnknownLease` if no live reservation has this id;
+    /// `BadRequest` if it is not pooled, or `req` asks for nothing;
+    /// `Forbidden` if `drawer` is neither its holder nor a member; `Busy`
+    /// if it is not active yet (before its window, `retry_after_ms` is the
+    /// time to its start; waiting on its condition, 1 s);
+    /// `InsufficientCapacity` if `req` does not fit what is left of it.
+    pub fn plan_draw(
+        &self,
+        id: &LeaseId,
+        drawer: &NodeId,
+        member: bool,
+        req: &ResourceRequirements,
+        now_ms: u64,
+    ) -> Result<(Reservation, Vec<GpuSlot>), Denial> {
+        let r = match self.entries.get(id) {
+            Some(r) if r.is_live() => r,
+            Some(r) => {
+                return Err(Denial::new(
+                    DenyReason::UnknownLease,
+                    format!("reservation {id} is already {}", r.status),
+                ))
+            }
+            None => {
+                return Err(Denial::new(
+                    DenyReason::UnknownLease,
+                    format!("no reservation {id}"),
+                ))
+            }
+        };
+        let Some(group) = &r.shared_with else {
+            return Err(Denial::new(
+                DenyReason::BadRequest,
+                format!("reservation {id} is not shared: its holder gets its lease when it starts"),
+            ));
+        };
+        if *drawer != r.holder && !member {
+            return Err(Denial::new(
+                DenyReason::Forbidden,
+                format!(
+                    "reservation {id} is shared with group {}, and {drawer} is not a member",
+                    group.0
+                ),
+            ));
+        }
+        if req.is_empty() {
+            return Err(Denial::new(
+                DenyReason::BadRequest,
+                "a draw must ask for some resources",
+            ));
+        }
+        match r.status {
+            ReservationStatus::Active => {}
+            ReservationStatus::Waiting => {
+                let cond = r
+                    .condition
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                return Err(Denial::busy(
+                    format!("reservation {id} is waiting for its condition ({cond})"),
+                    1_000,
+                ));
+            }
+            _ => {
+                return Err(Denial::busy(
+                    format!("reservation {id} starts at {} ms", r.start_ms),
+                    r.start_ms.saturating_sub(now_ms).max(1),
+                ))
+            }
+        }
+        let holds = normalize(r.holds());
+        let left = self.left_in_pool(r);
+        let gpus = fit(&left, &holds, req).map_err(|misfit| {
+            Denial::new(
+                DenyReason::InsufficientCapacity,
+                format!("what is left of reservation {id} does not fit the draw: {misfit}"),
+            )
+        })?;
+        Ok((r.clone(), gpus))
+    }
+
+    /// Record `lease` as drawn from the pooled reservation `reservation`.
+    pub fn record_draw(&mut self, reservation: &LeaseId, lease: &Lease) {
+        self.draws.insert(
+            lease.lease_id.clone(),
+            Draw {
+                lease: lease.lease_id.clone(),
+                reservation: reservation.clone(),
+                holds: lease_holds(lease),
+            },
+        );
+    }
+
+    /// Forget a drawn lease (released or expired). Returns the reservation
+    /// it was drawn from, `None` if it was not a drawn lease.
+    pub fn undraw(&mut self, lease: &LeaseId) -> Option<LeaseId> {
+        self.draws.remove(lease).map(|d| d.reservation)
+    }
+
+    /// The leases drawn from `reservation`, by id.
+    pub fn draws_of(&self, reservation: &LeaseId) -> Vec<LeaseId> {
+        self.draws
+            .values()
+            .filter(|d| d.reservation == *reservation)
+            .map(|d| d.lease.clone())
             .collect()
+    }
+
+    /// The reservation `lease` was drawn from, if it was.
+    pub fn drawn_from(&self, lease: &LeaseId) -> Option<&LeaseId> {
+        self.draws.get(lease).map(|d| &d.reservation)
+    }
+
+    /// Every draw, by lease id: what to persist.
+    pub fn draws(&self) -> Vec<Draw> {
+        self.draws.values().cloned().collect()
+    }
+
+    /// Take back draws read from the store, after [`Calendar::restore`]:
+    /// only those drawn from a live pooled reservation kept here, and only
+    /// while what they hold together fits in it. Returns the refused ones.
+    pub fn restore_draws(&mut self, draws: Vec<Draw>) -> Vec<Draw> {
+        let mut refused = Vec::new();
+        for d in draws {
+            let fits = self
+                .entries
+                .get(&d.reservation)
+                .filter(|r| r.is_live() && r.shared_with.is_some())
+                .is_some_and(|r| {
+                    let left = self.left_in_pool(r);
+                    fits_within(&d.holds, &left)
+                });
+            if fits && !self.draws.contains_key(&d.lease) {
+                self.draws.insert(d.lease.clone(), d);
+            } else {
+                refused.push(d);
+            }
+        }
+        refused
     }
 
     /// When something is next due: the earliest `start_ms` of a `Confirmed`
@@ -650,6 +1109,9 @@ impl Calendar {
     /// [`Calendar::start_due`] or [`Calendar::end_due`] has not been called
     /// since); `None` when nothing is live.
     pub fn next_event(&self) -> Option<u64> {
+        if !self.fallout.is_empty() {
+            return Some(0);
+        }
         let start = self.pending.first().map(|(t, _)| *t);
         let end = self.live_by_end.first().map(|(t, _)| *t);
         match (start, end) {
@@ -691,8 +1153,12 @@ impl Calendar {
         } else {
             ReservationStatus::Cancelled
         };
-        self.set_status(id, to)
-            .ok_or_else(|| Denial::new(DenyReason::UnknownLease, format!("no reservation {id}")))
+        let r = self
+            .set_status(id, to)
+            .ok_or_else(|| Denial::new(DenyReason::UnknownLease, format!("no reservation {id}")))?;
+        let fallout = self.cascade_unmet(std::slice::from_ref(id));
+        self.fallout.extend(fallout);
+        Ok(r)
     }
 
     /// The reservation with this id, live or finished (until pruned).
@@ -795,6 +1261,36 @@ impl Calendar {
             return bad(format!(
                 "reservation {id} has an empty window: end {} ms <= start {} ms",
                 r.end_ms, r.start_ms
+            ));
+        }
+        match &r.condition {
+            Some(Condition::Event(name)) => {
+                if let Err(e) = validate_event_name(name) {
+                    return bad(format!("reservation {id}: {e}"));
+                }
+            }
+            Some(Condition::Reservation(x)) if x == id => {
+                return bad(format!("reservation {id} cannot wait on itself"));
+            }
+            Some(Condition::Reservation(x)) => match self.entries.get(x) {
+                None => {
+                    return bad(format!(
+                        "reservation {id} waits on reservation {x}, which this node does not hold"
+                    ))
+                }
+                Some(o) if !o.is_live() => {
+                    return bad(format!(
+                        "reservation {id} waits on reservation {x}, which is already {}: it could never hold",
+                        o.status
+                    ))
+                }
+                Some(_) => {}
+            },
+            None => {}
+        }
+        if r.shared_with.as_ref().is_some_and(|g| g.0.is_empty()) {
+            return bad(format!(
+                "reservation {id} is shared with a group with no name"
             ));
         }
         if r.end_ms - r.start_ms > MAX_WINDOW_MS {
@@ -936,6 +1432,9 @@ mod tests {
             gpus: gpus(&[1]),
             status: ReservationStatus::Expired,
             created_at_ms: 7,
+            condition: None,
+            condition_met_ms: None,
+            shared_with: None,
         }
     }
 
@@ -1601,6 +2100,306 @@ mod tests {
         let mut ledger = Ledger::new(node, cap(), LeaseLimits::default());
         assert!(ledger.restore(vec![lease.clone()], NOW + 10).is_empty());
         assert_eq!(ledger.get(&id("a")), Some(&lease));
+    }
+
+    fn when(mut r: Reservation, c: Condition) -> Reservation {
+        r.condition = Some(c);
+        r
+    }
+
+    fn pooled(mut r: Reservation, group: &str) -> Reservation {
+        r.shared_with = Some(GroupId(group.to_string()));
+        r
+    }
+
+    fn status(c: &Calendar, rid: &str) -> ReservationStatus {
+        c.get(&id(rid)).map(|r| r.status).expect("kept")
+    }
+
+    fn ids(rs: &[Reservation]) -> Vec<&str> {
+        rs.iter().map(|r| r.id.0.as_str()).collect()
+    }
+
+    #[test]
+    fn a_waiting_reservation_holds_its_capacity_until_its_event() {
+        let mut c = cal();
+        let r = when(
+            res("r", "h", cpu(6), NOW + MIN, NOW + HOUR),
+            Condition::Event("go".into()),
+        );
+        c.book(r, &cap(), &[], NOW).unwrap();
+        assert!(c.start_due(NOW + MIN).is_empty());
+        assert_eq!(status(&c, "r"), ReservationStatus::Waiting);
+        // Still held: a lease may not take its cores, nor a booking.
+        assert_eq!(c.peak_pending(NOW + MIN, NOW + 2 * MIN).cpu_cores, 6);
+        let other = res("o", "h2", cpu(4), NOW + 2 * MIN, NOW + 3 * MIN);
+        assert_eq!(
+            reason(c.book(other, &cap(), &[], NOW + MIN)),
+            DenyReason::InsufficientCapacity
+        );
+        // Nothing is due while it waits (no busy timer).
+        assert_eq!(c.next_event(), Some(NOW + HOUR));
+        // Another holder's event does not count; its holder's does.
+        assert!(c
+            .post_event("go", Some(&NodeId::from("h2")), NOW + 2 * MIN)
+            .is_empty());
+        assert!(c
+            .post_event("stop", Some(&NodeId::from("h")), NOW + 2 * MIN)
+            .is_empty());
+        assert_eq!(
+            c.post_event("go", Some(&NodeId::from("h")), NOW + 2 * MIN),
+            vec![id("r")]
+        );
+        assert!(c.next_event().is_some_and(|t| t <= NOW + 2 * MIN));
+        let started = c.start_due(NOW + 2 * MIN);
+        assert_eq!(ids(&started), vec!["r"]);
+        assert_eq!(started[0].condition_met_ms, Some(NOW + 2 * MIN));
+        assert_eq!(status(&c, "r"), ReservationStatus::Active);
+        // Posting again changes nothing.
+        assert!(c.post_event("go", None, NOW + 3 * MIN).is_empty());
+    }
+
+    #[test]
+    fn an_event_posted_before_the_window_starts_it_on_time() {
+        let mut c = cal();
+        let r = when(
+            res("r", "h", cpu(1), NOW + MIN, NOW + HOUR),
+            Condition::Event("go".into()),
+        );
+        // Posted before the booking: does not count.
+        assert!(c.post_event("go", None, NOW).is_empty());
+        c.book(r, &cap(), &[], NOW).unwrap();
+        assert_eq!(c.post_event("go", None, NOW + 1), vec![id("r")]);
+        assert_eq!(status(&c, "r"), ReservationStatus::Confirmed);
+        assert!(c.start_due(NOW + MIN - 1).is_empty());
+        assert_eq!(ids(&c.start_due(NOW + MIN)), vec!["r"]);
+    }
+
+    #[test]
+    fn a_reservation_waiting_on_another_starts_with_it() {
+        let mut c = cal();
+        c.book(
+            res("a", "h", cpu(2), NOW + MIN, NOW + HOUR),
+            &cap(),
+            &[],
+            NOW,
+        )
+        .unwrap();
+        let b = when(
+            res("b", "h", cpu(2), NOW, NOW + HOUR),
+            Condition::Reservation(id("a")),
+        );
+        let c2 = when(
+            res("c", "h", cpu(2), NOW, NOW + HOUR),
+            Condition::Reservation(id("b")),
+        );
+        c.book(b, &cap(), &[], NOW).unwrap();
+        c.book(c2, &cap(), &[], NOW).unwrap();
+        assert!(c.start_due(NOW).is_empty());
+        assert_eq!(status(&c, "b"), ReservationStatus::Waiting);
+        // a starts, b was waiting on it, c on b: all three in one call.
+        let started = c.start_due(NOW + MIN);
+        assert_eq!(ids(&started), vec!["b", "c", "a"]);
+        // Waiting on one already active: holds at booking.
+        let d = when(
+            res("d", "h", cpu(1), NOW + 2 * MIN, NOW + HOUR),
+            Condition::Reservation(id("a")),
+        );
+        let d = c.book(d, &cap(), &[], NOW + MIN).unwrap();
+        assert_eq!(d.condition_met_ms, Some(NOW + MIN));
+    }
+
+    #[test]
+    fn unmet_at_the_end_and_so_is_everything_waiting_on_it() {
+        let mut c = cal();
+        let a = when(
+            res("a", "h", cpu(1), NOW, NOW + MIN),
+            Condition::Event("go".into()),
+        );
+        let b = when(
+            res("b", "h", cpu(1), NOW, NOW + HOUR),
+            Condition::Reservation(id("a")),
+        );
+        let plain = res("p", "h", cpu(1), NOW + 2 * MIN, NOW + 3 * MIN);
+        c.book(a, &cap(), &[], NOW).unwrap();
+        c.book(b, &cap(), &[], NOW).unwrap();
+        c.book(plain, &cap(), &[], NOW).unwrap();
+        assert!(c.start_due(NOW).is_empty());
+        let ended = c.end_due(NOW + MIN);
+        assert_eq!(ids(&ended), vec!["a", "b"]);
+        assert_eq!(status(&c, "a"), ReservationStatus::Unmet);
+        assert_eq!(status(&c, "b"), ReservationStatus::Unmet);
+        assert_eq!(c.peak_pending(NOW + MIN, NOW + HOUR).cpu_cores, 1);
+        // A plain reservation that never started still expires.
+        let ended = c.end_due(NOW + 3 * MIN);
+        assert_eq!(ids(&ended), vec!["p"]);
+        assert_eq!(status(&c, "p"), ReservationStatus::Expired);
+    }
+
+    #[test]
+    fn cancelling_makes_what_waits_on_it_unmet_at_the_next_end_due() {
+        let mut c = cal();
+        c.book(
+            res("a", "h", cpu(1), NOW + MIN, NOW + HOUR),
+            &cap(),
+            &[],
+            NOW,
+        )
+        .unwrap();
+        let b = when(
+            res("b", "h", cpu(1), NOW + MIN, NOW + HOUR),
+            Condition::Reservation(id("a")),
+        );
+        c.book(b, &cap(), &[], NOW).unwrap();
+        c.cancel(&id("a"), None).unwrap();
+        assert_eq!(status(&c, "b"), ReservationStatus::Unmet);
+        assert_eq!(c.next_event(), Some(0));
+        assert_eq!(ids(&c.end_due(NOW)), vec!["b"]);
+        assert_eq!(c.next_event(), None);
+    }
+
+    #[test]
+    fn bad_conditions_are_refused_and_change_nothing() {
+        let mut c = cal();
+        c.book(res("done", "h", cpu(1), NOW, NOW + MIN), &cap(), &[], NOW)
+            .unwrap();
+        c.cancel(&id("done"), None).unwrap();
+        let before = c.snapshot();
+        for (r, why) in [
+            (
+                when(
+                    res("r", "h", cpu(1), NOW, NOW + MIN),
+                    Condition::Event(String::new()),
+                ),
+                "empty",
+            ),
+            (
+                when(
+                    res("r", "h", cpu(1), NOW, NOW + MIN),
+                    Condition::Event("a b".into()),
+                ),
+                "has",
+            ),
+            (
+                when(
+                    res("r", "h", cpu(1), NOW, NOW + MIN),
+                    Condition::Event("x".repeat(65)),
+                ),
+                "longer",
+            ),
+            (
+                when(
+                    res("r", "h", cpu(1), NOW, NOW + MIN),
+                    Condition::Reservation(id("r")),
+                ),
+                "itself",
+            ),
+            (
+                when(
+                    res("r", "h", cpu(1), NOW, NOW + MIN),
+                    Condition::Reservation(id("nope")),
+                ),
+                "does not hold",
+            ),
+            (
+                when(
+                    res("r", "h", cpu(1), NOW, NOW + MIN),
+                    Condition::Reservation(id("done")),
+                ),
+                "never hold",
+            ),
+            (pooled(res("r", "h", cpu(1), NOW, NOW + MIN), ""), "no name"),
+        ] {
+            let d = c.book(r, &cap(), &[], NOW).unwrap_err();
+            assert_eq!(d.reason, DenyReason::BadRequest, "{d}");
+            assert!(d.message.contains(why), "{d}");
+        }
+        assert_eq!(c.snapshot(), before);
+        assert!(validate_event_name("data-ready.v2:ok_1").is_ok());
+    }
+
+    #[test]
+    fn a_pooled_reservation_lends_up_to_its_size_to_its_group() {
+        let mut c = cal();
+        let mut req = cpu(4);
+        req.gpu_count = 1;
+        req.gpu_memory_mb = 6_000;
+        let r = pooled(res("p", "h", req, NOW + MIN, NOW + HOUR), "lab");
+        c.book(r, &cap(), &[], NOW).unwrap();
+        let h = NodeId::from("h");
+        let m = NodeId::from("m");
+        let mut two = cpu(2);
+        two.gpu_count = 1;
+        two.gpu_memory_mb = 4_000;
+        // Not yet.
+        let d = c.plan_draw(&id("p"), &m, true, &two, NOW).unwrap_err();
+        assert_eq!(d.reason, DenyReason::Busy);
+        assert_eq!(d.retry_after_ms, Some(MIN));
+        assert_eq!(ids(&c.start_due(NOW + MIN)), vec!["p"]);
+        // Outsiders may not draw; the holder and members may.
+        let d = c
+            .plan_draw(&id("p"), &NodeId::from("x"), false, &two, NOW + MIN)
+            .unwrap_err();
+        assert_eq!(d.reason, DenyReason::Forbidden);
+        let (_, gpus) = c.plan_draw(&id("p"), &m, true, &two, NOW + MIN).unwrap();
+        assert_eq!(gpus.len(), 1);
+        let l1 = Lease {
+            gpus: gpus.clone(),
+            ..lease("d1", 2, None)
+        };
+        c.record_draw(&id("p"), &l1);
+        let left = c.pool_left(&id("p")).unwrap();
+        assert_eq!(left.cpu_cores, 2);
+        assert_eq!(
+            left.gpus,
+            vec![GpuSlot {
+                index: gpus[0].index,
+                memory_mb: 2_000
+            }]
+        );
+        // What is left is kept from other leases.
+        assert_eq!(c.peak_pending(NOW + MIN, NOW + HOUR).cpu_cores, 2);
+        // More GPU memory than is left: refused; the cores alone fit.
+        let d = c
+            .plan_draw(&id("p"), &h, false, &two, NOW + MIN)
+            .unwrap_err();
+        assert_eq!(d.reason, DenyReason::InsufficientCapacity);
+        assert!(c.plan_draw(&id("p"), &h, false, &cpu(2), NOW + MIN).is_ok());
+        assert_eq!(
+            c.plan_draw(&id("p"), &h, false, &cpu(3), NOW + MIN)
+                .unwrap_err()
+                .reason,
+            DenyReason::InsufficientCapacity
+        );
+        // A draw counts once for a booking over its window.
+        let room = c.available(&cap(), &[(l1.clone(), NOW + HOUR)], NOW + MIN, NOW + HOUR);
+        assert_eq!(room.cpu_cores, 4);
+        // Given back: all of it again.
+        assert_eq!(c.undraw(&id("d1")), Some(id("p")));
+        assert_eq!(c.pool_left(&id("p")).unwrap().cpu_cores, 4);
+        // Not pooled: no draws.
+        c.book(
+            res("q", "h", cpu(1), NOW + MIN, NOW + HOUR),
+            &cap(),
+            &[],
+            NOW + MIN,
+        )
+        .unwrap();
+        let d = c
+            .plan_draw(&id("q"), &h, false, &cpu(1), NOW + MIN)
+            .unwrap_err();
+        assert_eq!(d.reason, DenyReason::BadRequest);
+        // Draws survive a restart only within their reservation.
+        c.record_draw(&id("p"), &l1);
+        let draws = c.draws();
+        let mut fresh = cal();
+        assert!(fresh.restore(c.snapshot(), NOW + MIN).is_empty());
+        assert!(fresh.restore_draws(draws.clone()).is_empty());
+        assert_eq!(fresh.pool_left(&id("p")), c.pool_left(&id("p")));
+        let mut too_much = draws[0].clone();
+        too_much.lease = id("d2");
+        too_much.holds.cpu_cores = 3;
+        assert_eq!(fresh.restore_draws(vec![too_much]).len(), 1);
     }
 
     #[test]

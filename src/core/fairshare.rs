@@ -235,10 +235,58 @@ pub struct FairShare {
     last_ms: Option<u64>,
 }
 
+/// What [`FairShare`] remembers across a restart: the decayed use per
+/// requester (as of `last_ms`) and the groups each was seen in. What each
+/// holds now comes back from the leases.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FairShareSnapshot {
+    pub used: Vec<(NodeId, Vec<(String, f64)>)>,
+    pub member_of: Vec<(NodeId, Vec<GroupId>)>,
+    pub last_ms: Option<u64>,
+}
+
 impl FairShare {
     /// Nothing remembered.
     pub fn new() -> Self {
         FairShare::default()
+    }
+
+    /// What to persist.
+    pub fn snapshot(&self) -> FairShareSnapshot {
+        FairShareSnapshot {
+            used: self
+                .used
+                .iter()
+                .map(|(w, d)| (w.clone(), d.iter().map(|(k, v)| (k.clone(), *v)).collect()))
+                .collect(),
+            member_of: self
+                .member_of
+                .iter()
+                .map(|(w, g)| (w.clone(), g.iter().cloned().collect()))
+                .collect(),
+            last_ms: self.last_ms,
+        }
+    }
+
+    /// Take back a [`FairShare::snapshot`] read from the store: amounts
+    /// that are not finite or below zero are dropped, and at most
+    /// [`MAX_TRACKED`] requesters are kept (the first, by id).
+    pub fn restore(snap: FairShareSnapshot) -> Self {
+        let mut f = FairShare::new();
+        for (who, dims) in snap.used.into_iter().take(MAX_TRACKED) {
+            let d: Dims = dims
+                .into_iter()
+                .filter(|(_, v)| v.is_finite() && *v >= 0.0)
+                .collect();
+            f.used.insert(who, d);
+        }
+        for (who, groups) in snap.member_of {
+            if f.used.contains_key(&who) {
+                f.member_of.insert(who, groups.into_iter().collect());
+            }
+        }
+        f.last_ms = snap.last_ms;
+        f
     }
 
     /// Decay `used` to `now_ms` (time never runs backwards here).
@@ -465,6 +513,28 @@ mod tests {
         .expect("fits")
     }
 
+    #[test]
+    fn the_record_survives_a_restart_and_bad_amounts_do_not() {
+        let shares = Shares::default();
+        let cap = Capacity {
+            cpu_cores: 8,
+            ..Default::default()
+        };
+        let mut f = FairShare::new();
+        let lease = lease("a", 4, 0);
+        f.charge(&lease, 60_000.0, &cap, 1_000, &shares);
+        f.note_groups(&NodeId::from("a"), &[], &shares);
+        let back = FairShare::restore(f.snapshot());
+        assert_eq!(back.snapshot(), f.snapshot());
+        assert_eq!(back.dominant_shares(&shares), f.dominant_shares(&shares));
+        let mut bad = f.snapshot();
+        bad.used[0].1.push(("memory_mb".into(), f64::NAN));
+        bad.used
+            .push((NodeId::from("b"), vec![("cpu_cores".into(), -1.0)]));
+        let back = FairShare::restore(bad);
+        assert_eq!(back.used[&NodeId::from("a")].len(), 1);
+        assert!(back.used[&NodeId::from("b")].is_empty());
+    }
     #[test]
     fn policy_names_round_trip_and_unknown_names_are_refused() {
         for p in [

@@ -189,6 +189,12 @@ pub struct Events {
     pub reservations_ended: Vec<Reservation>,
     /// Leases ended to make room for higher priority (holders must be told).
     pub preempted: Vec<Lease>,
+    /// Pooled reservations whose window began and whose condition held:
+    /// members may draw leases from them now (no lease was created).
+    pub pools_opened: Vec<Reservation>,
+    /// Leases drawn from a pooled reservation that was cancelled or could
+    /// not go on, ended with it (holders must be told).
+    pub draws_ended: Vec<Lease>,
 }
 
 impl Events {
@@ -205,6 +211,8 @@ impl Events {
         self.reservations_started.extend(other.reservations_started);
         self.reservations_ended.extend(other.reservations_ended);
         self.preempted.extend(other.preempted);
+        self.pools_opened.extend(other.pools_opened);
+        self.draws_ended.extend(other.draws_ended);
     }
 }
 
@@ -225,6 +233,10 @@ pub struct SchedSnapshot {
     pub reservations: Vec<Reservation>,
     pub quotas: crate::core::quota::QuotaSnapshot,
     pub until: Vec<(LeaseId, u64)>,
+    /// Leases drawn from pooled reservations.
+    pub draws: Vec<crate::core::calendar::Draw>,
+    /// Fair share's memory of past use, so a restart does not forgive it.
+    pub fair: crate::core::fairshare::FairShareSnapshot,
 }
 
 /// The owner-side scheduler. See the module documentation.
@@ -404,9 +416,7 @@ impl Scheduler {
     fn pending_reserved_by(&self, subject: &Subject) -> Usage {
         let mut u = Usage::default();
         for r in self.calendar.list() {
-            if self.covers(subject, &r.holder)
-                && r.status == crate::core::calendar::ReservationStatus::Confirmed
-            {
+            if self.covers(subject, &r.holder) && r.status.is_pending() {
                 u.add(&Usage::of_lease(
                     &r.lease(self.ledger.node_id(), r.start_ms),
                 ));
@@ -711,6 +721,7 @@ impl Scheduler {
             self.fair
                 .charge(l, -unused, &capacity, now_ms, &self.policy.shares);
             self.until.remove(lease_id);
+            self.calendar.undraw(lease_id);
             self.observe_holder(&l.holder, now_ms);
             if let Some(r) = self.calendar.get(lease_id) {
                 if r.holder == l.holder {
@@ -767,7 +778,99 @@ impl Scheduler {
         if self.ledger.release(id, None).ok().flatten().is_some() {
             self.until.remove(id);
         }
+        let ended = self.end_draws(id);
+        self.pending.draws_ended.extend(ended);
         Ok(r)
+    }
+
+    /// End every lease drawn from the pooled reservation `id`.
+    fn end_draws(&mut self, id: &LeaseId) -> Vec<Lease> {
+        let mut ended = Vec::new();
+        for lease_id in self.calendar.draws_of(id) {
+            self.calendar.undraw(&lease_id);
+            if let Ok(Some(l)) = self.ledger.release(&lease_id, None) {
+                self.until.remove(&lease_id);
+                ended.push(l);
+            }
+        }
+        ended
+    }
+
+    /// Post a named event (see [`Calendar::post_event`]): `from` is the
+    /// peer posting it, `None` this node's admin. Returns the reservations
+    /// whose condition held; call [`Scheduler::tick`] next to start those
+    /// whose window has begun.
+    pub fn post_event(&mut self, name: &str, from: Option<&NodeId>, now_ms: u64) -> Vec<LeaseId> {
+        self.calendar.post_event(name, from, now_ms)
+    }
+
+    /// Draw a lease from the active pooled reservation `reservation` for
+    /// `input.holder` (see [`Calendar::plan_draw`] for the refusals):
+    /// `groups` are the drawer's groups. The lease holds exactly the
+    /// request, on GPUs of the reservation, with the reservation's
+    /// priority, and ends with the reservation at the latest (its renewals
+    /// are capped there, or at `until_ms` if earlier). No quota is checked: the reservation's capacity
+    /// was admitted when it was booked.
+    pub fn draw(
+        &mut self,
+        reservation: &LeaseId,
+        input: AllocateInput,
+        groups: &[GroupId],
+        until_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<Lease, Denial> {
+        let member = self
+            .calendar
+            .get(reservation)
+            .and_then(|r| r.shared_with.as_ref())
+            .is_some_and(|g| groups.contains(g));
+        let (r, gpus) =
+            self.calendar
+                .plan_draw(reservation, &input.holder, member, &input.req, now_ms)?;
+        if self.ledger.get(&input.lease_id).is_some()
+            || self.calendar.get(&input.lease_id).is_some()
+        {
+            return Err(Denial::new(
+                DenyReason::BadRequest,
+                format!("lease id {} is already in use", input.lease_id),
+            ));
+        }
+        let lease_ms = input.lease_ms.max(1);
+        let expires = now_ms.saturating_add(lease_ms).min(r.end_ms);
+        let lease = Lease {
+            lease_id: input.lease_id.clone(),
+            request_id: input.request_id.clone(),
+            node_id: self.ledger.node_id().clone(),
+            holder: input.holder.clone(),
+            cpu_cores: input.req.cpu_cores,
+            memory_mb: input.req.memory_mb,
+            disk_mb: input.req.disk_mb,
+            gpus,
+            custom: input
+                .req
+                .custom
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            models: input.req.preferred_models.clone(),
+            task_type: input.task_type.clone(),
+            priority: r.priority,
+            created_at_ms: now_ms,
+            expires_at_ms: expires,
+            lease_ms,
+        };
+        if !self.ledger.restore(vec![lease.clone()], now_ms).is_empty() {
+            // Cannot happen while the calendar's rules hold: what is left
+            // of the reservation is kept free in the ledger.
+            return Err(Denial::new(
+                DenyReason::InsufficientCapacity,
+                format!("the node cannot hold the draw from reservation {reservation}"),
+            ));
+        }
+        self.calendar.record_draw(reservation, &lease);
+        let until = until_ms.map_or(r.end_ms, |u| u.min(r.end_ms));
+        Ok(self.admitted(lease, Some(until), groups, now_ms))
     }
 
     /// Set a quota here (see [`QuotaBook::set`]).
@@ -834,6 +937,7 @@ impl Scheduler {
         let mut ev = std::mem::take(&mut self.pending);
         for l in self.ledger.expire(now_ms) {
             self.until.remove(&l.lease_id);
+            self.calendar.undraw(&l.lease_id);
             ev.expired.push(l);
         }
         for r in self.calendar.end_due(now_ms) {
@@ -841,9 +945,18 @@ impl Scheduler {
                 self.until.remove(&r.id);
                 ev.expired.push(l);
             }
+            // Drawn leases end with the window (their expiry is capped
+            // there, so normally they are gone already).
+            let ended = self.end_draws(&r.id);
+            ev.expired.extend(ended);
             ev.reservations_ended.push(r);
         }
         for r in self.calendar.start_due(now_ms) {
+            if r.shared_with.is_some() {
+                // Pooled: leases are drawn from it, none is made now.
+                ev.pools_opened.push(r);
+                continue;
+            }
             // Exactly as booked: the GPUs set aside, until the window's end.
             let lease = r.lease(self.ledger.node_id(), now_ms);
             if self.ledger.restore(vec![lease.clone()], now_ms).is_empty() {
@@ -992,6 +1105,8 @@ impl Scheduler {
             reservations: self.calendar.snapshot(),
             quotas: self.quotas.snapshot(),
             until: self.until.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            draws: self.calendar.draws(),
+            fair: self.fair.snapshot(),
         }
     }
 
@@ -1012,6 +1127,13 @@ impl Scheduler {
             .filter(|(id, _)| self.queue.get(id).is_some())
             .collect();
         self.calendar.restore(snap.reservations, now_ms);
+        let draws = snap
+            .draws
+            .into_iter()
+            .filter(|d| self.ledger.get(&d.lease).is_some())
+            .collect();
+        self.calendar.restore_draws(draws);
+        self.fair = FairShare::restore(snap.fair);
         self.quotas = QuotaBook::restore(snap.quotas);
         self.until = snap
             .until
@@ -1024,7 +1146,7 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::calendar::ReservationStatus;
+    use crate::core::calendar::{Condition, ReservationStatus};
     use crate::core::quota::{Limits, Quota};
     use crate::model::{GpuSlot, Priority, ResourceRequirements};
     use proptest::prelude::*;
@@ -1101,6 +1223,19 @@ mod tests {
             gpus: u32,
             start_in: u64,
             len: u64,
+            /// 0: no condition, 1: wait for event "go", 2: wait for the
+            /// last reservation booked.
+            cond: u8,
+            pooled: bool,
+        },
+        /// Post event "go": from a holder, or the admin (`None`).
+        PostEvent(Option<usize>),
+        /// Draw from the n-th reservation booked.
+        Draw {
+            holder: usize,
+            reservation: usize,
+            cores: u32,
+            gpus: u32,
         },
         Preemption(bool),
         Policy {
@@ -1131,9 +1266,14 @@ mod tests {
             3 => (0..3_000u64).prop_map(Op::Advance),
             1 => (0..3usize, prop::option::of(0..9u32))
                 .prop_map(|(holder, cores)| Op::Quota { holder, cores }),
-            1 => (0..3usize, 1..5u32, 0..2u32, 0..4_000u64, 1..4_000u64)
-                .prop_map(|(holder, cores, gpus, start_in, len)| Op::Reserve {
-                    holder, cores, gpus, start_in, len
+            2 => (0..3usize, 1..5u32, 0..2u32, 0..4_000u64, 1..4_000u64, 0..3u8, any::<bool>())
+                .prop_map(|(holder, cores, gpus, start_in, len, cond, pooled)| Op::Reserve {
+                    holder, cores, gpus, start_in, len, cond, pooled
+                }),
+            1 => prop::option::of(0..3usize).prop_map(Op::PostEvent),
+            2 => (0..3usize, 0..8usize, 0..3u32, 0..2u32)
+                .prop_map(|(holder, reservation, cores, gpus)| Op::Draw {
+                    holder, reservation, cores, gpus
                 }),
             1 => any::<bool>().prop_map(Op::Preemption),
             1 => (0..3usize, any::<bool>(), 1..5u32)
@@ -1162,6 +1302,46 @@ mod tests {
         Ok(())
     }
 
+    /// No pooled reservation lends more than it holds, and every draw is
+    /// a lease of the ledger.
+    fn no_overdraw(s: &Scheduler) -> Result<(), String> {
+        let mut per: BTreeMap<LeaseId, (u32, BTreeMap<u32, u64>)> = BTreeMap::new();
+        for d in s.calendar().draws() {
+            if s.ledger().get(&d.lease).is_none() {
+                return Err(format!("draw {} is not a lease", d.lease));
+            }
+            let e = per.entry(d.reservation.clone()).or_default();
+            e.0 += d.holds.cpu_cores;
+            for g in &d.holds.gpus {
+                *e.1.entry(g.index).or_default() += g.memory_mb;
+            }
+        }
+        for (rid, (cores, gpus)) in per {
+            let Some(r) = s.calendar().get(&rid) else {
+                return Err(format!("draws from unknown reservation {rid}"));
+            };
+            if r.status != ReservationStatus::Active || cores > r.req.cpu_cores {
+                return Err(format!(
+                    "reservation {rid} ({}) lends {cores} cores of {}",
+                    r.status, r.req.cpu_cores
+                ));
+            }
+            for (i, m) in gpus {
+                let held = r
+                    .gpus
+                    .iter()
+                    .find(|g| g.index == i)
+                    .map_or(0, |g| g.memory_mb);
+                if m > held {
+                    return Err(format!(
+                        "reservation {rid} lends {m} MiB of GPU {i}, holds {held}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -1178,6 +1358,7 @@ mod tests {
             let mut next = 0u64;
             let mut caps: BTreeMap<usize, u32> = BTreeMap::new();
             let mut booked: BTreeSet<LeaseId> = BTreeSet::new();
+            let mut reserved: Vec<LeaseId> = Vec::new();
             for op in ops {
                 let held_before: BTreeSet<LeaseId> =
                     s.ledger().leases().map(|l| l.lease_id.clone()).collect();
@@ -1244,8 +1425,13 @@ mod tests {
                             }
                         }
                     }
-                    Op::Reserve { holder, cores, gpus, start_in, len } => {
+                    Op::Reserve { holder, cores, gpus, start_in, len, cond, pooled } => {
                         next += 1;
+                        let condition = match (cond, reserved.last()) {
+                            (1, _) => Some(Condition::Event("go".into())),
+                            (2, Some(x)) => Some(Condition::Reservation(x.clone())),
+                            _ => None,
+                        };
                         let r = Reservation {
                             id: LeaseId(format!("r{next}")),
                             holder: HOLDERS[holder].into(),
@@ -1257,10 +1443,45 @@ mod tests {
                             gpus: Vec::new(),
                             status: ReservationStatus::Confirmed,
                             created_at_ms: now,
+                            condition,
+                            condition_met_ms: None,
+                            shared_with: pooled.then(|| GroupId("g".into())),
                         };
                         if let Ok(r) = s.reserve(r, &[], &Usage::default(), now) {
                             booked.insert(r.id.clone());
+                            reserved.push(r.id.clone());
                             ids.push(r.id);
+                        }
+                    }
+                    Op::PostEvent(from) => {
+                        let from: Option<NodeId> = from.map(|h| HOLDERS[h].into());
+                        s.post_event("go", from.as_ref(), now);
+                    }
+                    Op::Draw { holder, reservation, cores, gpus } => {
+                        if let Some(rid) = reserved.get(reservation) {
+                            next += 1;
+                            let id = LeaseId(format!("d{next}"));
+                            // Holder 2 is in the group "g".
+                            let groups = if holder == 2 { vec![GroupId("g".into())] } else { Vec::new() };
+                            let input = AllocateInput {
+                                lease_id: id.clone(),
+                                request_id: format!("r{next}"),
+                                holder: HOLDERS[holder].into(),
+                                req: req(cores, gpus),
+                                task_type: String::new(),
+                                priority: Priority::Normal,
+                                lease_ms: 60_000,
+                            };
+                            match s.draw(rid, input, &groups, None, now) {
+                                Ok(l) => {
+                                    prop_assert!(l.expires_at_ms <= s.calendar().get(rid).map_or(0, |r| r.end_ms));
+                                    ids.push(id);
+                                }
+                                Err(d) => prop_assert!(
+                                    !d.message.contains("cannot hold"),
+                                    "what is left of a pooled reservation was not free: {d}"
+                                ),
+                            }
                         }
                     }
                     Op::Preemption(on) => {
@@ -1298,6 +1519,7 @@ mod tests {
                     prop_assert!(l.priority < Priority::Critical);
                 }
                 no_overcommit(&s).map_err(TestCaseError::fail)?;
+                no_overdraw(&s).map_err(TestCaseError::fail)?;
                 // A cap may be set below current use (it breaks no lease),
                 // but a holder over its cap gets no new grant, other than
                 // a reservation booked before (a promise already made).
@@ -1340,6 +1562,125 @@ mod tests {
             preempt: false,
             gpus_allowed: None,
         }
+    }
+
+    #[test]
+    fn draws_from_a_pooled_reservation_are_leases_that_end_with_it() {
+        let now = 1_000_000u64;
+        let mut s = new_sched(false);
+        let r = Reservation {
+            id: LeaseId("pool".into()),
+            holder: "a".into(),
+            req: req(6, 0),
+            priority: Priority::High,
+            task_type: String::new(),
+            start_ms: now,
+            end_ms: now + 60_000,
+            gpus: Vec::new(),
+            status: ReservationStatus::Confirmed,
+            created_at_ms: now,
+            condition: Some(Condition::Event("go".into())),
+            condition_met_ms: None,
+            shared_with: Some(GroupId("lab".into())),
+        };
+        s.reserve(r, &[], &Usage::default(), now).unwrap();
+        assert!(s.tick(now).pools_opened.is_empty());
+        assert_eq!(
+            s.post_event("go", Some(&"a".into()), now + 1),
+            vec![LeaseId("pool".into())]
+        );
+        let ev = s.tick(now + 1);
+        assert_eq!(ev.pools_opened.len(), 1);
+        // No lease for the whole: the six cores stay out of others' reach.
+        assert!(s.ledger().is_empty());
+        assert!(matches!(
+            s.submit(
+                submit_by("c", "l1", 3, 0, 10_000),
+                &Usage::default(),
+                now + 1
+            ),
+            Outcome::Denied(_)
+        ));
+        let lab = [GroupId("lab".into())];
+        let draw = |id: &str, holder: &str, cores: u32| AllocateInput {
+            lease_id: LeaseId(id.into()),
+            request_id: id.into(),
+            holder: holder.into(),
+            req: req(cores, 0),
+            task_type: String::new(),
+            priority: Priority::Low,
+            lease_ms: 120_000,
+        };
+        let l = s
+            .draw(
+                &LeaseId("pool".into()),
+                draw("d1", "b", 4),
+                &lab,
+                None,
+                now + 2,
+            )
+            .unwrap();
+        // The reservation's priority, and its end.
+        assert_eq!(l.priority, Priority::High);
+        assert_eq!(l.expires_at_ms, now + 60_000);
+        let d = s
+            .draw(
+                &LeaseId("pool".into()),
+                draw("d2", "c", 1),
+                &[],
+                None,
+                now + 2,
+            )
+            .unwrap_err();
+        assert_eq!(d.reason, DenyReason::Forbidden);
+        let d = s
+            .draw(
+                &LeaseId("pool".into()),
+                draw("d2", "a", 3),
+                &[],
+                None,
+                now + 2,
+            )
+            .unwrap_err();
+        assert_eq!(d.reason, DenyReason::InsufficientCapacity);
+        s.draw(
+            &LeaseId("pool".into()),
+            draw("d2", "a", 2),
+            &[],
+            Some(now + 5_000),
+            now + 2,
+        )
+        .unwrap();
+        assert_eq!(s.until(&LeaseId("d2".into())), Some(now + 5_000));
+        // Renewals stop at the reservation's end.
+        let l = s
+            .renew(&LeaseId("d1".into()), &"b".into(), 600_000, now + 3)
+            .unwrap();
+        assert_eq!(l.expires_at_ms, now + 60_000);
+        // Released: back to the pool, not to everyone.
+        s.release(&LeaseId("d2".into()), None, now + 4).unwrap();
+        assert!(matches!(
+            s.submit(
+                submit_by("c", "l2", 3, 0, 10_000),
+                &Usage::default(),
+                now + 4
+            ),
+            Outcome::Denied(_)
+        ));
+        // Cancelled: the draws end with it, and the cores are free again.
+        s.cancel_reservation(&LeaseId("pool".into()), None).unwrap();
+        let ev = s.tick(now + 5);
+        assert_eq!(ev.draws_ended.len(), 1);
+        assert_eq!(ev.draws_ended[0].lease_id, LeaseId("d1".into()));
+        assert!(s.ledger().is_empty());
+        assert!(matches!(
+            s.submit(
+                submit_by("c", "l3", 8, 0, 10_000),
+                &Usage::default(),
+                now + 5
+            ),
+            Outcome::Granted { .. }
+        ));
     }
 
     #[test]

@@ -13,9 +13,9 @@ use libp2p::identity::{Keypair, PublicKey};
 use libp2p::{PeerId, StreamProtocol};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::core::calendar::Reservation;
+use crate::core::calendar::{Condition, Reservation};
 use crate::core::constraints::Constraints;
-use crate::core::groups::GroupEvent;
+use crate::core::groups::{GroupEvent, GroupId};
 use crate::core::pools::PoolEvent;
 use crate::model::{
     Announcement, Capacity, Denial, Lease, LeaseId, NodeId, Priority, ResourceRequirements,
@@ -100,7 +100,25 @@ pub enum AllocRequest {
         priority: Priority,
         start_ms: u64,
         end_ms: u64,
+        /// Become active only once this holds (within the window).
+        condition: Option<Condition>,
+        /// Pooled: the members of this group draw leases from it.
+        shared_with: Option<GroupId>,
     },
+    /// Draw a lease from an active pooled reservation on the owner. The
+    /// owner chooses the lease id; the lease ends with the reservation.
+    Draw {
+        reservation: LeaseId,
+        request_id: String,
+        req: ResourceRequirements,
+        task_type: String,
+        lease_ms: u64,
+        /// A hard end, ms after the grant (capped at the reservation's end).
+        duration_ms: Option<u64>,
+    },
+    /// Holder → owner: post a named event for the asker's reservations
+    /// waiting on it. Answered `EventPosted`.
+    PostEvent { name: String },
     /// Owner → holder: something happened to one of its leases or
     /// tickets. Answered with `Ack`.
     Notice(Notice),
@@ -115,6 +133,10 @@ pub enum Notice {
     ReservationStarted(Lease),
     /// A lease or ticket ended early: preempted, or the wait ran out.
     Ended { lease_id: LeaseId, denial: Denial },
+    /// A reservation changed without a lease of the holder's starting: a
+    /// pooled one opened for draws, or one ended (expired, unmet,
+    /// cancelled). This is its new state.
+    Reservation(Reservation),
 }
 
 /// A request on `/lanswarm/task/1`.
@@ -252,6 +274,9 @@ pub enum AllocResponse {
     Queued { ticket: LeaseId, position: u32 },
     /// A reservation was booked.
     Reserved(Reservation),
+    /// An event was posted: the asker's reservations whose condition it
+    /// met.
+    EventPosted { met: Vec<LeaseId> },
     /// A notice was received.
     Ack,
 }

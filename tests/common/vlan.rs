@@ -44,7 +44,8 @@
 //!
 //! Without root (or without `ip`), [`LanBuilder::build`] prints
 //! `SKIPPED (needs root for network namespaces): would have checked ...`
-//! and returns `None`.
+//! and returns `None`; with `CI=true` (set by `.ci/run`, which runs as
+//! root) it fails the test instead.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -115,6 +116,11 @@ impl Signal {
 /// Written to the process's stderr directly rather than with `eprintln!`,
 /// which the test harness captures and hides for passing tests.
 fn skipped(why: &str, checks: &str) {
+    // CI runs as root: a virtual LAN it cannot make is a failure there,
+    // never a silent pass.
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true but no virtual LAN ({why}): cannot check {checks}");
+    }
     let line = format!(
         "SKIPPED (needs root for network namespaces; {why}): would have checked {checks}\n"
     );

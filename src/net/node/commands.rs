@@ -152,6 +152,7 @@ impl EventLoop {
                 let _ = reply.send(self.delete_pool(&name));
             }
             Command::Reserve(req, reply) => self.on_reserve(*req, reply),
+            Command::PostEvent(name, reply) => self.on_post_event(name, reply),
             Command::Reservations(reply) => {
                 let _ = reply.send(self.reservations_view());
             }

@@ -76,6 +76,10 @@ pub(super) fn asked(request: &AllocRequest) -> Option<(ResourceSummary, HistoryK
             ResourceSummary::of_request(req, *priority),
             HistoryKind::Denial,
         )),
+        AllocRequest::Draw { req, .. } => Some((
+            ResourceSummary::of_request(req, crate::model::Priority::default()),
+            HistoryKind::Denial,
+        )),
         AllocRequest::Reserve { req, priority, .. } => Some((
             ResourceSummary::of_request(req, *priority),
             HistoryKind::Reservation,
@@ -504,15 +508,22 @@ impl EventLoop {
             return;
         }
         let resources = ResourceSummary::of_request(&r.req, r.priority);
-        let detail = format!(
-            "reservation of {} on {} for {} from {} to {} {}",
+        let what = match (outcome, &r.condition) {
+            (Outcome::Ended, _) => format!("ended ({})", r.status),
+            (Outcome::Changed, Some(c)) => format!("condition met ({c})"),
+            _ => outcome.name().to_owned(),
+        };
+        let mut detail = format!(
+            "reservation of {} on {} for {} from {} to {} {what}",
             resources.short(),
             self.who(owner),
             self.who(&r.holder),
             crate::core::history::rfc3339(r.start_ms),
             crate::core::history::rfc3339(r.end_ms),
-            outcome.name()
         );
+        if let Some(g) = &r.shared_with {
+            detail.push_str(&format!(", shared with group {}", g.0));
+        }
         self.record(HistoryEvent::new(
             now_ms(),
             HistoryKind::Reservation,

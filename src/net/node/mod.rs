@@ -348,6 +348,7 @@ pub async fn start(
         ended: std::collections::VecDeque::new(),
         held_reservations: requester.reservations,
         reserving: HashMap::new(),
+        posting: HashMap::new(),
         multis: BTreeMap::new(),
         tasks: tasks::Tasks::new(cfg.tasks.clone(), cfg.models.clone()),
         util: Default::default(),
@@ -538,6 +539,11 @@ enum Pending {
         reserving: u64,
         node: NodeId,
     },
+    /// Telling `node` of an event we posted.
+    PostEvent {
+        post: u64,
+        node: NodeId,
+    },
 }
 
 struct EventLoop {
@@ -563,6 +569,8 @@ struct EventLoop {
     held_reservations: BTreeMap<LeaseId, sched::HeldReservation>,
     /// Reservations being placed (late binding over candidates).
     reserving: HashMap<u64, sched::Reserving>,
+    /// Events posted here, waiting for the owners told of them.
+    posting: HashMap<u64, sched::Posting>,
     /// Elastic sharing, when enabled.
     elastic: Option<Elastic>,
     /// Multi-node requests, by id.

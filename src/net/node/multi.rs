@@ -144,6 +144,11 @@ impl EventLoop {
                 self.on_multi_hold(&id, part, node, answer);
                 continue;
             }
+            // A peer whose breaker is open is not asked (as for leases).
+            if let Err(why) = self.breaker_acquire(&node) {
+                self.on_multi_hold(&id, part, node, Err(why));
+                continue;
+            }
             let Some(peer) = peer_id_of(&node) else {
                 self.on_multi_hold(&id, part, node, Err("not a peer id".into()));
                 continue;

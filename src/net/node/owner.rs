@@ -131,7 +131,13 @@ impl EventLoop {
                 }
             }
             AllocRequest::Renew { lease_id, lease_ms } => {
-                match self.sched.renew(&lease_id, &holder, lease_ms, now) {
+                // Roles are checked again at each renewal: a holder whose
+                // role lost both `allocate` and `reserve` keeps its lease
+                // only until its term ends.
+                let allowed = self
+                    .permit(&holder, Permission::Allocate)
+                    .or_else(|_| self.permit(&holder, Permission::Reserve));
+                match allowed.and_then(|()| self.sched.renew(&lease_id, &holder, lease_ms, now)) {
                     Ok(lease) => {
                         return self
                             .unanswered
@@ -153,6 +159,8 @@ impl EventLoop {
                 priority,
                 start_ms,
                 end_ms,
+                condition,
+                shared_with,
             } => {
                 let args = sched::ReserveArgs {
                     req,
@@ -160,6 +168,8 @@ impl EventLoop {
                     priority,
                     start_ms,
                     end_ms,
+                    condition,
+                    shared_with,
                 };
                 if let Err(denial) = self
                     .admit(&holder)
@@ -176,6 +186,62 @@ impl EventLoop {
                     AllocResponse::Denied(denial)
                 } else {
                     self.decide_reserve(holder, args)
+                }
+            }
+            AllocRequest::Draw {
+                reservation,
+                request_id,
+                req,
+                task_type,
+                lease_ms,
+                duration_ms,
+            } => {
+                if let Err(denial) = self
+                    .admit(&holder)
+                    .and_then(|()| self.permit(&holder, Permission::Allocate))
+                {
+                    self.record_refusal(&holder, asked, &denial);
+                    AllocResponse::Denied(denial)
+                } else if request_id.len() > 128
+                    || task_type.len() > 128
+                    || reservation.0.len() > 128
+                {
+                    let denial = Denial::new(
+                        DenyReason::BadRequest,
+                        "request_id, task_type and the reservation id are limited to 128 bytes",
+                    );
+                    self.record_refusal(&holder, asked, &denial);
+                    AllocResponse::Denied(denial)
+                } else {
+                    let args = sched::DrawArgs {
+                        reservation,
+                        request_id,
+                        req,
+                        task_type,
+                        lease_ms,
+                        duration_ms,
+                    };
+                    match self.decide_draw(holder, args) {
+                        sched::OwnerAnswer::Granted(lease) => {
+                            return self
+                                .unanswered
+                                .push((AllocResponse::Granted(lease), channel))
+                        }
+                        sched::OwnerAnswer::Now(answer) => answer,
+                    }
+                }
+            }
+            AllocRequest::PostEvent { name } => {
+                if let Err(denial) = self
+                    .admit(&holder)
+                    .and_then(|()| self.permit(&holder, Permission::Reserve))
+                {
+                    AllocResponse::Denied(denial)
+                } else if let Err(why) = crate::core::calendar::validate_event_name(&name) {
+                    AllocResponse::Denied(Denial::new(DenyReason::BadRequest, why))
+                } else {
+                    let met = self.owner_post_event(&name, Some(&holder));
+                    AllocResponse::EventPosted { met }
                 }
             }
             AllocRequest::Notice(notice) => {
@@ -331,7 +397,9 @@ impl EventLoop {
             Pending::Reserve { reserving, node } => {
                 self.on_reserve_response(reserving, node, result)
             }
+            Pending::PostEvent { post, node } => self.on_post_event_response(post, node, result),
             Pending::MultiHold { multi, part, node } => {
+                self.breaker_alloc_outcome(&node, &result);
                 self.on_multi_hold(&multi, part, node, result)
             }
             Pending::MultiConfirm { multi, part } => self.on_multi_confirm(&multi, part, result),

@@ -43,6 +43,9 @@ impl EventLoop {
             Some(s) => Some(now.saturating_add(s.saturating_mul(1000))),
             None => None,
         };
+        if req.reservation.is_some() {
+            return self.on_draw_request(req, lease_ms, release_at_ms, reply);
+        }
         let (mut candidates, excluded) = self.view.candidates(&req.required_resources, now);
         let mut excluded: Vec<Excluded> = excluded
             .into_iter()
@@ -117,6 +120,93 @@ impl EventLoop {
             lease_ms,
             release_at_ms,
             excluded,
+            reply,
+        };
+        let id = self.next_placement;
+        self.next_placement += 1;
+        self.drive(id, placement);
+    }
+
+    /// A request to draw from a pooled reservation: ask its owner only.
+    fn on_draw_request(
+        &mut self,
+        mut req: AllocationRequest,
+        lease_ms: u64,
+        release_at_ms: Option<u64>,
+        reply: oneshot::Sender<Result<Allocation, NodeError>>,
+    ) {
+        let now = now_ms();
+        let rid = LeaseId(
+            req.reservation
+                .clone()
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        );
+        if rid.0.is_empty() || rid.0.len() > 128 {
+            let _ = reply.send(Err(NodeError::BadRequest(
+                "reservation: give the id of a pooled reservation (at most 128 bytes)".into(),
+            )));
+            return;
+        }
+        let known = if let Some(h) = self.held_reservations.get(&rid) {
+            Some(h.owner.clone())
+        } else if self.sched.calendar().get(&rid).is_some() {
+            Some(self.local_id.clone())
+        } else {
+            None
+        };
+        let named = req.node_id.as_ref().map(|n| {
+            if *n == self.local_id.0 || *n == self.cfg.name {
+                Some(self.local_id.clone())
+            } else {
+                self.view
+                    .peers()
+                    .find(|p| p.ann.node_id.0 == *n || p.ann.name == *n)
+                    .map(|p| p.ann.node_id.clone())
+            }
+        });
+        let node = match (known, named) {
+            (Some(k), Some(Some(n))) if k != n => {
+                let _ = reply.send(Err(NodeError::BadRequest(format!(
+                    "reservation {rid} is on {}, not on {}",
+                    self.name_of(&k),
+                    self.name_of(&n)
+                ))));
+                return;
+            }
+            (Some(k), _) => k,
+            (None, Some(Some(n))) => n,
+            (None, Some(None)) => {
+                let _ = reply.send(Err(NodeError::NotFound(format!(
+                    "no known node {}",
+                    req.node_id.clone().unwrap_or_default()
+                ))));
+                return;
+            }
+            (None, None) => {
+                let _ = reply.send(Err(NodeError::BadRequest(format!(
+                    "reservation {rid} was not made here: name its owner with node_id"
+                ))));
+                return;
+            }
+        };
+        // Aimed at its owner: a refusal comes back as the owner's own.
+        req.node_id = Some(node.0.clone());
+        let placement = Placement {
+            attempt: Attempt::new(vec![node], 1),
+            request_id: req
+                .request_id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            wait_ms: 0,
+            created_ms: now,
+            queue_tried: true,
+            preempt_at: Default::default(),
+            req,
+            lease_ms,
+            release_at_ms,
+            excluded: Vec::new(),
             reply,
         };
         let id = self.next_placement;
@@ -203,6 +293,7 @@ impl EventLoop {
                         only.reason,
                         DenyReason::Forbidden
                             | DenyReason::QuotaExceeded
+                            | DenyReason::UnknownLease
                             | DenyReason::Busy
                             | DenyReason::Unsatisfiable
                             | DenyReason::BadRequest
@@ -245,6 +336,17 @@ impl EventLoop {
             || prio == crate::model::Priority::Critical
             || (prio == crate::model::Priority::High && p.attempt.tried() >= 2);
         let duration_ms = p.release_at_ms.map(|at| at.saturating_sub(p.created_ms));
+        if let Some(reservation) = &p.req.reservation {
+            let draw = sched::DrawArgs {
+                reservation: LeaseId(reservation.trim().to_owned()),
+                request_id: p.request_id.clone(),
+                req: p.req.required_resources.clone(),
+                task_type: p.req.task_type.clone(),
+                lease_ms: p.lease_ms,
+                duration_ms,
+            };
+            return self.ask_draw(id, p, node, draw);
+        }
         if node == self.local_id {
             let me = self.local_id.clone();
             let answer = self.decide_allocate(
@@ -309,6 +411,52 @@ impl EventLoop {
                 duration_ms,
                 preempt,
                 constraints: p.req.constraints.clone(),
+            }),
+        );
+        self.pending.insert(
+            rid,
+            Pending::Place {
+                placement: id,
+                node,
+            },
+        );
+        self.placements.insert(id, p);
+    }
+
+    /// Ask `node` for a draw from one of its pooled reservations.
+    fn ask_draw(&mut self, id: u64, mut p: Placement, node: NodeId, a: sched::DrawArgs) {
+        if node == self.local_id {
+            let me = self.local_id.clone();
+            match self.decide_draw(me, a) {
+                sched::OwnerAnswer::Granted(lease) => match self.commit_local_grant(lease) {
+                    Ok(lease) => return self.finish_placement(p, lease),
+                    Err(d) => p.attempt.refused(node, d),
+                },
+                sched::OwnerAnswer::Now(AllocResponse::Denied(d)) => p.attempt.refused(node, d),
+                sched::OwnerAnswer::Now(other) => p.attempt.refused(
+                    node,
+                    Denial::new(
+                        DenyReason::BadRequest,
+                        format!("unexpected answer {other:?}"),
+                    ),
+                ),
+            }
+            return self.drive(id, p);
+        }
+        let Some(peer) = peer_id_of(&node) else {
+            p.attempt
+                .refused(node, Denial::new(DenyReason::Unreachable, "not a peer id"));
+            return self.drive(id, p);
+        };
+        let rid = self.swarm.behaviour_mut().alloc.send_request(
+            &peer,
+            Frame::Valid(AllocRequest::Draw {
+                reservation: a.reservation,
+                request_id: a.request_id,
+                req: a.req,
+                task_type: a.task_type,
+                lease_ms: a.lease_ms,
+                duration_ms: a.duration_ms,
             }),
         );
         self.pending.insert(

@@ -8,25 +8,31 @@
 use serde::{Deserialize, Serialize};
 
 use super::*;
-use crate::core::calendar::{Reservation, ReservationStatus};
+use crate::core::calendar::{validate_event_name, Condition, Reservation, ReservationStatus};
 use crate::core::contention::{self, ContentionReport};
 use crate::core::groups::GroupId;
 use crate::core::history::{HistoryKind, Outcome as HistoryOutcome, Role as HistoryRole};
 use crate::core::quota::{Quota, Subject};
+use crate::core::roles::Permission;
 use crate::core::sched::{Events, Outcome, SchedSnapshot, Submit};
 use crate::handle::{
-    ms_to_utc, AllocationStatus, QueueEntry, QuotaChange, QuotaEntry, ReservationInfo,
-    ReservationRequest, Reservations, SchedPolicyChange,
+    ms_to_utc, AllocationStatus, EventMet, EventPosted, QueueEntry, QuotaChange, QuotaEntry,
+    ReservationInfo, ReservationRequest, Reservations, SchedPolicyChange,
 };
 use crate::model::{Priority, ResourceRequirements, Usage};
 use crate::net::protocol::Notice;
 
-const META_SCHED: &str = "sched_v1";
+/// The owner's queue, calendar (with conditions, pools and draws) and
+/// quotas. Builds before conditional reservations wrote
+/// [`legacy::META_SCHED_V1`], read once after an upgrade.
+const META_SCHED: &str = "sched_v2";
 /// The quota tree's links (child, parent), beside the scheduler state.
 const META_QUOTA_TREE: &str = "quota_tree_v1";
 const META_POLICY: &str = "sched_policy_v1";
 const META_POLICY_CONFIG: &str = "sched_policy_config_v1";
-const META_REQUESTER: &str = "requester_v1";
+/// The requester's tickets and reservations (was
+/// [`legacy::META_REQUESTER_V1`]).
+const META_REQUESTER: &str = "requester_v2";
 /// Ended allocations kept for the API.
 const MAX_ENDED: usize = 256;
 /// Longest reservation window, ms.
@@ -64,7 +70,16 @@ pub(super) struct Reserving {
     pub request_id: String,
     pub start_ms: u64,
     pub end_ms: u64,
+    pub condition: Option<Condition>,
+    pub shared_with: Option<GroupId>,
     pub reply: oneshot::Sender<Result<ReservationInfo, NodeError>>,
+}
+
+/// An event posted here, waiting for the owners told of it.
+pub(super) struct Posting {
+    pub waiting: usize,
+    pub posted: EventPosted,
+    pub reply: oneshot::Sender<Result<EventPosted, NodeError>>,
 }
 
 /// The requester's persisted state.
@@ -91,7 +106,13 @@ pub(super) fn restore(
         (Some(seen), Some(stored)) if &seen == from_config => sched.set_policy(stored),
         _ => store.apply(&policy_batch(from_config, from_config))?,
     }
-    if let Some(snap) = store.meta::<SchedSnapshot>(META_SCHED)? {
+    let snap = match store.meta::<SchedSnapshot>(META_SCHED)? {
+        Some(snap) => Some(snap),
+        None => store
+            .meta::<legacy::SchedSnapshotV1>(legacy::META_SCHED_V1)?
+            .map(SchedSnapshot::from),
+    };
+    if let Some(snap) = snap {
         sched.restore(snap, now);
     }
     if let Ok(Some(links)) = store.meta::<Vec<(Subject, Subject)>>(META_QUOTA_TREE) {
@@ -99,7 +120,123 @@ pub(super) fn restore(
             warn!(%child, %parent, "a stored quota-tree link no longer holds; dropped");
         }
     }
-    Ok(store.meta(META_REQUESTER)?.unwrap_or_default())
+    match store.meta(META_REQUESTER)? {
+        Some(st) => Ok(st),
+        None => Ok(store
+            .meta::<legacy::RequesterStateV1>(legacy::META_REQUESTER_V1)?
+            .map(RequesterState::from)
+            .unwrap_or_default()),
+    }
+}
+
+/// The formats of the scheduler's and the requester's state written by
+/// builds before conditional and pooled reservations, read once after an
+/// upgrade (the next write uses the new keys). postcard is not
+/// self-describing, so the old shapes are kept exactly as they were.
+mod legacy {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::{HeldReservation, RequesterState, Ticket};
+    use crate::core::calendar::{Reservation, ReservationStatus};
+    use crate::core::queue::Waiting;
+    use crate::core::sched::{SchedSnapshot, WaitMeta};
+    use crate::model::{GpuSlot, LeaseId, NodeId, Priority, ResourceRequirements};
+
+    pub(super) const META_SCHED_V1: &str = "sched_v1";
+    pub(super) const META_REQUESTER_V1: &str = "requester_v1";
+
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub(super) struct ReservationV1 {
+        pub id: LeaseId,
+        pub holder: NodeId,
+        pub req: ResourceRequirements,
+        pub priority: Priority,
+        pub task_type: String,
+        pub start_ms: u64,
+        pub end_ms: u64,
+        pub gpus: Vec<GpuSlot>,
+        /// The old five statuses keep their places in the enum.
+        pub status: ReservationStatus,
+        pub created_at_ms: u64,
+    }
+
+    impl From<ReservationV1> for Reservation {
+        fn from(r: ReservationV1) -> Self {
+            Reservation {
+                id: r.id,
+                holder: r.holder,
+                req: r.req,
+                priority: r.priority,
+                task_type: r.task_type,
+                start_ms: r.start_ms,
+                end_ms: r.end_ms,
+                gpus: r.gpus,
+                status: r.status,
+                created_at_ms: r.created_at_ms,
+                condition: None,
+                condition_met_ms: None,
+                shared_with: None,
+            }
+        }
+    }
+
+    #[derive(Clone, Debug, Serialize, Deserialize)]
+    pub(super) struct SchedSnapshotV1 {
+        pub waiting: Vec<(Waiting, WaitMeta)>,
+        pub reservations: Vec<ReservationV1>,
+        pub quotas: crate::core::quota::QuotaSnapshot,
+        pub until: Vec<(LeaseId, u64)>,
+    }
+
+    impl From<SchedSnapshotV1> for SchedSnapshot {
+        fn from(s: SchedSnapshotV1) -> Self {
+            SchedSnapshot {
+                waiting: s.waiting,
+                reservations: s.reservations.into_iter().map(Reservation::from).collect(),
+                quotas: s.quotas,
+                until: s.until,
+                draws: Vec::new(),
+                fair: Default::default(),
+            }
+        }
+    }
+
+    #[derive(Clone, Debug, Serialize, Deserialize)]
+    pub(super) struct HeldReservationV1 {
+        pub owner: NodeId,
+        pub owner_name: String,
+        pub reservation: ReservationV1,
+    }
+
+    #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+    pub(super) struct RequesterStateV1 {
+        pub tickets: BTreeMap<LeaseId, Ticket>,
+        pub reservations: BTreeMap<LeaseId, HeldReservationV1>,
+    }
+
+    impl From<RequesterStateV1> for RequesterState {
+        fn from(s: RequesterStateV1) -> Self {
+            RequesterState {
+                tickets: s.tickets,
+                reservations: s
+                    .reservations
+                    .into_iter()
+                    .map(|(id, h)| {
+                        (
+                            id,
+                            HeldReservation {
+                                owner: h.owner,
+                                owner_name: h.owner_name,
+                                reservation: h.reservation.into(),
+                            },
+                        )
+                    })
+                    .collect(),
+            }
+        }
+    }
 }
 
 fn policy_batch(policy: &SchedPolicy, from_config: &SchedPolicy) -> WriteBatch {
@@ -133,6 +270,18 @@ pub(super) struct ReserveArgs {
     pub priority: Priority,
     pub start_ms: u64,
     pub end_ms: u64,
+    pub condition: Option<Condition>,
+    pub shared_with: Option<GroupId>,
+}
+
+/// A draw from a pooled reservation as the owner reads it off the wire.
+pub(super) struct DrawArgs {
+    pub reservation: LeaseId,
+    pub request_id: String,
+    pub req: ResourceRequirements,
+    pub task_type: String,
+    pub lease_ms: u64,
+    pub duration_ms: Option<u64>,
 }
 
 /// What the owner answers at once.
@@ -315,10 +464,11 @@ impl EventLoop {
 
     /// Run the scheduler's timers and carry out what happened.
     pub(super) fn sched_tick(&mut self, now: u64) {
-        let ev: Events = self.sched.tick(now);
+        let mut ev: Events = self.sched.tick(now);
         if ev.is_empty() {
             return;
         }
+        self.recheck_reservation_roles(&mut ev);
         self.note_sched_events(&ev, now);
         for l in &ev.expired {
             info!(lease = %l.lease_id, holder = %l.holder, "lease expired; resources taken back");
@@ -366,8 +516,34 @@ impl EventLoop {
             self.notify(&holder, Notice::ReservationStarted(l));
         }
         for r in &ev.reservations_ended {
-            info!(reservation = %r.id, status = ?r.status, "reservation ended");
+            info!(reservation = %r.id, status = %r.status, "reservation ended");
             self.record_owner_reservation(HistoryOutcome::Ended, r);
+            self.notify(&r.holder, Notice::Reservation(r.clone()));
+        }
+        for r in ev.pools_opened {
+            info!(reservation = %r.id, holder = %r.holder, "pooled reservation open for draws");
+            self.record_owner_reservation(HistoryOutcome::Started, &r);
+            let holder = r.holder.clone();
+            self.notify(&holder, Notice::Reservation(r));
+        }
+        for l in ev.draws_ended {
+            self.record_expired(&l);
+            let denial = Denial::new(
+                DenyReason::UnknownLease,
+                format!(
+                    "lease {} ended with the pooled reservation it was drawn from",
+                    l.lease_id
+                ),
+            );
+            self.forget_granted(std::slice::from_ref(&l));
+            let holder = l.holder.clone();
+            self.notify(
+                &holder,
+                Notice::Ended {
+                    lease_id: l.lease_id,
+                    denial,
+                },
+            );
         }
         for w in ev.timed_out {
             self.record_waiting(&w, HistoryOutcome::TimedOut, None);
@@ -397,6 +573,37 @@ impl EventLoop {
             );
         }
         self.persist_sched();
+    }
+
+    /// A reservation starting (or a pool opening) for a holder whose role
+    /// no longer has `reserve` (changed since the booking) is cancelled
+    /// instead: roles are checked when the resources are handed over, not
+    /// only when they were promised.
+    fn recheck_reservation_roles(&mut self, ev: &mut Events) {
+        let refused: Vec<(LeaseId, NodeId, Denial)> = ev
+            .reservations_started
+            .iter()
+            .map(|l| (l.lease_id.clone(), l.holder.clone()))
+            .chain(
+                ev.pools_opened
+                    .iter()
+                    .map(|r| (r.id.clone(), r.holder.clone())),
+            )
+            .filter_map(|(id, holder)| {
+                self.permit(&holder, Permission::Reserve)
+                    .err()
+                    .map(|d| (id, holder, d))
+            })
+            .collect();
+        for (id, holder, denial) in refused {
+            warn!(reservation = %id, %holder, reason = %denial.message, "reservation cancelled at its start: the holder's role no longer allows reserve");
+            ev.reservations_started.retain(|l| l.lease_id != id);
+            ev.pools_opened.retain(|r| r.id != id);
+            if let Ok(r) = self.sched.cancel_reservation(&id, None) {
+                self.record_owner_reservation(HistoryOutcome::Cancelled, &r);
+                self.notify(&holder, Notice::Reservation(r));
+            }
+        }
     }
 
     /// Write the owner's queue, calendar and quotas (with the next batch).
@@ -505,6 +712,18 @@ impl EventLoop {
                     &format!("reservation on {owner_name} began"),
                 );
                 self.hold(lease, owner_name, None);
+                self.persist_requester();
+            }
+            Notice::Reservation(r) => {
+                let Some(h) = self.held_reservations.get_mut(&r.id) else {
+                    return;
+                };
+                if &h.owner != from || r.holder != self.local_id {
+                    return;
+                }
+                info!(reservation = %r.id, status = %r.status, "reservation changed on its owner");
+                h.reservation.status = r.status;
+                h.reservation.condition_met_ms = r.condition_met_ms;
                 self.persist_requester();
             }
             Notice::Ended { lease_id, denial } => {
@@ -702,7 +921,26 @@ impl EventLoop {
             priority,
             start_ms,
             end_ms,
+            condition,
+            shared_with,
         } = a;
+        if let Some(Condition::Event(name)) = &condition {
+            if let Err(why) = validate_event_name(name) {
+                return AllocResponse::Denied(Denial::new(DenyReason::BadRequest, why));
+            }
+        }
+        if let Some(g) = &shared_with {
+            if !self.groups_of(&holder).contains(g) {
+                return AllocResponse::Denied(Denial::new(
+                    DenyReason::Forbidden,
+                    format!(
+                        "{} can share a reservation only with a group it is a member of, and {} \
+                         does not see it in group {}",
+                        holder, self.cfg.name, g.0
+                    ),
+                ));
+            }
+        }
         if end_ms > start_ms && end_ms - start_ms > MAX_WINDOW_MS {
             return AllocResponse::Denied(Denial::new(
                 DenyReason::BadRequest,
@@ -727,6 +965,9 @@ impl EventLoop {
             gpus: Vec::new(),
             status: ReservationStatus::Confirmed,
             created_at_ms: now,
+            condition,
+            condition_met_ms: None,
+            shared_with,
         };
         let groups = self.groups_of(&r.holder);
         let swarm = self.swarm_usage_if_capped(&r.holder);
@@ -747,6 +988,172 @@ impl EventLoop {
                 self.record_refusal(&who, asked, &d);
                 AllocResponse::Denied(d)
             }
+        }
+    }
+
+    /// Owner side: draw a lease from a pooled reservation for `holder`.
+    pub(super) fn decide_draw(&mut self, holder: NodeId, a: DrawArgs) -> OwnerAnswer {
+        let now = now_ms();
+        let groups = self.groups_of(&holder);
+        let input = AllocateInput {
+            lease_id: LeaseId(uuid::Uuid::new_v4().to_string()),
+            request_id: a.request_id,
+            holder: holder.clone(),
+            req: a.req,
+            task_type: a.task_type,
+            priority: Priority::default(),
+            lease_ms: a.lease_ms,
+        };
+        let req = input.req.clone();
+        let until = a.duration_ms.map(|d| now.saturating_add(d));
+        match self.sched.draw(&a.reservation, input, &groups, until, now) {
+            Ok(lease) => {
+                info!(%holder, lease = %lease.lease_id, reservation = %a.reservation, "lease drawn from a pooled reservation");
+                self.persist_sched();
+                OwnerAnswer::Granted(lease)
+            }
+            Err(d) => {
+                let answer = AllocResponse::Denied(d);
+                self.record_owner_answer(&holder, &req, Priority::default(), &answer);
+                OwnerAnswer::Now(answer)
+            }
+        }
+    }
+
+    /// Owner side: `from` (a peer, or `None` for this node's admin) posts
+    /// the event `name`. Returns the reservations whose condition it met.
+    pub(super) fn owner_post_event(&mut self, name: &str, from: Option<&NodeId>) -> Vec<LeaseId> {
+        let now = now_ms();
+        let met = self.sched.post_event(name, from, now);
+        if met.is_empty() {
+            return met;
+        }
+        for id in &met {
+            if let Some(r) = self.sched.calendar().get(id).cloned() {
+                info!(reservation = %id, event = name, "reservation's condition met");
+                self.record_owner_reservation(HistoryOutcome::Changed, &r);
+            }
+        }
+        self.persist_sched();
+        self.sched_tick(now);
+        self.flush_deferred();
+        met
+    }
+
+    /// Post an event from this node's API: for the reservations held here
+    /// (as their owner's admin), and for ours on other owners.
+    pub(super) fn on_post_event(
+        &mut self,
+        name: String,
+        reply: oneshot::Sender<Result<EventPosted, NodeError>>,
+    ) {
+        if let Err(why) = validate_event_name(&name) {
+            let _ = reply.send(Err(NodeError::BadRequest(why)));
+            return;
+        }
+        let me = self.local_id.clone();
+        let mut posted = EventPosted {
+            name: name.clone(),
+            met: self
+                .owner_post_event(&name, None)
+                .into_iter()
+                .map(|id| EventMet {
+                    reservation_id: id.0,
+                    node_id: me.clone(),
+                    node_name: self.cfg.name.clone(),
+                })
+                .collect(),
+            errors: Vec::new(),
+        };
+        // Our reservations elsewhere that wait on it, by owner.
+        let owners: std::collections::BTreeSet<NodeId> = self
+            .held_reservations
+            .values()
+            .filter(|h| {
+                h.owner != me
+                    && h.reservation.status.is_live()
+                    && !h.reservation.condition_holds()
+                    && matches!(&h.reservation.condition, Some(Condition::Event(n)) if *n == name)
+            })
+            .map(|h| h.owner.clone())
+            .collect();
+        let id = self.next_placement;
+        self.next_placement += 1;
+        let mut waiting = 0;
+        for owner in owners {
+            let Some(peer) = peer_id_of(&owner) else {
+                continue;
+            };
+            let rid = self.swarm.behaviour_mut().alloc.send_request(
+                &peer,
+                Frame::Valid(AllocRequest::PostEvent { name: name.clone() }),
+            );
+            self.pending.insert(
+                rid,
+                Pending::PostEvent {
+                    post: id,
+                    node: owner,
+                },
+            );
+            waiting += 1;
+        }
+        if waiting == 0 {
+            let _ = reply.send(Ok(posted));
+            return;
+        }
+        posted
+            .met
+            .sort_by(|a, b| a.reservation_id.cmp(&b.reservation_id));
+        self.posting.insert(
+            id,
+            Posting {
+                waiting,
+                posted,
+                reply,
+            },
+        );
+    }
+
+    /// An owner answered an event we posted.
+    pub(super) fn on_post_event_response(
+        &mut self,
+        id: u64,
+        node: NodeId,
+        result: Result<AllocResponse, String>,
+    ) {
+        let Some(mut p) = self.posting.remove(&id) else {
+            return;
+        };
+        let node_name = self.name_of(&node);
+        match result {
+            Ok(AllocResponse::EventPosted { met }) => {
+                let now = now_ms();
+                for rid in met {
+                    if let Some(h) = self.held_reservations.get_mut(&rid) {
+                        if h.owner == node {
+                            h.reservation.condition_met_ms = Some(now);
+                            p.posted.met.push(EventMet {
+                                reservation_id: rid.0,
+                                node_id: node.clone(),
+                                node_name: node_name.clone(),
+                            });
+                        }
+                    }
+                }
+                self.persist_requester();
+            }
+            Ok(AllocResponse::Denied(d)) => p.posted.errors.push(format!("{node_name}: {d}")),
+            Ok(other) => p
+                .posted
+                .errors
+                .push(format!("{node_name}: unexpected answer {other:?}")),
+            Err(e) => p.posted.errors.push(format!("{node_name}: {e}")),
+        }
+        p.waiting -= 1;
+        if p.waiting == 0 {
+            let _ = p.reply.send(Ok(p.posted));
+        } else {
+            self.posting.insert(id, p);
         }
     }
 
@@ -800,12 +1207,37 @@ impl EventLoop {
             return;
         }
         let end_ms = start_ms.saturating_add(req.duration_secs * 1000);
+        let (condition, owner) = match self.reservation_condition(&req) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let shared_with = match &req.share_with {
+            None => None,
+            Some(g) => match self.state.groups.resolve(g) {
+                Err(e) => {
+                    let _ = reply.send(Err(NodeError::NotFound(e.to_string())));
+                    return;
+                }
+                Ok(g) if !self.groups_of(&self.local_id).contains(&g.id) => {
+                    let _ = reply.send(Err(NodeError::BadRequest(format!(
+                        "this node is not a member of group {}: a reservation can be shared only \
+                         with a group of one's own",
+                        g.name
+                    ))));
+                    return;
+                }
+                Ok(g) => Some(g.id),
+            },
+        };
         // Rank by total capacity: what is free now says little about a
         // window in the future. The same owners as a request that may wait.
         let as_request = AllocationRequest {
             required_resources: req.required_resources.clone(),
             constraints: req.constraints.clone(),
-            node_id: req.node_id.clone(),
+            node_id: owner.map(|o| o.0).or_else(|| req.node_id.clone()),
             priority: req.priority,
             ..Default::default()
         };
@@ -830,11 +1262,53 @@ impl EventLoop {
             req,
             start_ms,
             end_ms,
+            condition,
+            shared_with,
             reply,
         };
         let id = self.next_placement;
         self.next_placement += 1;
         self.drive_reserve(id, r);
+    }
+
+    /// The condition a reservation request asks for, and for a condition
+    /// on another reservation, the owner the new one must go to (the same).
+    fn reservation_condition(
+        &self,
+        req: &ReservationRequest,
+    ) -> Result<(Option<Condition>, Option<NodeId>), NodeError> {
+        match (&req.when_event, &req.after_reservation) {
+            (Some(_), Some(_)) => Err(NodeError::BadRequest(
+                "give when_event or after_reservation, not both".into(),
+            )),
+            (Some(name), None) => validate_event_name(name)
+                .map(|()| (Some(Condition::Event(name.clone())), None))
+                .map_err(|why| NodeError::BadRequest(format!("when_event: {why}"))),
+            (None, Some(id)) => {
+                let id = LeaseId(id.trim().to_owned());
+                let owner = if let Some(h) = self.held_reservations.get(&id) {
+                    h.owner.clone()
+                } else if self.sched.calendar().get(&id).is_some() {
+                    self.local_id.clone()
+                } else {
+                    return Err(NodeError::NotFound(format!(
+                        "after_reservation: no reservation {id} made here or held here (a \
+                         reservation can wait only on one on the same owner)"
+                    )));
+                };
+                if let Some(n) = &req.node_id {
+                    if *n != owner.0 && *n != self.name_of(&owner) {
+                        return Err(NodeError::BadRequest(format!(
+                            "after_reservation: reservation {id} is on {}, not on {n}; a \
+                             conditional reservation goes to the same owner",
+                            self.name_of(&owner)
+                        )));
+                    }
+                }
+                Ok((Some(Condition::Reservation(id)), Some(owner)))
+            }
+            (None, None) => Ok((None, None)),
+        }
     }
 
     fn drive_reserve(&mut self, id: u64, mut r: Reserving) {
@@ -856,6 +1330,8 @@ impl EventLoop {
                         priority: r.req.priority,
                         start_ms: r.start_ms,
                         end_ms: r.end_ms,
+                        condition: r.condition.clone(),
+                        shared_with: r.shared_with.clone(),
                     },
                 );
                 match answer {
@@ -863,6 +1339,12 @@ impl EventLoop {
                     AllocResponse::Denied(d) => r.attempt.refused(node, d),
                     _ => {}
                 }
+                continue;
+            }
+            // A peer whose breaker is open is not asked (as for leases).
+            if let Err(why) = self.breaker_acquire(&node) {
+                r.attempt
+                    .refused(node, Denial::new(DenyReason::Unreachable, why));
                 continue;
             }
             let Some(peer) = peer_id_of(&node) else {
@@ -877,6 +1359,8 @@ impl EventLoop {
                     priority: r.req.priority,
                     start_ms: r.start_ms,
                     end_ms: r.end_ms,
+                    condition: r.condition.clone(),
+                    shared_with: r.shared_with.clone(),
                 }),
             );
             self.pending.insert(
@@ -897,6 +1381,7 @@ impl EventLoop {
         node: NodeId,
         result: Result<AllocResponse, String>,
     ) {
+        self.breaker_alloc_outcome(&node, &result);
         let Some(mut r) = self.reserving.remove(&id) else {
             return;
         };
@@ -944,9 +1429,19 @@ impl EventLoop {
             .map(|h| {
                 let mut r = h.reservation.clone();
                 // Our copy learns of the start from the owner's notice; the
-                // end we can tell ourselves.
-                if r.end_ms <= now_ms() && r.status == ReservationStatus::Active {
-                    r.status = ReservationStatus::Expired;
+                // end, and a wait for a condition, we can tell ourselves.
+                let now = now_ms();
+                if r.end_ms <= now && r.status.is_live() {
+                    r.status = if r.status.is_pending() && !r.condition_holds() {
+                        ReservationStatus::Unmet
+                    } else {
+                        ReservationStatus::Expired
+                    };
+                } else if r.status == ReservationStatus::Confirmed
+                    && r.start_ms <= now
+                    && !r.condition_holds()
+                {
+                    r.status = ReservationStatus::Waiting;
                 }
                 ReservationInfo::from_reservation(&r, &h.owner_name, &h.owner)
             })
@@ -956,7 +1451,11 @@ impl EventLoop {
             .calendar()
             .list()
             .iter()
-            .map(|r| ReservationInfo::from_reservation(r, &self.cfg.name, &self.local_id))
+            .map(|r| {
+                let mut info = ReservationInfo::from_reservation(r, &self.cfg.name, &self.local_id);
+                info.left = self.sched.calendar().pool_left(&r.id);
+                info
+            })
             .collect();
         Reservations { held, granted }
     }
@@ -1334,4 +1833,107 @@ fn apply_queue_policy_change(p: &mut SchedPolicy, c: &SchedPolicyChange) -> Resu
     n.shares.validate()?;
     *p = n;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::legacy::{HeldReservationV1, RequesterStateV1, ReservationV1, SchedSnapshotV1};
+    use super::*;
+    use crate::core::ledger::LeaseLimits;
+
+    fn reservation_v1(id: &str, start_ms: u64) -> ReservationV1 {
+        ReservationV1 {
+            id: LeaseId(id.into()),
+            holder: NodeId::from("holder"),
+            req: ResourceRequirements {
+                cpu_cores: 2,
+                ..Default::default()
+            },
+            priority: Priority::High,
+            task_type: "train".into(),
+            start_ms,
+            end_ms: start_ms + 60_000,
+            gpus: Vec::new(),
+            status: ReservationStatus::Confirmed,
+            created_at_ms: start_ms - 1,
+        }
+    }
+
+    /// A node upgraded from a build before conditional reservations keeps
+    /// its calendar and its own reservations (stored under the old keys, in
+    /// the old shape).
+    #[test]
+    fn state_written_by_the_previous_format_is_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.redb")).unwrap();
+        let now = 1_700_000_000_000u64;
+        let snap = SchedSnapshotV1 {
+            waiting: Vec::new(),
+            reservations: vec![reservation_v1("r1", now + 1_000)],
+            quotas: Default::default(),
+            until: Vec::new(),
+        };
+        let mut held = RequesterStateV1::default();
+        held.reservations.insert(
+            LeaseId("r2".into()),
+            HeldReservationV1 {
+                owner: NodeId::from("owner"),
+                owner_name: "owner".into(),
+                reservation: reservation_v1("r2", now + 2_000),
+            },
+        );
+        store
+            .apply(&WriteBatch {
+                put_meta: vec![
+                    (
+                        legacy::META_SCHED_V1.to_owned(),
+                        postcard::to_stdvec(&snap).unwrap(),
+                    ),
+                    (
+                        legacy::META_REQUESTER_V1.to_owned(),
+                        postcard::to_stdvec(&held).unwrap(),
+                    ),
+                ],
+                ..Default::default()
+            })
+            .unwrap();
+        let capacity = crate::model::Capacity {
+            cpu_cores: 8,
+            ..Default::default()
+        };
+        let policy = SchedPolicy::default();
+        let mut sched = Scheduler::new(
+            NodeId::from("me"),
+            capacity,
+            LeaseLimits::default(),
+            policy.clone(),
+        );
+        let st = restore(&store, &mut sched, &policy, now).unwrap();
+        let r = sched.calendar().get(&LeaseId("r1".into())).unwrap();
+        assert_eq!(r.status, ReservationStatus::Confirmed);
+        assert_eq!((r.start_ms, r.req.cpu_cores), (now + 1_000, 2));
+        assert_eq!((r.condition.clone(), r.shared_with.clone()), (None, None));
+        let h = &st.reservations[&LeaseId("r2".into())];
+        assert_eq!(h.owner, NodeId::from("owner"));
+        assert_eq!(h.reservation.start_ms, now + 2_000);
+        // A new-format snapshot, once written, is what is read.
+        let bytes = postcard::to_stdvec(&sched.snapshot()).unwrap();
+        store
+            .apply(&WriteBatch {
+                put_meta: vec![(META_SCHED.to_owned(), bytes)],
+                ..Default::default()
+            })
+            .unwrap();
+        let mut again = Scheduler::new(
+            NodeId::from("me"),
+            crate::model::Capacity {
+                cpu_cores: 8,
+                ..Default::default()
+            },
+            LeaseLimits::default(),
+            policy.clone(),
+        );
+        restore(&store, &mut again, &policy, now).unwrap();
+        assert_eq!(again.calendar().snapshot(), sched.calendar().snapshot());
+    }
 }
