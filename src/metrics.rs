@@ -128,7 +128,8 @@ pub struct StatusLabels {
     pub status: String,
 }
 
-/// `source` of a grant: request, queue or reservation.
+/// `source` of a grant: request, queue, reservation or draw (a lease drawn
+/// from a pooled reservation).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     pub source: String,
@@ -218,6 +219,17 @@ pub struct Metrics {
     pub throttle_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Peers whose circuit breaker is open or half-open.
     pub breakers_open: Gauge,
+    /// Live reservations on this node, by status (confirmed, waiting,
+    /// active).
+    pub reservations: Family<StatusLabels, Gauge>,
+    /// With elastic sharing's forecast policy: the highest own use of the
+    /// machine's cores expected over the horizon (0 until a forecast).
+    pub elastic_forecast_cores: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Likewise for memory, bytes.
+    pub elastic_forecast_memory: Gauge,
+    /// What elastic sharing lends now, per dimension (the cap when it is
+    /// off; only cores and memory move).
+    pub elastic_current: Family<DimensionLabels, Gauge>,
     /// From joining this node's queue to leaving it, by outcome (granted,
     /// timed_out, failed).
     pub queue_wait: HistogramFamily<OutcomeLabels>,
@@ -261,6 +273,10 @@ impl Metrics {
             queue_depth: Gauge::default(),
             throttle_rate: Gauge::default(),
             breakers_open: Gauge::default(),
+            reservations: Family::default(),
+            elastic_forecast_cores: Gauge::default(),
+            elastic_forecast_memory: Gauge::default(),
+            elastic_current: Family::default(),
             queue_wait: Family::new_with_constructor(wait_histogram),
             contention_severity: Gauge::default(),
             contention_ratio: Family::default(),
@@ -277,7 +293,12 @@ impl Metrics {
             m.allocation_denials.get_or_create(&reason(r)).inc_by(0);
             m.denials.get_or_create(&reason(r)).inc_by(0);
         }
-        for s in ["request", "queue", "reservation"] {
+        for s in ["confirmed", "waiting", "active"] {
+            m.reservations
+                .get_or_create(&StatusLabels { status: s.into() })
+                .set(0);
+        }
+        for s in ["request", "queue", "reservation", "draw"] {
             m.grants
                 .get_or_create(&SourceLabels { source: s.into() })
                 .inc_by(0);
@@ -402,6 +423,26 @@ impl Metrics {
             "breakers_open",
             "Peers this node does not ask now: circuit breaker open or half-open",
             self.breakers_open.clone(),
+        );
+        r.register(
+            "reservations",
+            "Live advance reservations on this node, by status (confirmed, waiting for a condition, active)",
+            self.reservations.clone(),
+        );
+        r.register(
+            "elastic_forecast_cpu_cores",
+            "Elastic sharing, forecast policy: the highest own use of the machine's cores expected over the horizon",
+            self.elastic_forecast_cores.clone(),
+        );
+        r.register(
+            "elastic_forecast_memory_bytes",
+            "Elastic sharing, forecast policy: the highest own use of the machine's memory expected over the horizon, bytes",
+            self.elastic_forecast_memory.clone(),
+        );
+        r.register(
+            "elastic_current",
+            "What elastic sharing lends now, per dimension (memory in MiB, as capacity_lent)",
+            self.elastic_current.clone(),
         );
         r.register(
             "queue_wait_seconds",
@@ -535,6 +576,9 @@ mod tests {
             "lanswarm_queue_depth 0",
             "lanswarm_throttle_rate_per_second 0.0",
             "lanswarm_breakers_open 0",
+            "lanswarm_reservations{status=\"waiting\"} 0",
+            "lanswarm_grants_total{source=\"draw\"} 0",
+            "lanswarm_elastic_forecast_cpu_cores 0.0",
             "lanswarm_peers{status=\"online\"} 0",
             "# TYPE lanswarm_health_rtt_seconds histogram",
             "lanswarm_health_rtt_seconds_bucket{le=\"0.0005\",probe=\"ping\"} 1",

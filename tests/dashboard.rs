@@ -4,7 +4,9 @@
 //! allocation, a refused request, toggling remote access and a health
 //! check, checks each result on the page and through the API, checks that
 //! the page follows changes made elsewhere without a reload (server-sent
-//! events), and saves a screenshot to `target/tmp/dashboard.png`.
+//! events), and saves a screenshot to `target/tmp/dashboard.png`. A
+//! second browser test books, starts (by posting its event) and cancels
+//! advance reservations from the Reservations panel.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs
 //! them). Without them the test fails under CI (`CI` set) and otherwise
@@ -14,6 +16,7 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -27,6 +30,16 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// The W3C WebDriver key of an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 const WAIT: Duration = Duration::from_secs(20);
+
+/// One headless Chromium at a time: the browser tests wait for each
+/// other rather than share a small machine.
+static ONE_BROWSER: Mutex<()> = Mutex::new(());
+
+fn one_browser() -> MutexGuard<'static, ()> {
+    ONE_BROWSER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// A node as these tests run it, logging at `info`.
 fn node(name: &str) -> DaemonBuilder {
@@ -280,6 +293,7 @@ fn the_dashboard_drives_a_real_node_in_headless_chromium() {
     ) {
         return;
     }
+    let _browser_turn = one_browser();
     let a = node("dash-a").start();
     let addr = a.get("/api/v1/node").1["addresses"][0]
         .as_str()
@@ -629,4 +643,189 @@ fn the_dashboard_assets_stream_and_utilization_answer_and_bad_queries_are_refuse
     }
     let (_, all) = a.get("/api/v1/allocations");
     assert_eq!(all["held"].as_array().map(Vec::len), Some(1));
+}
+
+impl Browser {
+    /// Wait until the reservation row `row` shows `status`, or is gone
+    /// (the owner lists only live reservations).
+    fn wait_finished(&self, row: &str, status: &str) {
+        eventually(&format!("{row} is {status} or gone"), WAIT, || {
+            let Ok(e) = self.find(&format!("{row} .resv-status")) else {
+                return Ok(());
+            };
+            match self.try_cmd("GET", &format!("/element/{e}/text"), None) {
+                Ok(t) if t == json!(status) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+    }
+}
+
+/// The node lists `id` no longer, or only with the finished `status`.
+fn assert_not_live(d: &Daemon, id: &str, status: &str) {
+    for side in ["held", "granted"] {
+        if let Some(r) = reservation(d, side, id) {
+            assert_eq!(r["status"], status, "{side}: {r}");
+        }
+    }
+}
+
+fn reservation(d: &Daemon, side: &str, id: &str) -> Option<Value> {
+    let (status, all) = d.get("/api/v1/reservations");
+    assert_eq!(status, 200, "{all}");
+    all[side]
+        .as_array()
+        .expect("a list of reservations")
+        .iter()
+        .find(|r| r["reservation_id"] == json!(id))
+        .cloned()
+}
+
+#[test]
+fn the_reservations_panel_lists_starts_books_and_cancels_reservations() {
+    if !browser_available(
+        "the reservations panel: a conditional reservation listed, its event posted from \
+         the panel, booking and cancelling from the panel",
+    ) {
+        return;
+    }
+    let _browser_turn = one_browser();
+    let a = node("dash-resv").start();
+    let a_id = a.id();
+
+    // A reservation made through the API, on this node, now, waiting for
+    // the event `go`.
+    let (status, made) = a.send(
+        "POST",
+        "/api/v1/reservations",
+        r#"{"required_resources": {"cpu_cores": 1}, "start_in_secs": 0, "duration_secs": 600,
+            "node_id": "dash-resv", "when_event": "go"}"#,
+    );
+    assert_eq!(status, 201, "{made}");
+    let id = made["reservation_id"].as_str().expect("an id").to_owned();
+    assert_eq!(made["when_event"], "go");
+
+    let browser = Browser::start();
+    browser.goto(&format!("{}/", a.api()));
+    browser.wait_text("the page is live", "#live", |t| t == "live");
+
+    // The panel lists it, not started yet, with its condition.
+    let row = format!("#resv-table tr[data-reservation='{id}']");
+    let before = browser.wait_text(
+        "the reservation is listed, waiting for its event",
+        &format!("{row} .resv-status"),
+        |t| t == "waiting" || t == "confirmed",
+    );
+    assert_eq!(browser.text(&format!("{row} .resv-condition")), "event go");
+    let text = browser.text(&row);
+    assert!(
+        text.contains("dash-resv") && text.contains("this node"),
+        "{text}"
+    );
+    assert!(text.contains("1 core"), "{text}");
+    // Still live: it has a Cancel button; no lease exists for it yet.
+    browser.wait_for(&format!("#resv-table button[data-cancel='{id}']"));
+    assert!(held(&a, &id).is_none(), "no lease before the event");
+    println!("before the event the panel says {before}");
+
+    // A bad event name is refused, and said so on the page.
+    browser.set_value("#resv-event-name", "no spaces");
+    browser.click("#resv-event-post");
+    browser.wait_text("the bad name is refused", "#resv-event-result", |t| {
+        t.starts_with("bad_request")
+    });
+    let kept = reservation(&a, "granted", &id).expect("still kept");
+    assert!(
+        kept["status"] == "waiting" || kept["status"] == "confirmed",
+        "{kept}"
+    );
+    assert!(kept.get("condition_met").is_none(), "{kept}");
+
+    // Post `go` from the panel's form: it meets the reservation.
+    browser.set_value("#resv-event-name", "go");
+    browser.click("#resv-event-post");
+    browser.wait_text(
+        "the event meets one reservation",
+        "#resv-event-result",
+        |t| t.starts_with("go: met 1 reservation"),
+    );
+    browser.wait_for(&format!("#resv-event-result li[data-met='{id}']"));
+    browser.wait_text(
+        "the reservation becomes active",
+        &format!("{row} .resv-status"),
+        |t| t == "active",
+    );
+    let cond = browser.text(&format!("{row} .resv-condition"));
+    assert!(cond.starts_with("event go, met "), "{cond}");
+    let kept = reservation(&a, "granted", &id).expect("kept by this node");
+    assert_eq!(kept["status"], "active", "{kept}");
+    assert!(kept["condition_met"].is_string(), "{kept}");
+    let lease = held(&a, &id).expect("the reservation's lease, with its id");
+    assert_eq!(lease["status"], "active");
+    assert_eq!(lease["allocated_resources"]["cpu_cores"], 1);
+
+    // Book one from the panel's form: 2 cores in 30 minutes, for 10.
+    browser.set_value("#resv-cpu", "2");
+    browser.set_value("#resv-start", "30");
+    browser.set_value("#resv-duration", "10");
+    browser.click("#resv-submit");
+    let msg = browser.wait_text("the booking is confirmed", "#resv-msg", |t| {
+        t.starts_with("reserved")
+    });
+    assert!(msg.ends_with("(confirmed)"), "{msg}");
+    let (_, all) = a.get("/api/v1/reservations");
+    let booked: Vec<&Value> = all["held"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["reservation_id"] != json!(id))
+        .collect();
+    assert_eq!(booked.len(), 1, "{all}");
+    let booked = booked[0].clone();
+    let other = booked["reservation_id"].as_str().unwrap().to_owned();
+    assert_eq!(booked["status"], "confirmed");
+    assert_eq!(booked["node_id"], json!(a_id));
+    assert_eq!(booked["required_resources"]["cpu_cores"], 2);
+    assert!(booked.get("when_event").is_none(), "{booked}");
+    let at = |k: &str| {
+        chrono::DateTime::parse_from_rfc3339(booked[k].as_str().unwrap())
+            .unwrap()
+            .timestamp()
+    };
+    assert_eq!(at("end") - at("start"), 600, "{booked}");
+    let ahead = at("start") - chrono::Utc::now().timestamp();
+    assert!(
+        (1500..=1800).contains(&ahead),
+        "starts in {ahead} s: {booked}"
+    );
+    let other_row = format!("#resv-table tr[data-reservation='{other}']");
+    browser.wait_text(
+        "the booking is listed",
+        &format!("{other_row} .resv-status"),
+        |t| t == "confirmed",
+    );
+    assert_eq!(browser.text(&format!("{other_row} .resv-condition")), "");
+
+    // Cancel it from the panel: cancelled, and no Cancel button any more.
+    browser.click(&format!("#resv-table button[data-cancel='{other}']"));
+    browser.wait_text("the cancel is reported", "#resv-msg", |t| {
+        t.starts_with("cancelled")
+    });
+    browser.wait_finished(&other_row, "cancelled");
+    assert!(browser
+        .find(&format!("#resv-table button[data-cancel='{other}']"))
+        .is_err());
+    assert_not_live(&a, &other, "cancelled");
+
+    // End the active one from the panel: its lease goes, and the owner
+    // no longer keeps it. (The row itself is not checked: the holder's
+    // own copy of a reservation it ended still reads `active`.)
+    browser.click(&format!("#resv-table button[data-cancel='{id}']"));
+    browser.wait_text("the end is reported", "#resv-msg", |t| {
+        t.starts_with("ended")
+    });
+    assert!(held(&a, &id).is_none(), "its lease is released");
+    if let Some(kept) = reservation(&a, "granted", &id) {
+        assert_eq!(kept["status"], "released", "{kept}");
+    }
 }

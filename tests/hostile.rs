@@ -14,7 +14,7 @@
 //! Three of them attack the victim:
 //!
 //! - `frames`: garbage, oversized and truncated frames on
-//!   `/lanswarm/alloc/1`, garbage on `/lanswarm/sync/1`, and gossip that
+//!   `/lanswarm/alloc/2`, garbage on `/lanswarm/sync/2`, and gossip that
 //!   is not an announcement at all.
 //! - `forger`: on the capacity topic, a forged announcement (the good
 //!   node's id, signed by the hostile key), a tampered one (payload changed
@@ -780,7 +780,7 @@ fn connect(rt: &Runtime, h: &Hostile, addr: &Multiaddr, peer: PeerId) {
 }
 
 /// Garbage, an oversized frame and a valid request cut in half on
-/// `/lanswarm/alloc/1`, and garbage on `/lanswarm/sync/1`, each with what
+/// `/lanswarm/alloc/2`, and garbage on `/lanswarm/sync/2`, each with what
 /// the node's offence record should say about it.
 fn bad_frames() -> Vec<(Raw, Vec<u8>, &'static str)> {
     let valid = postcard::to_stdvec(&AllocRequest::Allocate {
@@ -1170,13 +1170,13 @@ fn a_hostile_peer_changes_nothing_and_is_penalised_then_banned() {
     assert!(lan.is_running(0), "the victim exited");
 }
 
-/// Each bad frame on `/lanswarm/alloc/1` and `/lanswarm/sync/1` is an
+/// Each bad frame on `/lanswarm/alloc/2` and `/lanswarm/sync/2` is an
 /// offence, and the fifth gets the sender banned.
 #[test]
 fn bad_frames_are_penalised_and_the_sender_banned() {
     let Some(lan) = Lan::builder(
-        "that each bad frame a peer on the LAN sends on /lanswarm/alloc/1 or \
-         /lanswarm/sync/1 is an offence, and that the sender is banned and cut off after the \
+        "that each bad frame a peer on the LAN sends on /lanswarm/alloc/2 or \
+         /lanswarm/sync/2 is an offence, and that the sender is banned and cut off after the \
          fifth",
     )
     .host(&node_toml("victim"))

@@ -216,6 +216,48 @@ fn metrics_count_what_happened_and_pass_promtool() {
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["owner_confirmed"], true, "{r}");
 
+    // A reservation on the owner that waits for an event: counted as
+    // confirmed, then waiting in its window; once the event is posted on
+    // the requester (its holder), active, and granted from a reservation.
+    let (s, r) = requester.send(
+        "POST",
+        "/api/v1/reservations",
+        &format!(
+            r#"{{"required_resources": {{"cpu_cores": 1}}, "node_id": "{owner_id}", "start_in_secs": 1, "duration_secs": 60, "when_event": "metrics-go"}}"#
+        ),
+    );
+    assert_eq!(s, 201, "{r}");
+    eventually(
+        "the owner counts a waiting reservation",
+        Duration::from_secs(10),
+        || {
+            has(
+                &owner.scrape(),
+                "lanswarm_reservations{status=\"waiting\"}",
+                1.0,
+            )
+        },
+    );
+    let (s, posted) = requester.send(
+        "POST",
+        "/api/v1/reservations/events",
+        r#"{"name": "metrics-go"}"#,
+    );
+    assert_eq!(s, 200, "{posted}");
+    eventually(
+        "the owner counts it active",
+        Duration::from_secs(10),
+        || {
+            let t = owner.scrape();
+            has(&t, "lanswarm_reservations{status=\"active\"}", 1.0)?;
+            has(&t, "lanswarm_reservations{status=\"waiting\"}", 0.0)?;
+            has(&t, "lanswarm_grants_total{source=\"reservation\"}", 1.0)
+        },
+    );
+    let rid = r["reservation_id"].as_str().expect("reservation id");
+    let (s, c) = requester.send("DELETE", &format!("/api/v1/reservations/{rid}"), "");
+    assert_eq!(s, 200, "{c}");
+
     // A request no node can ever serve: denied, with its reason.
     let (s, denied) = requester.send(
         "POST",
@@ -277,7 +319,8 @@ fn metrics_count_what_happened_and_pass_promtool() {
         ) >= 1.0
     );
 
-    // The owner: one grant, one release, its capacity as configured.
+    // The owner: one grant and one reservation, both given back, its
+    // capacity as configured.
     let t = eventually("the owner's lease is back", Duration::from_secs(10), || {
         let t = owner.scrape();
         has(&t, "lanswarm_leases", 0.0)?;
@@ -285,7 +328,8 @@ fn metrics_count_what_happened_and_pass_promtool() {
     })
     .0;
     assert_eq!(value(&t, "lanswarm_grants_total{source=\"request\"}"), 1.0);
-    assert_eq!(value(&t, "lanswarm_releases_total"), 1.0);
+    assert_eq!(value(&t, "lanswarm_releases_total"), 2.0);
+    assert_eq!(value(&t, "lanswarm_reservations{status=\"active\"}"), 0.0);
     assert_eq!(value(&t, "lanswarm_expiries_total"), 0.0);
     assert_eq!(value(&t, "lanswarm_preemptions_total"), 0.0);
     assert_eq!(value(&t, "lanswarm_queue_depth"), 0.0);
@@ -339,8 +383,8 @@ fn metrics_count_what_happened_and_pass_promtool() {
             || {
                 let t = d.scrape();
                 for series in [
-                    "lanswarm_gossip_messages_total{topic=\"lanswarm/capacity/1\",direction=\"in\"}",
-                    "lanswarm_gossip_messages_total{topic=\"lanswarm/capacity/1\",direction=\"out\"}",
+                    "lanswarm_gossip_messages_total{topic=\"lanswarm/capacity/2\",direction=\"in\"}",
+                    "lanswarm_gossip_messages_total{topic=\"lanswarm/capacity/2\",direction=\"out\"}",
                     "lanswarm_health_rtt_seconds_count{probe=\"ping\"}",
                     "libp2p_gossipsub_messages_total",
                     "libp2p_identify_received_total",

@@ -1,5 +1,5 @@
 //! Tasks between in-process nodes on 127.0.0.1 (no root needed): the
-//! owner's checks on `/lanswarm/task/1`, seen through the node handle, and
+//! owner's checks on `/lanswarm/task/2`, seen through the node handle, and
 //! inference against an in-process stand-in for Ollama (which cannot be
 //! installed here; `lanswarm::sim::fake_ollama` speaks the subset of its
 //! API that lanswarm uses).

@@ -83,6 +83,19 @@ pub fn choose_victims(
     req: &ResourceRequirements,
     prio: Priority,
 ) -> Option<Vec<LeaseId>> {
+    choose_victims_among(ledger, reserved, req, prio, |_| true)
+}
+
+/// As [`choose_victims`], considering only the leases for which
+/// `eligible` holds (the others are never preempted: the leases that carry
+/// out reservations, a promise made before the request came).
+pub fn choose_victims_among(
+    ledger: &Ledger,
+    reserved: &Capacity,
+    req: &ResourceRequirements,
+    prio: Priority,
+    eligible: impl Fn(&Lease) -> bool,
+) -> Option<Vec<LeaseId>> {
     let room = Room::new(ledger, reserved, req);
     if room.fits(&[]) {
         return Some(Vec::new());
@@ -90,7 +103,7 @@ pub fn choose_victims(
     let total = ledger.capacity();
     let mut cands: Vec<Candidate> = ledger
         .leases()
-        .filter(|l| l.priority < prio)
+        .filter(|l| l.priority < prio && eligible(l))
         .map(|l| Candidate {
             lease: l,
             weight: weight(l, total),

@@ -4,7 +4,7 @@
 //! A [`Scheduler`] composes the owner's [`Ledger`] (active leases) with
 //! its wait queue ([`WaitQueue`]), advance-reservation calendar
 //! ([`Calendar`]), quotas ([`QuotaBook`]), per-peer rate limit
-//! ([`Throttle`]) and preemption ([`choose_victims`]). It is sans-IO like
+//! ([`Throttle`]) and preemption ([`crate::core::preempt::choose_victims`]). It is sans-IO like
 //! every core module: time comes in as `now_ms`, ids from the caller, and
 //! the same inputs give the same outputs. The network shell calls
 //! [`Scheduler::submit`] for each allocation request, [`Scheduler::tick`]
@@ -35,7 +35,9 @@
 //! 5. With preemption enabled in the policy, and allowed by the requester
 //!    (`Submit::preempt`, its last resort): if strictly lower-priority
 //!    leases can make room, the fewest and lowest are ended (`preempted`)
-//!    and the request is granted. Equal or higher priority is never taken.
+//!    and the request is granted. Equal or higher priority is never taken,
+//!    nor the lease of a reservation (an active one's, or one drawn from a
+//!    pooled one): a reservation is a promise made before the request.
 //! 6. Queued, at a 1-based position, if the request may wait
 //!    (`wait_ms > 0`); `busy` if the queue is full.
 //! 7. Otherwise `insufficient_capacity`, with the misfit.
@@ -56,7 +58,7 @@ use crate::core::fairshare::{FairShare, QueuePolicy, Shares};
 use crate::core::fit::fit;
 use crate::core::groups::GroupId;
 use crate::core::ledger::{AllocateInput, LeaseLimits, Ledger};
-use crate::core::preempt::choose_victims;
+use crate::core::preempt::choose_victims_among;
 use crate::core::queue::{Backfill, Order, WaitQueue, Waiting};
 use crate::core::quota::{QuotaBook, Subject};
 use crate::core::throttle::{RateLimit, Throttle};
@@ -555,9 +557,23 @@ impl Scheduler {
             // An empty victim list means it fits in what is free but is
             // held back by what waiting requests are owed: no preemption
             // then, or it would overtake them.
-            if let Some(victims) =
-                choose_victims(&self.ledger, &reserved, &s.input.req, s.input.priority)
-                    .filter(|v| !v.is_empty())
+            // The leases of reservations (an active one's, or drawn from a
+            // pooled one) are a promise made earlier: never preempted.
+            let calendar = &self.calendar;
+            let eligible = |l: &Lease| {
+                !calendar
+                    .get(&l.lease_id)
+                    .is_some_and(|r| r.status.is_live())
+                    && calendar.drawn_from(&l.lease_id).is_none()
+            };
+            if let Some(victims) = choose_victims_among(
+                &self.ledger,
+                &reserved,
+                &s.input.req,
+                s.input.priority,
+                eligible,
+            )
+            .filter(|v| !v.is_empty())
             {
                 let mut preempted = Vec::new();
                 for id in &victims {
@@ -1522,7 +1538,8 @@ mod tests {
                 no_overdraw(&s).map_err(TestCaseError::fail)?;
                 // A cap may be set below current use (it breaks no lease),
                 // but a holder over its cap gets no new grant, other than
-                // a reservation booked before (a promise already made).
+                // a reservation booked before (a promise already made) or
+                // a draw from one (quota-checked when it was booked).
                 for (h, cap) in &caps {
                     let holder: NodeId = HOLDERS[*h].into();
                     let used = s.usage_of(&Subject::Requester(holder.clone()));
@@ -1533,6 +1550,7 @@ mod tests {
                             .filter(|l| l.holder == holder && l.cpu_cores > 0)
                             .map(|l| &l.lease_id)
                             .filter(|id| !held_before.contains(*id) && !booked.contains(*id))
+                            .filter(|id| s.calendar().drawn_from(id).is_none())
                             .collect();
                         prop_assert!(
                             fresh.is_empty(),

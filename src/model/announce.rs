@@ -41,7 +41,7 @@ impl Location {
     }
 }
 
-/// A node's view of itself, gossiped on `lanswarm/capacity/1` and swapped
+/// A node's view of itself, gossiped on `lanswarm/capacity/2` and swapped
 /// on connect. The network layer signs and verifies it; the core only sees
 /// announcements whose signature and origin have been checked.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -23,19 +23,19 @@ use crate::model::{
 };
 
 /// Allocation protocol: allocate, renew, release.
-pub const ALLOC_PROTOCOL: StreamProtocol = StreamProtocol::new("/lanswarm/alloc/1");
+pub const ALLOC_PROTOCOL: StreamProtocol = StreamProtocol::new("/lanswarm/alloc/2");
 /// Sync-on-connect protocol: two peers swap every announcement they hold.
-pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/lanswarm/sync/1");
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/lanswarm/sync/2");
 /// Task protocol: run work under a lease, cancel it, ask after it; the
 /// owner pushes streamed pieces and the result back the same way.
-pub const TASK_PROTOCOL: StreamProtocol = StreamProtocol::new("/lanswarm/task/1");
+pub const TASK_PROTOCOL: StreamProtocol = StreamProtocol::new("/lanswarm/task/2");
 /// Health-check protocol: "how are you?", answered with the node's own
 /// state (seed 004's `HealthCheck`).
 pub const HEALTH_PROTOCOL: StreamProtocol = StreamProtocol::new("/lanswarm/health/1");
 /// Largest health-check message, bytes.
 pub const MAX_HEALTH_MESSAGE: usize = 64 * 1024;
 /// Gossipsub topic for signed capacity announcements.
-pub const CAPACITY_TOPIC: &str = "lanswarm/capacity/1";
+pub const CAPACITY_TOPIC: &str = "lanswarm/capacity/2";
 /// Gossipsub topic for signed swarm-state events (groups and pools).
 pub const STATE_TOPIC: &str = "lanswarm/state/1";
 
@@ -63,7 +63,7 @@ const ANNOUNCE_SIGNING_DOMAIN: &[u8] = b"lanswarm/announcement/1:";
 /// Domain separation for state-event signatures.
 const EVENT_SIGNING_DOMAIN: &[u8] = b"lanswarm/state-event/1:";
 
-/// A request on `/lanswarm/alloc/1`.
+/// A request on `/lanswarm/alloc/2`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AllocRequest {
     /// Ask for a new lease. The owner chooses the lease id.
@@ -139,7 +139,7 @@ pub enum Notice {
     Reservation(Reservation),
 }
 
-/// A request on `/lanswarm/task/1`.
+/// A request on `/lanswarm/task/2`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskRequest {
     /// Requester → owner: run `spec` under `allocation_id`, a lease the
@@ -214,7 +214,7 @@ pub enum TaskState {
     Unknown,
 }
 
-/// The answer on `/lanswarm/task/1`.
+/// The answer on `/lanswarm/task/2`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskResponse {
     Accepted,
@@ -258,7 +258,7 @@ pub struct HealthReply {
     pub leaving: bool,
 }
 
-/// The answer on `/lanswarm/alloc/1`.
+/// The answer on `/lanswarm/alloc/2`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AllocResponse {
     /// A new lease, already written to the owner's store.
@@ -281,7 +281,7 @@ pub enum AllocResponse {
     Ack,
 }
 
-/// What goes back on `/lanswarm/alloc/1`: the answer, and the owner's free
+/// What goes back on `/lanswarm/alloc/2`: the answer, and the owner's free
 /// capacity right after it, so the requester's view of the owner is fresh
 /// without waiting for the next announcement.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -308,7 +308,7 @@ pub struct SignedAnnouncement {
     pub signature: Vec<u8>,
 }
 
-/// A request on `/lanswarm/sync/1`: everything the asker knows.
+/// A request on `/lanswarm/sync/2`: everything the asker knows.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncRequest {
     pub announcements: Vec<SignedAnnouncement>,
@@ -316,7 +316,7 @@ pub struct SyncRequest {
     pub events: Vec<SignedEvent>,
 }
 
-/// The answer on `/lanswarm/sync/1`: everything the answerer knows.
+/// The answer on `/lanswarm/sync/2`: everything the answerer knows.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncResponse {
     pub announcements: Vec<SignedAnnouncement>,
@@ -734,13 +734,13 @@ where
     }
 }
 
-/// Codec for `/lanswarm/alloc/1`.
+/// Codec for `/lanswarm/alloc/2`.
 pub type AllocCodec = PostcardCodec<AllocRequest, AllocReply>;
-/// Codec for `/lanswarm/task/1`.
+/// Codec for `/lanswarm/task/2`.
 pub type TaskCodec = PostcardCodec<TaskRequest, TaskResponse>;
 /// Codec for `/lanswarm/health/1` (a request is a small fixed message).
 pub type HealthCodec = PostcardCodec<HealthRequest, HealthReply>;
-/// Codec for `/lanswarm/sync/1`.
+/// Codec for `/lanswarm/sync/2`.
 pub type SyncCodec = PostcardCodec<SyncRequest, SyncResponse>;
 
 #[cfg(test)]

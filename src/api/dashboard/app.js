@@ -11,6 +11,11 @@ const state = {
   local: null,
   nodes: [],
   allocations: { held: [], granted: [] },
+  groups: [],
+  // The reservations table is drawn again only when what it shows
+  // changed, so buttons and the cores typed for a draw stay put.
+  resvKey: '',
+  drawCores: {},
   samples: [],
   latency: [],
   everyMs: 2000,
@@ -146,12 +151,14 @@ function renderNodes(nodes) {
       el('td', {}, n.rtt_ms == null ? '' : n.rtt_ms.toFixed(1) + ' ms'),
       el('td', {}, n.allow_remote_access ? 'yes' : 'no'));
   }));
-  // The request form's node choice and model suggestions follow the view.
-  const sel = $('req-node');
-  const keep = sel.value;
-  sel.replaceChildren(el('option', { value: '' }, 'any'),
-    ...nodes.map((n) => el('option', { value: n.id }, n.name + ' (' + short(n.id) + ')')));
-  sel.value = nodes.some((n) => n.id === keep) ? keep : '';
+  // The request and reservation forms' node choices and the model
+  // suggestions follow the view.
+  for (const sel of [$('req-node'), $('resv-node')]) {
+    const keep = sel.value;
+    sel.replaceChildren(el('option', { value: '' }, 'any'),
+      ...nodes.map((n) => el('option', { value: n.id }, n.name + ' (' + short(n.id) + ')')));
+    sel.value = nodes.some((n) => n.id === keep) ? keep : '';
+  }
   const models = [...new Set(nodes.flatMap((n) => n.models || []))].sort();
   $('models-list').replaceChildren(...models.map((m) => el('option', { value: m })));
 }
@@ -176,6 +183,78 @@ function renderAllocations(a) {
     el('td', {}, x.priority),
     el('td', {}, fmtAgo(x.expires_at)),
     el('td', {}, el('button', { class: 'danger', 'data-revoke': x.allocation_id, onclick: () => release(x.allocation_id) }, 'Revoke')))));
+}
+
+// One row per reservation: one this node made on itself is both held
+// and granted, and the owner's copy (granted) also knows what is left.
+const RESV_LIVE = ['confirmed', 'waiting', 'active'];
+function mergeReservations(r) {
+  const byId = new Map();
+  for (const x of r.held) byId.set(x.reservation_id, { ...x, sides: ['held'] });
+  for (const x of r.granted) {
+    const h = byId.get(x.reservation_id);
+    byId.set(x.reservation_id, { ...x, sides: h ? ['held', 'granted'] : ['granted'] });
+  }
+  const live = (x) => RESV_LIVE.includes(x.status);
+  // Live ones first, soonest first; then finished ones, latest first.
+  return [...byId.values()].sort((a, b) => (live(b) - live(a)) ||
+    (live(a) ? Date.parse(a.start) - Date.parse(b.start) : Date.parse(b.end) - Date.parse(a.end)));
+}
+function fmtWindow(startIso, endIso) {
+  const s = new Date(startIso), e = new Date(endIso);
+  const hm = (d) => d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  const day = (d) => (d.toDateString() === new Date().toDateString() ? '' : d.toLocaleDateString() + ' ');
+  return day(s) + hm(s) + '–' + (s.toDateString() === e.toDateString() ? '' : e.toLocaleDateString() + ' ') + hm(e);
+}
+function fmtCapacity(c) {
+  const parts = [];
+  parts.push(c.cpu_cores + (c.cpu_cores === 1 ? ' core' : ' cores'));
+  if (c.memory_mb) parts.push(fmtMB(c.memory_mb));
+  if (c.disk_mb) parts.push(fmtMB(c.disk_mb) + ' disk');
+  if ((c.gpus || []).length) parts.push(c.gpus.length + ' GPU' + (c.gpus.length > 1 ? 's' : ''));
+  for (const [k, v] of Object.entries(c.custom || {})) parts.push(v + ' ' + k);
+  return parts.join(', ');
+}
+function condition(x) {
+  const parts = [];
+  if (x.when_event) parts.push('event ' + x.when_event);
+  if (x.after_reservation) parts.push('after ' + short(x.after_reservation));
+  if (!parts.length) return '';
+  return parts.join(', ') + (x.condition_met ? ', met ' + new Date(x.condition_met).toLocaleTimeString() : '');
+}
+const groupName = (id) => (state.groups.find((g) => g.id === id) || {}).name || short(id);
+
+function renderReservations(r) {
+  const rows = mergeReservations(r);
+  const key = JSON.stringify([rows, state.groups.map((g) => [g.id, g.name]), state.local && state.local.id]);
+  if (key === state.resvKey) return;
+  state.resvKey = key;
+  const me = state.local ? state.local.id : '';
+  fillBody($('resv-table'), rows.map((x) => {
+    const id = x.reservation_id;
+    const live = RESV_LIVE.includes(x.status);
+    const pooledActive = x.shared_with && x.status === 'active';
+    const cores = el('input', {
+      type: 'number', min: 1, value: state.drawCores[id] || 1, title: 'cores to draw', 'data-draw-cores': id,
+      oninput: (e) => { state.drawCores[id] = e.target.value; },
+    });
+    return el('tr', { 'data-reservation': id, 'data-status': x.status },
+      el('td', { title: id }, el('code', {}, short(id))),
+      el('td', { title: x.node_id }, x.node_name || short(x.node_id)),
+      el('td', { title: x.holder }, x.holder === me ? 'this node' : nameOf(x.holder)),
+      el('td', { title: `${x.start} – ${x.end}` }, fmtWindow(x.start, x.end)),
+      el('td', { class: 'resv-status' }, badge(x.status)),
+      el('td', { class: 'detail' }, resources(x.required_resources)),
+      el('td', { class: 'resv-condition', title: x.after_reservation || null }, condition(x)),
+      el('td', { title: x.shared_with || null }, x.shared_with ? groupName(x.shared_with) : ''),
+      el('td', {}, x.left ? fmtCapacity(x.left) : ''),
+      el('td', {},
+        pooledActive ? [cores, ' ', el('button', { 'data-draw': id, onclick: () => draw(x, cores) }, 'Draw'), ' '] : null,
+        live ? el('button', {
+          class: 'danger', 'data-cancel': id, onclick: () => cancelReservation(id, x.status),
+          title: x.status === 'active' ? 'end the window now (releases its lease)' : 'call it off',
+        }, 'Cancel') : null));
+  }));
 }
 
 // ---------- charts (canvas, drawn by hand) ----------
@@ -384,6 +463,101 @@ async function refreshAllocations() {
   try { renderAllocations(await api('GET', '/allocations')); } catch (e) { say('alloc-msg', errText(e), true); }
 }
 
+async function refreshReservations() {
+  try { renderReservations(await api('GET', '/reservations')); } catch (e) { say('resv-msg', errText(e), true); }
+}
+
+async function cancelReservation(id, status) {
+  try {
+    const r = await api('DELETE', '/reservations/' + encodeURIComponent(id));
+    say('resv-msg', `${status === 'active' ? 'ended' : 'cancelled'} ${short(id)}` +
+      (r.owner_confirmed ? ' (owner confirmed)' : ' (owner not reached)'));
+  } catch (e) { say('resv-msg', errText(e), true); }
+  await Promise.all([refreshReservations(), refreshAllocations()]);
+}
+
+// Draw a lease from a pooled reservation, on its owner.
+async function draw(x, input) {
+  const cores = Number(input.value);
+  if (!Number.isInteger(cores) || cores < 1) {
+    say('resv-msg', 'cores to draw must be a whole number ≥ 1', true);
+    return;
+  }
+  try {
+    const a = await api('POST', '/allocations', {
+      required_resources: { cpu_cores: cores }, reservation: x.reservation_id, node_id: x.node_id,
+    });
+    say('resv-msg', `drew ${resources(a.allocated_resources)} from ${short(x.reservation_id)}: lease ${short(a.allocation_id)} (${a.status})`);
+  } catch (e) { say('resv-msg', errText(e), true); }
+  await Promise.all([refreshReservations(), refreshAllocations()]);
+}
+
+async function bookReservation(ev) {
+  ev.preventDefault();
+  const btn = $('resv-submit');
+  let body;
+  try {
+    const duration = intOr('resv-duration', 0);
+    if (duration < 1) throw new Error('Duration (min) must be at least 1');
+    body = {
+      required_resources: {
+        cpu_cores: intOr('resv-cpu', 0),
+        memory_mb: intOr('resv-mem', 0),
+        gpu_count: intOr('resv-gpus', 0),
+      },
+      start_in_secs: intOr('resv-start', 0) * 60,
+      duration_secs: duration * 60,
+    };
+    const node = $('resv-node').value;
+    if (node) body.node_id = node;
+    const event = $('resv-event').value.trim();
+    if (event) body.when_event = event;
+    const share = $('resv-share').value.trim();
+    if (share) body.share_with = share;
+  } catch (e) {
+    say('resv-msg', e.message, true);
+    return;
+  }
+  btn.disabled = true;
+  say('resv-msg', 'booking…');
+  try {
+    const x = await api('POST', '/reservations', body);
+    say('resv-msg', `reserved ${short(x.reservation_id)} on ${x.node_name || short(x.node_id)}: ` +
+      `${resources(x.required_resources)}, ${fmtWindow(x.start, x.end)} (${x.status})`);
+  } catch (e) {
+    const refusals = (e.body && e.body.refusals) || [];
+    say('resv-msg', errText(e) + (refusals.length
+      ? ' — refused by: ' + refusals.map((r) => `${r.node_name || short(r.node_id)} (${r.reason})`).join(', ')
+      : ''), true);
+  } finally {
+    btn.disabled = false;
+  }
+  await refreshReservations();
+}
+
+async function postEvent(ev) {
+  ev.preventDefault();
+  const res = $('resv-event-result');
+  const btn = $('resv-event-post');
+  btn.disabled = true;
+  res.hidden = false;
+  try {
+    const p = await api('POST', '/reservations/events', { name: $('resv-event-name').value.trim() });
+    res.className = 'result';
+    setChildren(res,
+      el('div', {}, el('strong', {}, p.name), `: met ${p.met.length} reservation${p.met.length === 1 ? '' : 's'}`),
+      p.met.length ? el('ul', {}, p.met.map((m) => el('li', { 'data-met': m.reservation_id },
+        el('code', { title: m.reservation_id }, short(m.reservation_id)), ' on ', m.node_name || short(m.node_id)))) : null,
+      p.errors.length ? el('div', { class: 'msg error' }, 'not told: ' + p.errors.join('; ')) : null);
+  } catch (e) {
+    res.className = 'result error';
+    setChildren(res, el('div', {}, el('strong', {}, e.code || 'error'), ': ', e.message || String(e)));
+  } finally {
+    btn.disabled = false;
+  }
+  await Promise.all([refreshReservations(), refreshAllocations()]);
+}
+
 async function release(id) {
   try {
     const r = await api('DELETE', '/allocations/' + encodeURIComponent(id));
@@ -543,6 +717,8 @@ async function setStrategy() {
 async function listGroups() {
   try {
     const groups = await api('GET', '/groups');
+    state.groups = groups;
+    $('groups-list').replaceChildren(...groups.filter((g) => g.is_member).map((g) => el('option', { value: g.name })));
     fillBody($('groups-table'), groups.map((g) => el('tr', { 'data-group': g.id },
       el('td', {}, g.name),
       el('td', { title: g.id }, el('code', {}, short(g.id))),
@@ -695,6 +871,9 @@ function wire() {
   $('group-members').addEventListener('click', () => groupAction('members'));
   $('pool-create').addEventListener('click', createPool);
   $('pool-list').addEventListener('click', listPools);
+  $('resv-refresh').addEventListener('click', refreshReservations);
+  $('resv-form').addEventListener('submit', bookReservation);
+  $('resv-event-form').addEventListener('submit', postEvent);
   $('history-refresh').addEventListener('click', loadHistory);
   $('history-since').addEventListener('change', loadHistory);
   $('bottlenecks-refresh').addEventListener('click', loadBottlenecks);
@@ -710,12 +889,13 @@ async function start() {
     if (e.status !== 401) banner('cannot reach the node: ' + errText(e));
     return;
   }
-  await Promise.all([refreshNodes(), refreshAllocations(), getAccess(), getStrategy(), listGroups(), listPools(), loadHistory(), loadUtilization(), loadBottlenecks()]);
+  await Promise.all([refreshNodes(), refreshAllocations(), getAccess(), getStrategy(), listGroups(), listPools(), refreshReservations(), loadHistory(), loadUtilization(), loadBottlenecks()]);
   if (!started) {
     started = true;
     stream();
     setInterval(() => { if (!document.hidden) loadHistory(); }, 10000);
     setInterval(() => { if (!document.hidden) loadBottlenecks(); }, 5000);
+    setInterval(() => { if (!document.hidden) refreshReservations(); }, 2000);
     setInterval(drawCharts, 5000);
   }
 }

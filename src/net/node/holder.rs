@@ -131,7 +131,7 @@ impl EventLoop {
     }
 
     /// Give back a lease, ticket or reservation of ours on `owner`: inline
-    /// when we are the owner, else over `/lanswarm/alloc/1`. `reply`, if
+    /// when we are the owner, else over `/lanswarm/alloc/2`. `reply`, if
     /// any, hears whether the owner confirmed.
     pub(super) fn release_on(
         &mut self,

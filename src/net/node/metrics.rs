@@ -3,6 +3,7 @@
 //! [`EventLoop::refresh_gauges`] for the gauges on the maintenance tick.
 
 use super::*;
+use crate::core::calendar::ReservationStatus;
 use crate::core::contention::Severity;
 use crate::core::sched::Events;
 use crate::metrics::{self as m, DimensionLabels, GpuLabels, StatusLabels};
@@ -148,6 +149,15 @@ impl EventLoop {
     }
 
     /// Owner side: a lease became durable and its holder is told.
+    /// `draw` for a lease drawn from a pooled reservation, else `request`.
+    pub(super) fn grant_source(&self, lease: &Lease) -> &'static str {
+        if self.sched.calendar().drawn_from(&lease.lease_id).is_some() {
+            "draw"
+        } else {
+            "request"
+        }
+    }
+
     pub(super) fn note_grant(&mut self, source: &str) {
         self.metrics
             .m
@@ -316,6 +326,35 @@ impl EventLoop {
             mm.gpu_memory_used
                 .get_or_create(&l)
                 .set(mib_to_bytes(t.memory_mb.saturating_sub(f)));
+        }
+        let mut by_reservation = [0i64; 3];
+        for r in self.sched.calendar().list() {
+            let i = match r.status {
+                ReservationStatus::Confirmed => 0,
+                ReservationStatus::Waiting => 1,
+                _ => 2,
+            };
+            by_reservation[i] += 1;
+        }
+        for (i, s) in ["confirmed", "waiting", "active"].iter().enumerate() {
+            mm.reservations
+                .get_or_create(&StatusLabels {
+                    status: (*s).to_owned(),
+                })
+                .set(by_reservation[i]);
+        }
+        if let Some(e) = &self.elastic {
+            let current = e.current();
+            mm.elastic_current
+                .get_or_create(&dim("cpu_cores"))
+                .set(i64::from(current.cpu_cores));
+            mm.elastic_current
+                .get_or_create(&dim("memory_mb"))
+                .set(i64::try_from(current.memory_mb).unwrap_or(i64::MAX));
+            if let Some((cores, mem_mb)) = e.forecast(now) {
+                mm.elastic_forecast_cores.set(cores);
+                mm.elastic_forecast_memory.set(mib_to_bytes(mem_mb));
+            }
         }
         mm.leases.set(active as i64);
         mm.held_leases.set(self.held.len() as i64);

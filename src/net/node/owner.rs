@@ -1,4 +1,4 @@
-//! The owner side of `/lanswarm/alloc/1`: admitting, renewing and releasing
+//! The owner side of `/lanswarm/alloc/2`: admitting, renewing and releasing
 //! leases on the ledger, group commit, deferred writes, and the answers to
 //! our own outbound requests.
 
@@ -300,7 +300,7 @@ impl EventLoop {
             let resp = match (&result, resp) {
                 (Ok(()), AllocResponse::Granted(l)) => {
                     log_grant(&l);
-                    self.note_grant("request");
+                    self.note_grant(self.grant_source(&l));
                     self.schedule_announce();
                     AllocResponse::Granted(l)
                 }

@@ -322,7 +322,7 @@ impl EventLoop {
     }
 
     /// Ask `node` for the placement's request: inline for ourselves,
-    /// over `/lanswarm/alloc/1` otherwise. With `queue`, the owner may
+    /// over `/lanswarm/alloc/2` otherwise. With `queue`, the owner may
     /// queue it for the placement's wait.
     fn ask(&mut self, id: u64, mut p: Placement, node: NodeId, queue: bool) {
         let wait_ms = if queue { p.wait_ms } else { 0 };
@@ -569,7 +569,7 @@ impl EventLoop {
             return Err(Denial::new(DenyReason::StorageError, e.to_string()));
         }
         log_grant(&lease);
-        self.note_grant("request");
+        self.note_grant(self.grant_source(&lease));
         self.schedule_announce();
         Ok(lease)
     }

@@ -890,6 +890,15 @@ impl EventLoop {
             Some(lease) => {
                 self.note_release();
                 self.record_owner_release(&lease, holder);
+                // The lease of an active reservation: the reservation ended
+                // with it, and its holder keeps the new status.
+                if let Some(r) = self.sched.calendar().get(lease_id).cloned() {
+                    if r.holder == lease.holder && !r.status.is_live() {
+                        self.record_owner_reservation(HistoryOutcome::Ended, &r);
+                        let holder = r.holder.clone();
+                        self.notify(&holder, Notice::Reservation(r));
+                    }
+                }
                 self.forget_granted(&[lease]);
                 true
             }
@@ -1052,10 +1061,19 @@ impl EventLoop {
             return;
         }
         let me = self.local_id.clone();
+        let met_here = self.owner_post_event(&name, None);
+        // Our own reservations on this node: our copy learns it at once.
+        let now = now_ms();
+        for id in &met_here {
+            if let Some(h) = self.held_reservations.get_mut(id) {
+                if h.owner == me && h.reservation.condition_met_ms.is_none() {
+                    h.reservation.condition_met_ms = Some(now);
+                }
+            }
+        }
         let mut posted = EventPosted {
             name: name.clone(),
-            met: self
-                .owner_post_event(&name, None)
+            met: met_here
                 .into_iter()
                 .map(|id| EventMet {
                     reservation_id: id.0,

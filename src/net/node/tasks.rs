@@ -1,4 +1,4 @@
-//! Tasks on `/lanswarm/task/1`, both sides.
+//! Tasks on `/lanswarm/task/2`, both sides.
 //!
 //! **Owner.** A peer that holds one of our leases may run one task on it
 //! at a time: a template we declared ([`crate::core::tasks::Template`],
