@@ -1464,11 +1464,26 @@ impl EventLoop {
                 ReservationInfo::from_reservation(&r, &h.owner_name, &h.owner)
             })
             .collect();
-        let granted = self
-            .sched
-            .calendar()
+        // Live ones, then finished ones until 10 minutes after their
+        // window's end, as the holder's side keeps its own: those whose
+        // window is over, and those that ended unmet before it was (the
+        // reservation they waited on never became active).
+        let now = now_ms();
+        let calendar = self.sched.calendar();
+        let mut finished: Vec<Reservation> = calendar
+            .snapshot()
+            .into_iter()
+            .filter(|r| {
+                !r.status.is_live()
+                    && (r.end_ms <= now || r.status == ReservationStatus::Unmet)
+                    && r.end_ms.saturating_add(600_000) > now
+            })
+            .collect();
+        finished.sort_by(|a, b| (b.end_ms, &b.id).cmp(&(a.end_ms, &a.id)));
+        let granted = calendar
             .list()
             .iter()
+            .chain(finished.iter())
             .map(|r| {
                 let mut info = ReservationInfo::from_reservation(r, &self.cfg.name, &self.local_id);
                 info.left = self.sched.calendar().pool_left(&r.id);
