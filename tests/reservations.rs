@@ -219,6 +219,16 @@ fn a_conditional_reservation_activates_when_its_event_is_posted() {
             .then_some(())
             .ok_or_else(|| "not yet".to_owned())
     });
+    // B did not post `go` itself: its copy learns from A when it held.
+    let held = wait_status(&lan, 1, "held", &id2, "active");
+    let met = held["condition_met"].clone();
+    lan.eventually("B's copy has condition_met", CONVERGE, || {
+        let h = reservation(&lan, 1, "held", &id2).ok_or("not listed")?;
+        h["condition_met"]
+            .is_string()
+            .then_some(())
+            .ok_or_else(|| format!("{h} (first seen {met})"))
+    });
     assert!(lan.is_running(0) && lan.is_running(1));
 }
 

@@ -513,7 +513,18 @@ impl EventLoop {
         for l in ev.reservations_started {
             info!(reservation = %l.lease_id, holder = %l.holder, "reservation started");
             let holder = l.holder.clone();
+            // A conditional one: the holder also learns when its condition
+            // held (it may have been another reservation's start here).
+            let conditional = self
+                .sched
+                .calendar()
+                .get(&l.lease_id)
+                .filter(|r| r.condition.is_some())
+                .cloned();
             self.notify(&holder, Notice::ReservationStarted(l));
+            if let Some(r) = conditional {
+                self.notify(&holder, Notice::Reservation(r));
+            }
         }
         for r in &ev.reservations_ended {
             info!(reservation = %r.id, status = %r.status, "reservation ended");
