@@ -757,13 +757,22 @@ impl Calendar {
     /// to draw from them. A new lease that may run until `until_ms` must fit
     /// in the ledger's free capacity minus `peak_pending(now_ms, until_ms)`.
     pub fn peak_pending(&self, from_ms: u64, to_ms: u64) -> Capacity {
+        // What is drawn from each pool, in one pass over the draws.
+        let mut drawn: BTreeMap<&LeaseId, Load> = BTreeMap::new();
+        for d in self.draws.values() {
+            drawn.entry(&d.reservation).or_default().add(&d.holds);
+        }
         let spans: Vec<Span> = self
             .entries
             .values()
             .filter_map(|r| {
                 let holds = match r.status {
                     s if s.is_pending() => r.holds(),
-                    ReservationStatus::Active if r.shared_with.is_some() => self.left_in_pool(r),
+                    ReservationStatus::Active if r.shared_with.is_some() => drawn
+                        .get(&r.id)
+                        .cloned()
+                        .unwrap_or_default()
+                        .left_in(&normalize(r.holds())),
                     _ => return None,
                 };
                 Some(Span {

@@ -944,10 +944,25 @@ impl EventLoop {
             condition,
             shared_with,
         } = a;
-        if let Some(Condition::Event(name)) = &condition {
-            if let Err(why) = validate_event_name(name) {
-                return AllocResponse::Denied(Denial::new(DenyReason::BadRequest, why));
+        match &condition {
+            Some(Condition::Event(name)) => {
+                if let Err(why) = validate_event_name(name) {
+                    return AllocResponse::Denied(Denial::new(DenyReason::BadRequest, why));
+                }
             }
+            Some(Condition::Reservation(id)) if id.0.len() > 128 => {
+                return AllocResponse::Denied(Denial::new(
+                    DenyReason::BadRequest,
+                    "a reservation id is at most 128 bytes",
+                ));
+            }
+            _ => {}
+        }
+        if shared_with.as_ref().is_some_and(|g| g.0.len() > 128) {
+            return AllocResponse::Denied(Denial::new(
+                DenyReason::BadRequest,
+                "a group id is at most 128 bytes",
+            ));
         }
         if let Some(g) = &shared_with {
             if !self.groups_of(&holder).contains(g) {
