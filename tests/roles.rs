@@ -7,7 +7,8 @@
 //!   allocate; a role with `allocate` but not `run_task` cannot run a task
 //!   on its own lease; unknown roles and bad peer ids are refused and
 //!   change nothing. A peer without `preempt` does not preempt (and is
-//!   told why); with it, it does.
+//!   told why); with it, it does. A peer whose role loses `allocate` and
+//!   `reserve` keeps its lease only to the end of its term.
 //! - Tokens: a node refuses to start with its API on a non-loopback
 //!   address and no token; with a token made offline by `lanswarm token
 //!   create --data-dir`, it starts, and from another host on the LAN a
@@ -440,4 +441,42 @@ fn an_api_on_a_non_loopback_address_needs_tokens() {
     assert_eq!(get("/api/v1/node", Some(&admin)).0, 401);
     let (ok, list, _) = token_offline(&["list"], &data);
     assert!(ok && list.as_array().is_some_and(Vec::is_empty), "{list}");
+}
+
+#[test]
+fn a_role_taken_away_ends_a_lease_at_its_term() {
+    let checks = "roles are checked again at renewal: a peer whose role loses allocate and \
+                  reserve keeps its lease only to the end of its term, and the owner takes the \
+                  capacity back";
+    let Some(mut lan) = Lan::builder(checks).hosts(2, "").start() else {
+        return;
+    };
+    lan.wait_converged(CONVERGE);
+    let a = lan.id(0);
+    let b = lan.id(1);
+    // A 3 s term, renewed by the holder about every second.
+    let (status, alloc) = lan.request(
+        1,
+        &json!({ "required_resources": { "cpu_cores": 1 }, "node_id": a, "timeout_secs": 3 }),
+    );
+    assert_eq!(status, 201, "{alloc}");
+    let id = alloc["allocation_id"]
+        .as_str()
+        .expect("allocation id")
+        .to_owned();
+    let granted = |lan: &Lan| lan.allocations(0)["granted"].to_string();
+    // Renewed past its first term while the role allows it.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(granted(&lan).contains(&id), "renewed: {}", granted(&lan));
+    let (status, r) = patch_roles(&lan, 0, json!({ "assign_peers": { &b: "viewer" } }));
+    assert_eq!(status, 200, "{r}");
+    let taken = std::time::Instant::now();
+    lan.eventually("the owner takes the lease back", CONVERGE, || {
+        let g = granted(&lan);
+        (!g.contains(&id)).then_some(()).ok_or(g)
+    });
+    // Without the check at renewal it would be renewed for ever (and
+    // this wait would run out).
+    let after = taken.elapsed();
+    println!("role taken away: lease gone {} ms later", after.as_millis());
 }
