@@ -447,7 +447,7 @@ fn an_api_on_a_non_loopback_address_needs_tokens() {
 fn a_role_taken_away_ends_a_lease_at_its_term() {
     let checks = "roles are checked again at renewal: a peer whose role loses allocate and \
                   reserve keeps its lease only to the end of its term, and the owner takes the \
-                  capacity back";
+                  capacity back; its reservation is ended when it would start";
     let Some(mut lan) = Lan::builder(checks).hosts(2, "").start() else {
         return;
     };
@@ -464,6 +464,23 @@ fn a_role_taken_away_ends_a_lease_at_its_term() {
         .as_str()
         .expect("allocation id")
         .to_owned();
+    // And a reservation that starts in 8 s.
+    let (status, resv) = lan.api(
+        1,
+        "POST",
+        "/api/v1/reservations",
+        Some(&json!({
+            "required_resources": { "cpu_cores": 1 },
+            "node_id": a,
+            "start_in_secs": 8,
+            "duration_secs": 60
+        })),
+    );
+    assert_eq!(status, 201, "{resv}");
+    let rid = resv["reservation_id"]
+        .as_str()
+        .expect("reservation id")
+        .to_owned();
     let granted = |lan: &Lan| lan.allocations(0)["granted"].to_string();
     // Renewed past its first term while the role allows it.
     std::thread::sleep(Duration::from_secs(4));
@@ -479,4 +496,21 @@ fn a_role_taken_away_ends_a_lease_at_its_term() {
     // this wait would run out).
     let after = taken.elapsed();
     println!("role taken away: lease gone {} ms later", after.as_millis());
+    // The reservation, booked while the role allowed it, is ended
+    // (released) when it would start, and the holder is told; it never
+    // holds a lease for it.
+    lan.eventually("the holder sees its reservation ended", CONVERGE, || {
+        let held = lan.get(1, "/api/v1/reservations")["held"].clone();
+        let r = held
+            .as_array()
+            .and_then(|h| h.iter().find(|r| r["reservation_id"] == rid.as_str()))
+            .cloned()
+            .ok_or_else(|| format!("not listed: {held}"))?;
+        (r["status"] == "released")
+            .then_some(())
+            .ok_or_else(|| format!("{r}"))
+    });
+    assert!(!granted(&lan).contains(&rid), "{}", granted(&lan));
+    let held = lan.allocations(1)["held"].to_string();
+    assert!(!held.contains(&rid), "{held}");
 }
