@@ -498,7 +498,16 @@ impl WaitQueue {
         self.entries.is_empty()
     }
 
-    /// Every entry, in grant order.
+    /// Every entry in the order a drain under `order` considers them: by
+    /// priority, then rank, then arrival.
+    pub fn in_order(&self, order: &dyn Order) -> Vec<&Waiting> {
+        self.ranked(order, self.entries.keys().copied().collect())
+            .into_iter()
+            .filter_map(|(_, _, k)| self.entries.get(&k))
+            .collect()
+    }
+
+    /// Every entry, by priority then arrival (the order of a `fifo` drain).
     pub fn iter(&self) -> impl Iterator<Item = &Waiting> {
         self.entries.values()
     }

@@ -110,6 +110,32 @@ impl Default for SchedPolicy {
     }
 }
 
+/// The queue policy's ranks as they stand, without changing anything:
+/// for showing the queue in the order the next drain would take it.
+struct PolicyRanks<'a> {
+    fair: &'a FairShare,
+    policy: QueuePolicy,
+    shares: &'a Shares,
+    waiting: &'a BTreeMap<LeaseId, WaitMeta>,
+}
+
+impl Order for PolicyRanks<'_> {
+    fn rank(&self, w: &Waiting) -> u64 {
+        let groups = self
+            .waiting
+            .get(w.ticket())
+            .map_or(&[][..], |m| m.groups.as_slice());
+        self.fair
+            .rank(self.policy, &w.input.holder, groups, self.shares)
+    }
+
+    fn granted(&mut self, _: &Lease) {}
+
+    fn is_dynamic(&self) -> bool {
+        false
+    }
+}
+
 /// The within-priority order of a drain, by the node's queue policy.
 struct PolicyOrder<'a> {
     fair: &'a mut FairShare,
@@ -339,6 +365,29 @@ impl Scheduler {
     /// Tell the scheduler who is in the groups that matter for quotas.
     pub fn set_group_members(&mut self, members: BTreeMap<GroupId, BTreeSet<NodeId>>) {
         self.group_members = members;
+    }
+
+    /// The waiting requests in the order the next drain would consider
+    /// them: by priority, then by the queue policy (under `fair-share` and
+    /// `weighted`, by use as of the last drain), then by arrival. Backfill
+    /// may still grant a later one first, when it fits where an earlier one
+    /// does not.
+    pub fn queue_in_order(&self) -> Vec<&Waiting> {
+        let ranks = PolicyRanks {
+            fair: &self.fair,
+            policy: self.policy.queue_policy,
+            shares: &self.policy.shares,
+            waiting: &self.waiting,
+        };
+        self.queue.in_order(&ranks)
+    }
+
+    /// Where `ticket` stands in [`Scheduler::queue_in_order`], 1-based.
+    pub fn queue_position(&self, ticket: &LeaseId) -> Option<usize> {
+        self.queue_in_order()
+            .iter()
+            .position(|w| w.ticket() == ticket)
+            .map(|i| i + 1)
     }
 
     /// A lease's hard end, if it has one.
@@ -1580,6 +1629,45 @@ mod tests {
             preempt: false,
             gpus_allowed: None,
         }
+    }
+
+    #[test]
+    fn queue_positions_follow_the_queue_policy() {
+        let now = 1_000_000u64;
+        let mut s = new_sched(false);
+        let mut p = s.policy().clone();
+        p.queue_policy = QueuePolicy::FairShare;
+        s.set_policy(p);
+        // "a" holds the whole node; then "a" and "b" wait, "a" first.
+        assert!(matches!(
+            s.submit(submit_by("a", "held", 8, 0, 60_000), &Usage::default(), now),
+            Outcome::Granted { .. }
+        ));
+        for (holder, id) in [("a", "wa"), ("b", "wb")] {
+            assert!(matches!(
+                s.submit(
+                    submit_by(holder, id, 2, 30_000, 10_000),
+                    &Usage::default(),
+                    now + 1
+                ),
+                Outcome::Queued { .. }
+            ));
+        }
+        s.tick(now + 2);
+        let order: Vec<&str> = s
+            .queue_in_order()
+            .iter()
+            .map(|w| w.ticket().0.as_str())
+            .collect();
+        // Under fair share "b", who used nothing, goes ahead of "a".
+        assert_eq!(order, vec!["wb", "wa"]);
+        assert_eq!(s.queue_position(&LeaseId("wb".into())), Some(1));
+        assert_eq!(s.queue_position(&LeaseId("wa".into())), Some(2));
+        // Under FIFO, arrival order.
+        let mut p = s.policy().clone();
+        p.queue_policy = QueuePolicy::Fifo;
+        s.set_policy(p);
+        assert_eq!(s.queue_position(&LeaseId("wa".into())), Some(1));
     }
 
     #[test]

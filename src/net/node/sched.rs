@@ -399,6 +399,8 @@ impl EventLoop {
                 OwnerAnswer::Granted(lease)
             }
             Outcome::Queued { position } => {
+                // Where it stands in the order the queue policy grants in.
+                let position = self.sched.queue_position(&ticket).unwrap_or(position);
                 info!(%holder, ticket = %ticket, position, "request queued");
                 self.note_queued(&ticket, now);
                 self.persist_sched();
@@ -1726,8 +1728,8 @@ impl EventLoop {
 
     pub(super) fn queue_entries(&self) -> Vec<QueueEntry> {
         self.sched
-            .queue()
-            .iter()
+            .queue_in_order()
+            .into_iter()
             .enumerate()
             .map(|(i, w)| QueueEntry {
                 ticket: w.input.lease_id.0.clone(),
