@@ -217,9 +217,7 @@ impl EventLoop {
             Command::Elastic(reply) => {
                 let _ = reply.send(self.elastic_status());
             }
-            Command::History(q, reply) => {
-                let _ = reply.send(self.query_history(&q));
-            }
+            Command::History(q, reply) => self.query_history(q, reply),
             Command::Usage(q, reply) => {
                 let _ = reply.send(self.usage_report(&q));
             }

@@ -724,14 +724,22 @@ impl EventLoop {
     }
 
     /// Answer a history query: write what is pending, then read.
+    /// Answer a history query: what is written so far (the deferred batch
+    /// first), read on a blocking task with its own read transaction, so
+    /// a scan of a long history does not hold up the event loop.
     pub(super) fn query_history(
         &mut self,
-        q: &HistoryQuery,
-    ) -> Result<Vec<HistoryEvent>, NodeError> {
+        q: HistoryQuery,
+        reply: oneshot::Sender<Result<Vec<HistoryEvent>, NodeError>>,
+    ) {
         self.flush_deferred();
-        self.store
-            .history(q)
-            .map_err(|e| NodeError::Storage(e.to_string()))
+        let store = std::sync::Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || {
+            let out = store
+                .history(&q)
+                .map_err(|e| NodeError::Storage(e.to_string()));
+            let _ = reply.send(out);
+        });
     }
 
     /// From the maintenance tick: prune the stored history when due.

@@ -375,7 +375,7 @@ pub async fn start(
         strategy: cfg.strategy.clone(),
         history: history::Recorder::start(&store, &cfg.history, now),
         accounting: usage::Accounting::start(&store, &cfg.accounting, now),
-        store,
+        store: std::sync::Arc::new(store),
         held,
         signed: BTreeMap::new(),
         pending: HashMap::new(),
@@ -602,7 +602,9 @@ struct EventLoop {
     history: history::Recorder,
     /// Usage accounting and refusal counts per dimension.
     accounting: usage::Accounting,
-    store: Store,
+    /// Shared with blocking tasks that only read (history queries), so a
+    /// long scan never holds up the event loop.
+    store: std::sync::Arc<Store>,
     held: BTreeMap<LeaseId, Held>,
     /// The latest signed announcement of every node we know, ourselves
     /// included, for the sync-on-connect swap.
