@@ -26,7 +26,7 @@ use crate::core::ledger::{AllocateInput, Ledger};
 use crate::model::{Capacity, GpuSlot, Lease, LeaseId, Priority};
 
 use super::events::EventQueue;
-use super::metrics::{lease_usage, req_usage, used_of, Checker, Metrics};
+use super::metrics::{lease_usage, used_of, Checker, Metrics};
 use super::owner::sim_limits;
 use super::scenario::Scenario;
 use super::swarm::quick_fit;
@@ -146,7 +146,7 @@ pub fn run(sc: &Scenario, d: &Drawn) -> RunResult {
                     }
                     cj.state = State::Unserved;
                     let j = &d.jobs[job as usize];
-                    c.m.record_unserved(j.arrival_ms, j.priority, j.class, "queue_timeout");
+                    c.m.record_unserved(j, "queue_timeout");
                     c.m.record_requester_unserved(j.origin, j.arrival_ms);
                 }
             }
@@ -166,7 +166,7 @@ pub fn run(sc: &Scenario, d: &Drawn) -> RunResult {
     for j in 0..c.jobs.len() {
         if c.jobs[j].state == State::Queued {
             let job = &d.jobs[j];
-            c.m.record_unserved(job.arrival_ms, job.priority, job.class, "run_ended");
+            c.m.record_unserved(job, "run_ended");
             c.m.record_requester_unserved(job.origin, job.arrival_ms);
         }
     }
@@ -291,19 +291,7 @@ impl Central<'_> {
         cj.key = None;
         if !cj.waited {
             cj.waited = true;
-            self.m.record_wait(
-                job.arrival_ms,
-                job.priority,
-                job.class,
-                self.now - job.arrival_ms,
-            );
-            self.m.record_requester_grant(
-                job.origin,
-                job.arrival_ms,
-                self.now,
-                job.duration_ms,
-                req_usage(&job.req),
-            );
+            self.m.record_first_grant(job, self.now);
         }
         let gen = cj.gen;
         self.q

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use crate::core::ledger::Ledger;
 use crate::model::{Capacity, Lease, LeaseId, Priority};
 
-use super::workload::Dim;
+use super::workload::{Dim, Job};
 
 /// Keep at most this many violation messages (the count is exact).
 const MAX_EXAMPLES: usize = 20;
@@ -294,26 +294,41 @@ impl Metrics {
         arrival_ms >= self.from_ms && arrival_ms < self.to_ms
     }
 
+    /// `job` was granted for the first time at `now_ms`: its wait (by
+    /// priority and job class) and its requester's share of the time.
+    pub fn record_first_grant(&mut self, job: &Job, now_ms: u64) {
+        let wait = now_ms.saturating_sub(job.arrival_ms);
+        self.record_wait(job.arrival_ms, job.priority, job.class, wait);
+        self.record_requester_grant(
+            job.origin,
+            job.arrival_ms,
+            now_ms,
+            job.duration_ms,
+            req_usage(&job.req),
+        );
+    }
+
+    /// `job` was never served, because of `why`.
+    pub fn record_unserved(&mut self, job: &Job, why: &str) {
+        if self.in_window(job.arrival_ms) {
+            self.unserved[job.priority as usize] += 1;
+            *self.class_unserved.entry(job.class).or_insert(0) += 1;
+            *self.unserved_why.entry(why.to_owned()).or_insert(0) += 1;
+        }
+    }
+
     /// A job of job class `class` that arrived at `arrival_ms` waited
     /// `wait_ms` for its grant.
-    pub fn record_wait(&mut self, arrival_ms: u64, prio: Priority, class: u16, wait_ms: u64) {
+    fn record_wait(&mut self, arrival_ms: u64, prio: Priority, class: u16, wait_ms: u64) {
         if self.in_window(arrival_ms) {
             self.waits[prio as usize].push(wait_ms);
             self.class_waits.entry(class).or_default().push(wait_ms);
         }
     }
 
-    pub fn record_unserved(&mut self, arrival_ms: u64, prio: Priority, class: u16, why: &str) {
-        if self.in_window(arrival_ms) {
-            self.unserved[prio as usize] += 1;
-            *self.class_unserved.entry(class).or_insert(0) += 1;
-            *self.unserved_why.entry(why.to_owned()).or_insert(0) += 1;
-        }
-    }
-
     /// Job of `requester` that arrived at `arrival_ms` granted at `now_ms`
     /// for `duration_ms`, holding `usage` (per [`Dim`]).
-    pub fn record_requester_grant(
+    fn record_requester_grant(
         &mut self,
         requester: u32,
         arrival_ms: u64,

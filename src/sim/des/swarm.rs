@@ -28,7 +28,7 @@ use crate::model::{Capacity, LeaseId, Location, Priority};
 
 use super::events::{hash, EventQueue};
 use super::gossip::{Board, Snapshot};
-use super::metrics::{lease_usage, req_usage, used_of, Checker, Metrics};
+use super::metrics::{lease_usage, used_of, Checker, Metrics};
 use super::owner::{Answer, Ask, OwnerCore, Woken};
 use super::scenario::Scenario;
 use super::workload::{node_id, node_index, Drawn, Job};
@@ -673,7 +673,7 @@ impl<O: OwnerCore> Swarm<'_, O> {
         self.jobs[j as usize].state = State::Unserved;
         let job = &self.d.jobs[j as usize];
         self.m
-            .record_unserved(job.arrival_ms, job.priority, job.class, why);
+            .record_unserved(job, why);
         self.m.record_requester_unserved(job.origin, job.arrival_ms);
     }
 
@@ -717,19 +717,7 @@ impl<O: OwnerCore> Swarm<'_, O> {
         rt.state = State::Running(owner);
         if !rt.waited {
             rt.waited = true;
-            self.m.record_wait(
-                job.arrival_ms,
-                job.priority,
-                job.class,
-                self.now - job.arrival_ms,
-            );
-            self.m.record_requester_grant(
-                job.origin,
-                job.arrival_ms,
-                self.now,
-                job.duration_ms,
-                req_usage(&job.req),
-            );
+            self.m.record_first_grant(job, self.now);
         }
         let gen = rt.gen;
         self.q
