@@ -1175,6 +1175,11 @@ impl Calendar {
         self.entries.get(id)
     }
 
+    /// Every entry kept, live and finished, by id, without copying.
+    pub fn iter(&self) -> impl Iterator<Item = &Reservation> {
+        self.entries.values()
+    }
+
     /// The live reservations, in order of start (ties by id).
     pub fn list(&self) -> Vec<Reservation> {
         let mut live: Vec<Reservation> = self

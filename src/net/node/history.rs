@@ -691,16 +691,7 @@ impl EventLoop {
             }
             _ => return,
         };
-        let node = node.or_else(|| {
-            let target = req.node_id.as_ref()?;
-            if target == &self.local_id.0 || target == &self.cfg.name {
-                return Some(self.local_id.clone());
-            }
-            self.view
-                .peers()
-                .find(|p| &p.ann.node_id.0 == target || &p.ann.name == target)
-                .map(|p| p.ann.node_id.clone())
-        });
+        let node = node.or_else(|| self.resolve_node(req.node_id.as_deref()?));
         let detail = format!("request for {} failed: {why}", resources.short());
         self.record(HistoryEvent::new(
             now_ms(),

@@ -328,11 +328,12 @@ impl EventLoop {
                 .set(mib_to_bytes(t.memory_mb.saturating_sub(f)));
         }
         let mut by_reservation = [0i64; 3];
-        for r in self.sched.calendar().list() {
+        for r in self.sched.calendar().iter() {
             let i = match r.status {
                 ReservationStatus::Confirmed => 0,
                 ReservationStatus::Waiting => 1,
-                _ => 2,
+                ReservationStatus::Active => 2,
+                _ => continue,
             };
             by_reservation[i] += 1;
         }

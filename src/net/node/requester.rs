@@ -156,16 +156,7 @@ impl EventLoop {
         } else {
             None
         };
-        let named = req.node_id.as_ref().map(|n| {
-            if *n == self.local_id.0 || *n == self.cfg.name {
-                Some(self.local_id.clone())
-            } else {
-                self.view
-                    .peers()
-                    .find(|p| p.ann.node_id.0 == *n || p.ann.name == *n)
-                    .map(|p| p.ann.node_id.clone())
-            }
-        });
+        let named = req.node_id.as_deref().map(|n| self.resolve_node(n));
         let node = match (known, named) {
             (Some(k), Some(Some(n))) if k != n => {
                 let _ = reply.send(Err(NodeError::BadRequest(format!(
@@ -686,6 +677,18 @@ impl EventLoop {
                 message: d.message,
             })
             .collect()
+    }
+
+    /// The node a user names (its id or its name): this node, or a peer
+    /// in the view.
+    pub(super) fn resolve_node(&self, target: &str) -> Option<NodeId> {
+        if target == self.local_id.0 || target == self.cfg.name {
+            return Some(self.local_id.clone());
+        }
+        self.view
+            .peers()
+            .find(|p| p.ann.node_id.0 == target || p.ann.name == target)
+            .map(|p| p.ann.node_id.clone())
     }
 
     pub(super) fn name_of(&self, id: &NodeId) -> String {

@@ -1498,9 +1498,8 @@ impl EventLoop {
         // reservation they waited on never became active).
         let now = now_ms();
         let calendar = self.sched.calendar();
-        let mut finished: Vec<Reservation> = calendar
-            .snapshot()
-            .into_iter()
+        let mut finished: Vec<&Reservation> = calendar
+            .iter()
             .filter(|r| {
                 !r.status.is_live()
                     && (r.end_ms <= now || r.status == ReservationStatus::Unmet)
@@ -1511,7 +1510,7 @@ impl EventLoop {
         let granted = calendar
             .list()
             .iter()
-            .chain(finished.iter())
+            .chain(finished.iter().copied())
             .map(|r| {
                 let mut info = ReservationInfo::from_reservation(r, &self.cfg.name, &self.local_id);
                 info.left = self.sched.calendar().pool_left(&r.id);

@@ -672,8 +672,7 @@ impl<O: OwnerCore> Swarm<'_, O> {
     fn unserved(&mut self, j: u32, why: &str) {
         self.jobs[j as usize].state = State::Unserved;
         let job = &self.d.jobs[j as usize];
-        self.m
-            .record_unserved(job, why);
+        self.m.record_unserved(job, why);
         self.m.record_requester_unserved(job.origin, job.arrival_ms);
     }
 
