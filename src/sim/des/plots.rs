@@ -169,21 +169,7 @@ fn high_cdf(r: &Report, path: &Path) -> Res {
         if w.is_empty() {
             continue;
         }
-        let total = w.len() as f64;
-        // One point per distinct value: where the CDF steps.
-        let mut pts = Vec::new();
-        let mut k = 0;
-        while k < w.len() {
-            let v = w[k];
-            let mut e = k;
-            while e < w.len() && w[e] == v {
-                e += 1;
-            }
-            let x = v as f64 + 1.0;
-            pts.push((x, k as f64 / total));
-            pts.push((x, e as f64 / total));
-            k = e;
-        }
+        let pts = cdf_points(w, w.len() as f64);
         let c = colour(i);
         chart
             .draw_series(LineSeries::new(pts, c.stroke_width(2)))?
